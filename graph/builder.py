@@ -1,0 +1,60 @@
+"""Assemble the fusion graph: dispatch -> panelist x N (Send) -> judge -> synthesis."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from langchain_core.runnables import RunnableLambda
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from fusiongraph.graph.config import FusionContext
+from fusiongraph.graph.models import ModelFactory, default_model_factory
+from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
+from fusiongraph.nodes.dispatch import dispatch, fan_out
+from fusiongraph.nodes.judge import make_judge
+from fusiongraph.nodes.panel import make_panelist
+from fusiongraph.nodes.synthesis import make_synthesis
+
+
+def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableLambda:
+    """Run an async node from `graph.invoke` too (each sync branch gets its own event loop).
+
+    The nodes are async so that a cancelled run cancels its HTTP calls; this keeps the plain
+    synchronous `invoke` working as well.
+    """
+
+    @functools.wraps(node)
+    def run_sync(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(node(*args, **kwargs))
+
+    return RunnableLambda(run_sync, afunc=node, name=node.__name__)
+
+
+def build_graph(
+    model_factory: ModelFactory = default_model_factory,
+    **compile_kwargs: Any,
+) -> CompiledStateGraph:
+    """Compile the fusion graph. `compile_kwargs` go to `compile` (checkpointer, cache, ...)."""
+    builder = StateGraph(
+        FusionState,
+        context_schema=FusionContext,
+        input_schema=FusionInput,
+        output_schema=FusionOutput,
+    )
+    builder.add_node("dispatch", sync_and_async(dispatch))
+    builder.add_node("panelist", sync_and_async(make_panelist(model_factory)))
+    builder.add_node("judge", sync_and_async(make_judge(model_factory)))
+    builder.add_node("synthesis", sync_and_async(make_synthesis(model_factory)))
+    builder.add_edge(START, "dispatch")
+    builder.add_conditional_edges("dispatch", fan_out, ["panelist"])
+    builder.add_edge("panelist", "judge")
+    builder.add_edge("judge", "synthesis")
+    builder.add_edge("synthesis", END)
+    return builder.compile(name="fusion", **compile_kwargs)
+
+
+graph = build_graph()

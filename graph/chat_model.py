@@ -1,0 +1,495 @@
+"""FusionChatModel: the fusion graph behind LangChain's chat-model interface.
+
+Anything that takes a chat model (an agent, a chain, `with_structured_output`) can use a whole
+deliberation as its model: the panel answers, the judge compares, and the synthesis step writes
+the reply. The caller's tools are bound on the synthesis step only, so an agent gets ordinary
+`AIMessage.tool_calls` back while the panelists keep their own web tools. Streaming yields the
+synthesis tokens as they arrive, then one last chunk with the run's metadata and usage totals.
+
+Each call is one stateless graph run over the messages it is given. The inner run is isolated
+from the caller's run config: the caller's callback handlers see this model's own start, tokens
+and end (with usage totals) exactly once, instead of also seeing every inner panel and judge call
+(which would double-count usage and repeat tokens in a parent graph's stream). Tracers (LangSmith)
+are kept, so a non-streamed call still shows the inner run nested under this model's run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import fields
+from typing import Any, Literal
+
+from fusiongraph.graph.config import FusionContext
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.model_profile import ModelProfile
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langchain_core.tracers.base import BaseTracer
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, Field, model_validator
+
+# The caller's tools go in through bind_tools and per-call kwargs, never through `context`.
+_CONTEXT_FIELDS = {f.name for f in fields(FusionContext)}
+# Common constructor arguments of other chat models: accepted so FusionChatModel is a drop-in,
+# but every inner model reads its own key and retry settings from its model spec.
+_IGNORED_INIT_ARGS = {"api_key", "max_retries", "base_url"}
+_PRESET_PREFIX = re.compile(r"^fusion[:/\-]")
+
+
+def preset_from_model_name(name: str) -> str:
+    """`fusion:quality`, `fusion-quality`, `fusion/quality` or `quality` -> `quality`."""
+    return _PRESET_PREFIX.sub("", name.strip())
+
+
+def normalise_tool_choice(
+    tool_choice: str | bool | dict[str, Any] | None, tool_names: Sequence[str]
+) -> str | dict[str, Any] | None:
+    """LangChain's tool_choice spellings -> the OpenAI form the synthesis step binds."""
+    if tool_choice is None or tool_choice is False:
+        return None
+    if tool_choice is True or tool_choice in ("any", "required"):
+        return "required"
+    if tool_choice in ("auto", "none"):
+        return tool_choice
+    if isinstance(tool_choice, dict):
+        return tool_choice
+    if isinstance(tool_choice, str) and tool_choice in tool_names:
+        return {"type": "function", "function": {"name": tool_choice}}
+    raise ValueError(
+        f"tool_choice {tool_choice!r} is neither auto/none/any/required nor one of the bound "
+        f"tools {sorted(tool_names)}"
+    )
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Text up to the earliest stop sequence."""
+    hits = [i for s in stop if s and (i := text.find(s)) >= 0]
+    return text[: min(hits)] if hits else text
+
+
+class StopCutter:
+    """Apply stop sequences to streamed text, holding back a tail that could start one."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stop:
+            return text
+        self.buffer += text
+        cut = cut_at_stop(self.buffer, self.stop)
+        if len(cut) < len(self.buffer):
+            self.stopped, self.buffer = True, ""
+            return cut
+        hold = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.buffer)), hold, -1):
+                if self.buffer.endswith(s[:k]):
+                    hold = k
+                    break
+        out, self.buffer = (
+            self.buffer[: len(self.buffer) - hold],
+            self.buffer[len(self.buffer) - hold :],
+        )
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
+
+
+def _inner_config(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+) -> RunnableConfig:
+    """A root config for the inner graph run: no parent checkpointer, thread or stream handlers.
+
+    Explicit empty values are needed because `ensure_config` otherwise copies the caller's
+    context (a parent graph's configurable, callbacks, metadata) into the inner run.
+    """
+    callbacks: Any = []
+    if run_manager is not None:
+        tracers = [h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)]
+        if tracers:
+            callbacks = CallbackManager(
+                handlers=tracers,
+                inheritable_handlers=tracers,
+                parent_run_id=run_manager.run_id,
+                tags=list(run_manager.inheritable_tags),
+                inheritable_tags=list(run_manager.inheritable_tags),
+                metadata=dict(run_manager.inheritable_metadata),
+                inheritable_metadata=dict(run_manager.inheritable_metadata),
+            )
+    return RunnableConfig(
+        callbacks=callbacks, configurable={}, metadata={}, tags=[], run_name="fusion"
+    )
+
+
+class FusionChatModel(BaseChatModel):
+    """A chat model whose every reply is a fusion run (panel -> judge -> synthesis).
+
+    Supported: invoke/ainvoke/batch, stream/astream (synthesis tokens), bind_tools (bound on the
+    synthesis step), with_structured_output (every method is served by a forced tool call on the
+    synthesis step), stop sequences (applied to the synthesized text; the synthesizer still
+    writes its full reply), usage_metadata (totals over every call of the run) and
+    response_metadata["fusion"] (panel answers, analysis, failures, per-node usage and cost).
+    A run that cannot answer raises FusionError with its `reason`.
+    """
+
+    preset: str = Field(default="", description="local | quality | budget; empty: env or local")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="FusionContext overrides (panel, judge, tool_mode, ...)"
+    )
+    graph: Any = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="a compiled fusion graph; default: the package's `graph`",
+    )
+    temperature: float | None = Field(default=None, description="synthesis step")
+    max_tokens: int | None = Field(default=None, description="synthesis step")
+    timeout: float | None = Field(default=None, description="run deadline in seconds")
+    stop: list[str] | None = None
+    streaming: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_init(cls, values: Any) -> Any:
+        """Resolve the preset once (model alias, context, env, `local`) and refuse typos."""
+        if not isinstance(values, dict):
+            return values
+        values = {k: v for k, v in values.items() if k not in _IGNORED_INIT_ARGS}
+        context = dict(values.get("context") or {})
+        unknown = set(context) - _CONTEXT_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown context setting(s) {sorted(unknown)}; "
+                f"known: {sorted(_CONTEXT_FIELDS - {'preset'})}"
+            )
+        model = values.pop("model", None)
+        preset = (
+            values.get("preset")
+            or (model and preset_from_model_name(model))
+            or context.pop("preset", "")
+            or os.environ.get("FUSIONGRAPH_PRESET")
+            or "local"
+        )
+        context.pop("preset", None)
+        extra = set(values) - set(cls.model_fields)
+        if extra:
+            raise ValueError(f"unknown parameter(s) {sorted(extra)} for FusionChatModel")
+        return {**values, "preset": preset, "context": context}
+
+    @property
+    def _llm_type(self) -> str:
+        return "fusion"
+
+    @property
+    def model_name(self) -> str:
+        """The name usage and traces are keyed by: one fusion run is one "model"."""
+        return f"fusion:{self.preset}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "context": self.context,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout": self.timeout,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="fusion",
+            ls_model_type="chat",
+            ls_model_name=kwargs.get("model") or self.model_name,
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        return ModelProfile(
+            text_inputs=True,
+            text_outputs=True,
+            image_inputs=False,
+            pdf_inputs=False,
+            audio_inputs=False,
+            video_inputs=False,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=True,
+            structured_output=False,
+            temperature=True,
+        )
+
+    # --- tools and structured output -------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind the caller's tools on the synthesis step (the panel never sees them).
+
+        tool_choice: "auto", "none", "any"/"required"/True (some tool), or a tool name.
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        names = [t["function"]["name"] for t in formatted]
+        choice = normalise_tool_choice(tool_choice, names)
+        if choice is not None:
+            kwargs["tool_choice"] = choice
+        return self.bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Structured output through a forced tool call on the synthesis step.
+
+        The graph has no JSON-mode channel to the synthesizer, so `json_schema` and `json_mode`
+        are served the same way (the schema is always enforced, which both promise at least).
+        """
+        if method not in ("function_calling", "json_schema", "json_mode"):
+            raise ValueError(f"unsupported method {method!r}")
+        return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+
+    def as_tool(
+        self,
+        args_schema: type[BaseModel] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
+        """The deliberation tool (question, optional context -> answer + analysis).
+
+        With `args_schema` or `arg_types` this falls back to Runnable.as_tool.
+        """
+        if args_schema is not None or arg_types is not None:
+            return super().as_tool(
+                args_schema, name=name, description=description, arg_types=arg_types
+            )
+        return self.as_deliberation_tool(name=name or "deliberate", description=description)
+
+    def as_deliberation_tool(
+        self, *, name: str = "deliberate", description: str | None = None
+    ) -> BaseTool:
+        """A LangChain tool an agent calls when a question deserves a panel's deliberation."""
+        from fusiongraph.graph.tool import fusion_tool
+
+        return fusion_tool(model=self, name=name, description=description)
+
+    # --- running the graph -----------------------------------------------------------------
+
+    def _graph(self) -> Any:
+        if self.graph is not None:
+            return self.graph
+        from fusiongraph.graph.builder import graph
+
+        return graph
+
+    def _run_context(self, kwargs: dict[str, Any]) -> FusionContext:
+        """This model's settings plus the per-call ones: tools, tool_choice, model (= preset)."""
+        if "response_format" in kwargs:
+            raise ValueError(
+                "FusionChatModel has no response_format channel; use "
+                "with_structured_output (a forced tool call on the synthesis step)"
+            )
+        values = dict(self.context)
+        for key, target in (
+            ("temperature", "temperature"),
+            ("max_tokens", "max_tokens"),
+            ("timeout", "deadline_s"),
+        ):
+            if kwargs.get(key) is not None:  # per call wins over everything
+                values[target] = kwargs[key]
+            elif getattr(self, key) is not None and values.get(target) is None:
+                values[target] = getattr(self, key)
+        if kwargs.get("tools"):
+            values["synthesis_tools"] = [convert_to_openai_tool(t) for t in kwargs["tools"]]
+            values["tool_choice"] = kwargs.get("tool_choice")
+        preset = preset_from_model_name(kwargs["model"]) if kwargs.get("model") else self.preset
+        return FusionContext(preset=preset, **values)
+
+    def _stops(self, stop: list[str] | None) -> list[str]:
+        return [s for s in (stop if stop is not None else self.stop) or [] if s]
+
+    def _response_metadata(self, final: AIMessage, kwargs: dict[str, Any]) -> dict[str, Any]:
+        name = (
+            f"fusion:{preset_from_model_name(kwargs['model'])}"
+            if kwargs.get("model")
+            else self.model_name
+        )
+        return {**final.response_metadata, "model_name": name}
+
+    def _result(
+        self, final: AIMessage, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> ChatResult:
+        stops = self._stops(stop)
+        content = final.content
+        if stops and isinstance(content, str):
+            content = cut_at_stop(content, stops)
+        message = AIMessage(
+            content=content,
+            tool_calls=final.tool_calls,
+            response_metadata=self._response_metadata(final, kwargs),
+            usage_metadata=final.usage_metadata,
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        out = self._graph().invoke(
+            {"messages": messages},
+            config=_inner_config(run_manager),
+            context=self._run_context(kwargs),
+        )
+        return self._result(out["messages"][-1], stop, kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        out = await self._graph().ainvoke(
+            {"messages": messages},
+            config=_inner_config(run_manager),
+            context=self._run_context(kwargs),
+        )
+        return self._result(out["messages"][-1], stop, kwargs)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        state = _StreamState(self._stops(stop))
+        final: AIMessage | None = None
+        for mode, data in self._graph().stream(
+            {"messages": messages},
+            config=_inner_config(run_manager),
+            context=self._run_context(kwargs),
+            stream_mode=["messages", "updates"],
+        ):
+            if mode == "messages":
+                chunk, meta = data
+                if meta.get("langgraph_node") != "synthesis" or not isinstance(
+                    chunk, AIMessageChunk
+                ):
+                    continue
+                if (out := state.token(chunk)) is not None:
+                    yield out
+            elif mode == "updates" and isinstance(data, dict) and data.get("synthesis"):
+                final = data["synthesis"]["messages"][-1]
+        if final is None:
+            raise RuntimeError("the graph ended without a synthesis message")
+        yield state.last(final, self._response_metadata(final, kwargs))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        from fusiongraph.serve.runner import stream_run
+
+        state = _StreamState(self._stops(stop))
+        async for event in stream_run(
+            self._graph(),
+            messages,
+            self._run_context(kwargs),
+            config=dict(_inner_config(run_manager)),
+        ):
+            if event.kind == "token" and event.chunk is not None:
+                if (out := state.token(event.chunk)) is not None:
+                    yield out
+            elif event.kind == "final" and event.message is not None:
+                yield state.last(event.message, self._response_metadata(event.message, kwargs))
+
+
+class _StreamState:
+    """What has been streamed so far, so the last chunk neither repeats nor drops anything."""
+
+    def __init__(self, stop: list[str]) -> None:
+        self.cutter = StopCutter(stop)
+        self.text = False
+        self.calls = False
+
+    def token(self, upstream: AIMessageChunk) -> ChatGenerationChunk | None:
+        """Keep what a token carries (text, tool-call pieces); drop the upstream's usage and
+        metadata, which the last chunk restates for the whole run (no double counting)."""
+        calls = list(upstream.tool_call_chunks)
+        self.calls = self.calls or bool(calls)
+        self.text = self.text or bool(upstream.content)
+        content: Any = upstream.content
+        if isinstance(content, str):
+            content = self.cutter.feed(content)
+        if not content and not calls:
+            return None
+        return ChatGenerationChunk(message=AIMessageChunk(content=content, tool_call_chunks=calls))
+
+    def last(self, final: AIMessage, response_metadata: dict[str, Any]) -> ChatGenerationChunk:
+        """Usage totals and fusion metadata; plus the reply itself if the synthesizer did not
+        stream it (a provider without streaming still yields the full answer)."""
+        content: Any = self.cutter.flush()
+        if not self.text and final.content:
+            content = final.content
+            if isinstance(content, str):
+                content = cut_at_stop(content, self.cutter.stop)
+        calls = (
+            []
+            if self.calls
+            else [
+                tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+                for i, c in enumerate(final.tool_calls)
+            ]
+        )
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=content,
+                tool_call_chunks=calls,
+                response_metadata=response_metadata,
+                usage_metadata=final.usage_metadata,
+                chunk_position="last",
+            )
+        )

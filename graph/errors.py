@@ -1,0 +1,42 @@
+"""Typed errors: every way a fusion run can fail has a reason a caller can branch on."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+FailureReason = Literal[
+    "invalid_config",
+    "invalid_input",
+    "all_panelists_failed",
+    "judge_and_synthesis_failed",
+    "synthesis_failed",
+    "rate_limited",
+    "budget_exceeded",
+    "deadline",
+    "recursion",
+]
+
+
+class FusionError(Exception):
+    """A fusion run that could not produce an answer, with a machine-readable reason.
+
+    `details` keeps whatever the run had already paid for (panel answers, failures), so nothing
+    is lost when the run as a whole fails.
+    """
+
+    def __init__(self, reason: FailureReason, message: str, **details: Any) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, **self.details}
+
+
+class FusionConfigError(FusionError, ValueError):
+    """A configuration that cannot run; `field` names the offending setting."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__("invalid_config", f"{field}: {message}", field=field)
+        self.field = field

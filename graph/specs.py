@@ -1,0 +1,106 @@
+"""Model specs: which model, behind which OpenAI-compatible endpoint, with which key.
+
+A spec is written as a string (`openrouter:anthropic/claude-opus-4.8`, `openai:gpt-5.5`,
+`anthropic:claude-opus-4.8`, `local:smollm2-135m`) or as an object with model, base_url and the
+name of the environment variable holding the key, for any other OpenAI-compatible gateway.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+Provider = Literal["openai", "openrouter", "anthropic", "local", "openai_compatible"]
+ToolMode = Literal["agentic", "prefetch", "off"]
+# How the judge asks for its structure: OpenAI json_schema; llama.cpp's JSON mode constrained by
+# a schema grammar; tool calling; plain JSON mode; or only a prompt (always parsed tolerantly).
+StructuredMethod = Literal["json_schema", "json_object_schema", "function_calling", "prompt"]
+
+PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "openai": {"base_url_env": "OPENAI_BASE_URL", "base_url": None,
+               "api_key_env": "OPENAI_API_KEY", "structured_output": "json_schema"},
+    "openrouter": {"base_url_env": "OPENROUTER_BASE_URL", "base_url": "https://openrouter.ai/api/v1",
+                   "api_key_env": "OPENROUTER_API_KEY", "structured_output": "json_schema"},
+    "anthropic": {"base_url_env": "ANTHROPIC_BASE_URL", "base_url": None,
+                  "api_key_env": "ANTHROPIC_API_KEY", "structured_output": "function_calling"},
+    "local": {"base_url_env": None, "base_url": None, "api_key_env": None,
+              "structured_output": "json_object_schema"},
+    "openai_compatible": {"base_url_env": None, "base_url": None, "api_key_env": None,
+                          "structured_output": "json_schema"},
+}
+
+
+class Price(BaseModel):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class ModelSpec(BaseModel):
+    """One model call site: the panelist, the judge or the synthesizer."""
+
+    model: str = Field(min_length=1)
+    provider: Provider = "openai_compatible"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    timeout_s: float | None = Field(default=None, gt=0, description="per HTTP call")
+    # Panel-only settings; None means "the run's default".
+    tool_mode: ToolMode | None = None
+    max_tool_calls: int | None = Field(default=None, ge=1, le=16)
+    # Judge-only: None means "the provider's strongest method".
+    structured_output: StructuredMethod | None = None
+    price: Price | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_spec_string(value)
+        return value
+
+    @property
+    def name(self) -> str:
+        """The spec as a user writes it, e.g. `openrouter:openai/gpt-5.5`."""
+        return f"{self.provider}:{self.model}" if self.provider != "openai_compatible" else self.model
+
+    def resolved_base_url(self) -> str | None:
+        if self.base_url:
+            return self.base_url
+        defaults = PROVIDER_DEFAULTS[self.provider]
+        env = defaults["base_url_env"]
+        if env and os.environ.get(env):
+            return os.environ[env]
+        if self.provider == "local":
+            from fusiongraph.serve.local_llm import local_base_url
+
+            return local_base_url()
+        return defaults["base_url"]
+
+    def resolved_key_env(self) -> str | None:
+        return self.api_key_env or PROVIDER_DEFAULTS[self.provider]["api_key_env"]
+
+    def resolved_structured_output(self) -> StructuredMethod:
+        return self.structured_output or PROVIDER_DEFAULTS[self.provider]["structured_output"]
+
+    def is_fusion(self) -> bool:
+        """A fusion model (ours or a gateway's) must never sit inside a fusion run."""
+        last = self.model.rsplit("/", 1)[-1].lower()
+        return last.startswith("fusion") or self.model.lower().startswith("fusion")
+
+
+def parse_spec_string(text: str) -> dict[str, Any]:
+    provider, sep, model = text.partition(":")
+    if not sep or not model:
+        raise ValueError(
+            f"model spec {text!r} needs a provider prefix, one of "
+            "openai:, openrouter:, anthropic:, local: (or an object with model and base_url)"
+        )
+    if provider not in PROVIDER_DEFAULTS or provider == "openai_compatible":
+        raise ValueError(f"unknown provider {provider!r} in model spec {text!r}")
+    return {"provider": provider, "model": model}

@@ -1,0 +1,97 @@
+"""Graph state. Plain TypedDicts so every checkpointer can store them without custom types."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph import add_messages
+
+
+class Usage(TypedDict, total=False):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    reported_cost_usd: float  # what the provider billed, when it says (OpenRouter's usage.cost)
+
+
+class Source(TypedDict):
+    url: str
+    title: str
+
+
+class PanelError(TypedDict):
+    reason: str  # timeout | deadline | rate_limited | auth | upstream_error | empty | error
+    message: str
+
+
+class PanelResult(TypedDict):
+    """One panelist's outcome; `error` is None on success."""
+
+    panelist: str  # stable id: p1, p2, ...
+    model: str
+    content: str
+    sources: list[Source]
+    usage: Usage
+    latency_s: float
+    tool_calls: int
+    error: PanelError | None
+
+
+class PanelTask(TypedDict):
+    """The payload `Send` hands each panelist branch."""
+
+    panelist: str
+    index: int
+    run_key: str
+    started_at: float
+    messages: list[AnyMessage]
+
+
+def reduce_panel(current: list[PanelResult] | None, update: list[PanelResult] | None):
+    """Append panel results; `None` clears them, so each new turn on a thread starts empty."""
+    if update is None:
+        return []
+    return [*(current or []), *update]
+
+
+class FusionInput(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+class FusionOutput(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+class FusionState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    run_key: str
+    started_at: float  # wall clock (time.time) when dispatch ran, for the run deadline
+    panel: Annotated[list[PanelResult], reduce_panel]
+    analysis: dict[str, Any] | None
+    judge: dict[str, Any]  # {"ok", "error", "usage", "latency_s", "order"}
+
+
+def empty_usage() -> Usage:
+    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    out: Usage = {k: a.get(k, 0) + b.get(k, 0)  # type: ignore[misc]
+                  for k in ("input_tokens", "output_tokens", "total_tokens")}
+    reported = a.get("reported_cost_usd", 0.0) + b.get("reported_cost_usd", 0.0)
+    if reported:
+        out["reported_cost_usd"] = reported
+    return out
+
+
+def usage_of(message: Any) -> Usage:
+    """Token usage of an AIMessage, zero when the provider did not report it."""
+    meta = getattr(message, "usage_metadata", None) or {}
+    i, o = int(meta.get("input_tokens", 0) or 0), int(meta.get("output_tokens", 0) or 0)
+    usage: Usage = {"input_tokens": i, "output_tokens": o,
+                    "total_tokens": int(meta.get("total_tokens") or i + o)}
+    token_usage = (getattr(message, "response_metadata", None) or {}).get("token_usage") or {}
+    if isinstance(token_usage, dict) and token_usage.get("cost"):
+        usage["reported_cost_usd"] = float(token_usage["cost"])
+    return usage

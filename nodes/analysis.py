@@ -1,0 +1,124 @@
+"""The judge's structured analysis: its schema, a tolerant parser, and label mapping.
+
+The judge sees anonymous labels (A, B, ...); `map_labels` turns them back into panelist ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+_ITEMS = 6  # bounds keep grammar-constrained small models from looping forever
+
+
+class Stance(BaseModel):
+    panelist: str
+    stance: str
+
+
+class Contradiction(BaseModel):
+    topic: str
+    stances: list[Stance] = Field(max_length=8)
+
+
+class PartialCoverage(BaseModel):
+    point: str
+    panelists: list[str] = Field(max_length=8)
+
+
+class UniqueInsight(BaseModel):
+    panelist: str
+    insight: str
+
+
+class Analysis(BaseModel):
+    """Consensus, contradictions, partial coverage, unique insights and blind spots."""
+
+    consensus: list[str] = Field(default_factory=list, max_length=_ITEMS)
+    contradictions: list[Contradiction] = Field(default_factory=list, max_length=_ITEMS)
+    partial_coverage: list[PartialCoverage] = Field(default_factory=list, max_length=_ITEMS)
+    unique_insights: list[UniqueInsight] = Field(default_factory=list, max_length=_ITEMS)
+    blind_spots: list[str] = Field(default_factory=list, max_length=_ITEMS)
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, name) for name in type(self).model_fields)
+
+
+SECTIONS = tuple(Analysis.model_fields)
+
+
+def analysis_json_schema() -> dict[str, Any]:
+    """A self-contained schema (no $ref), which every grammar converter accepts."""
+
+    def inline(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+        if isinstance(schema, dict):
+            if "$ref" in schema:
+                return inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+            return {k: inline(v, defs) for k, v in schema.items() if k not in ("$defs", "title")}
+        if isinstance(schema, list):
+            return [inline(v, defs) for v in schema]
+        return schema
+
+    raw = Analysis.model_json_schema()
+    schema = inline(raw, raw.get("$defs", {}))
+    schema["required"] = list(SECTIONS)
+    for prop in schema["properties"].values():
+        prop.pop("default", None)
+    return schema
+
+
+def parse_analysis(text: str) -> Analysis:
+    """Parse a judge's text leniently: find the JSON object, coerce near-misses, validate."""
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    if not match:
+        raise ValueError("no JSON object in the judge output")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"judge output is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("judge output is not a JSON object")
+    return coerce_analysis(data)
+
+
+def coerce_analysis(data: dict[str, Any]) -> Analysis:
+    """Validate, dropping malformed items rather than the whole analysis."""
+    cleaned: dict[str, list[Any]] = {}
+    for name in SECTIONS:
+        value = data.get(name) or []
+        if not isinstance(value, list):
+            value = [value]
+        item_type = Analysis.model_fields[name].annotation.__args__[0]  # type: ignore[union-attr]
+        items = []
+        for item in value[:_ITEMS]:
+            if item_type is str:
+                if isinstance(item, str | int | float) and str(item).strip():
+                    items.append(str(item).strip())
+                continue
+            try:
+                items.append(item_type.model_validate(item))
+            except ValidationError:
+                continue
+        cleaned[name] = items
+    return Analysis(**cleaned)
+
+
+def _label_to_id(label: str, mapping: dict[str, str]) -> str:
+    key = re.sub(r"(?i)^\s*(response|panelist)\s+", "", label).strip().strip(".:").upper()
+    return mapping.get(key, label)
+
+
+def map_labels(analysis: Analysis, mapping: dict[str, str]) -> dict[str, Any]:
+    """The analysis as a dict with anonymous labels replaced by panelist ids."""
+    data = analysis.model_dump()
+    for item in data["contradictions"]:
+        for stance in item["stances"]:
+            stance["panelist"] = _label_to_id(stance["panelist"], mapping)
+    for item in data["partial_coverage"]:
+        item["panelists"] = [_label_to_id(p, mapping) for p in item["panelists"]]
+    for item in data["unique_insights"]:
+        item["panelist"] = _label_to_id(item["panelist"], mapping)
+    return data

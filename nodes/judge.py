@@ -1,0 +1,149 @@
+"""The judge node: compares the panel answers and returns a validated structured analysis.
+
+The answers are anonymised and shuffled (Response A, B, ...) so the judge cannot favour a model
+by name or position; labels are mapped back to panelist ids afterwards. The judge runs at
+temperature 0 with the strongest structured-output method its endpoint supports, and falls back
+to a tolerant parse of plain text. A judge failure never fails the run: synthesis then works from
+the raw answers and the metadata says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+import time
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.runtime import get_runtime
+
+from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
+from fusiongraph.graph.errors import FusionError
+from fusiongraph.graph.models import ModelFactory, close_model
+from fusiongraph.graph.specs import StructuredMethod
+from fusiongraph.graph.state import FusionState, PanelResult, Usage, add_usage, empty_usage, usage_of
+from fusiongraph.nodes import prompts
+from fusiongraph.nodes.analysis import Analysis, analysis_json_schema, map_labels, parse_analysis
+from fusiongraph.nodes.failures import describe, failure_reason
+from fusiongraph.nodes.messages import last_user_text, text_of
+from fusiongraph.nodes.metadata import failed_entry
+from fusiongraph.nodes.panel_clock import release_clock, run_deadline_cutoff
+from fusiongraph.nodes.progress import emit
+from fusiongraph.tools.untrusted import delimit_untrusted
+
+NOSTREAM = {"tags": ["nostream", "fusion:judge"]}
+JUDGE_MAX_TOKENS = 1200
+
+
+def successful(panel: list[PanelResult]) -> list[PanelResult]:
+    return [r for r in panel if r["error"] is None and r["content"].strip()]
+
+
+def anonymise(answers: list[PanelResult], seed: str) -> tuple[list[PanelResult], dict[str, str]]:
+    """Shuffle the answers (reproducibly per run) and label them A, B, ...; return the label map."""
+    order = list(answers)
+    random.Random(seed).shuffle(order)
+    labels = {string.ascii_uppercase[i]: r["panelist"] for i, r in enumerate(order)}
+    return order, labels
+
+
+def judge_messages(state: FusionState, order: list[PanelResult], max_chars: int) -> list[Any]:
+    blocks = []
+    for label, result in zip(string.ascii_uppercase, order, strict=False):
+        content = result["content"]
+        if len(content) > max_chars:
+            content = content[:max_chars] + " [...truncated]"
+        blocks.append(f"Response {label}:\n" + delimit_untrusted(content, f"Response {label}"))
+    user = prompts.JUDGE_USER.format(
+        question=last_user_text(state["messages"]), responses="\n\n".join(blocks)
+    )
+    return [SystemMessage(content=prompts.JUDGE), HumanMessage(content=user)]
+
+
+async def structured_call(model: BaseChatModel, method: StructuredMethod,
+                          messages: list[Any]) -> tuple[Analysis, Usage]:
+    """Ask for the analysis with one method; raise on any failure (the caller falls back)."""
+    if method in ("json_schema", "function_calling"):
+        runnable = model.with_structured_output(Analysis, method=method, include_raw=True)
+        out = await runnable.ainvoke(messages, NOSTREAM)
+        usage = usage_of(out["raw"])
+        if out.get("parsed") is None:
+            raw_text = text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else ""
+            return parse_analysis(raw_text), usage
+        return out["parsed"], usage
+    if method == "json_object_schema":
+        fmt = {"type": "json_object", "schema": analysis_json_schema()}
+        reply = await model.bind(response_format=fmt).ainvoke(messages, NOSTREAM)
+    else:
+        reply = await model.ainvoke(messages, NOSTREAM)
+    return parse_analysis(text_of(reply)), usage_of(reply)
+
+
+async def run_judge(model: BaseChatModel, method: StructuredMethod,
+                    messages: list[Any]) -> tuple[Analysis, Usage, list[str]]:
+    """The strongest method first, then a plain prompt parsed tolerantly."""
+    usage, errors = empty_usage(), []
+    for attempt in dict.fromkeys([method, "prompt"]):
+        try:
+            analysis, used = await structured_call(model, attempt, messages)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            errors.append(f"{attempt}: {describe(exc, 200)}")
+            continue
+        usage = add_usage(usage, used)
+        if analysis.is_empty():
+            errors.append(f"{attempt}: empty analysis")
+            continue
+        return analysis, usage, errors
+    raise ValueError("; ".join(errors))
+
+
+def _judge_timeout(state: FusionState, config: FusionConfig) -> float | None:
+    cutoff = run_deadline_cutoff(state.get("started_at"), config.deadline_s, share=0.85)
+    return None if cutoff is None else max(cutoff - time.monotonic(), 0.0)
+
+
+def make_judge(model_factory: ModelFactory):
+    """Build the judge node (the join of the panel fan-out)."""
+
+    async def judge(state: FusionState) -> dict[str, Any]:
+        config = resolve_config(get_runtime(FusionContext).context)
+        release_clock(state.get("run_key", ""))
+        panel = state.get("panel", [])
+        answers = successful(panel)
+        if not answers:
+            reasons = {r["error"]["reason"] for r in panel if r["error"]}
+            reason = "rate_limited" if reasons == {"rate_limited"} else "all_panelists_failed"
+            raise FusionError(reason, "no panelist produced an answer",
+                              failed_models=[failed_entry(r) for r in panel])
+        spec = config.judge.model_copy(update={"temperature": 0.0,
+                                               "max_tokens": config.judge.max_tokens or JUDGE_MAX_TOKENS})
+        order, labels = anonymise(answers, state.get("run_key", ""))
+        emit("judge_started", model=spec.name, answers=len(order))
+        started = time.monotonic()
+        model = model_factory(spec)
+        info: dict[str, Any] = {"model": spec.name, "order": [labels[k] for k in sorted(labels)]}
+        try:
+            work = run_judge(model, spec.resolved_structured_output(),
+                             judge_messages(state, order, config.judge_input_chars))
+            analysis, usage, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
+            mapped = map_labels(analysis, labels)
+            info.update(ok=True, error=None, usage=usage, fallbacks=notes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            mapped = None
+            reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
+            info.update(ok=False, error={"reason": reason, "message": describe(exc)},
+                        usage=empty_usage())
+        finally:
+            await close_model(model)
+        info["latency_s"] = round(time.monotonic() - started, 3)
+        emit("judge_finished", model=spec.name, ok=info["ok"], latency_s=info["latency_s"],
+             error=info["error"])
+        return {"analysis": mapped, "judge": info}
+
+    return judge

@@ -1,0 +1,61 @@
+"""The `response_metadata["fusion"]` record: what ran, what it said, what failed, what it cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusiongraph.graph.config import FusionConfig
+from fusiongraph.graph.pricing import cost_of, price_of
+from fusiongraph.graph.specs import ModelSpec
+from fusiongraph.graph.state import FusionState, PanelResult, Usage, add_usage, empty_usage
+
+
+def failed_entry(result: PanelResult) -> dict[str, Any]:
+    error = result["error"] or {"reason": "empty", "message": ""}
+    return {"panelist": result["panelist"], "model": result["model"], **error}
+
+
+def _sum(costs: list[float | None]) -> float | None:
+    """A total is only known when every part is."""
+    return None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 8)
+
+
+def _panel_spec(result: PanelResult, config: FusionConfig) -> ModelSpec:
+    return config.panel[int(result["panelist"].removeprefix("p")) - 1]
+
+
+def fusion_metadata(state: FusionState, config: FusionConfig, *, synthesis_usage: Usage,
+                    synthesis_latency_s: float) -> dict[str, Any]:
+    panel = state.get("panel", [])
+    judge = state.get("judge") or {}
+    panel_usage, panel_costs = empty_usage(), []
+    entries, failed = [], []
+    for result in panel:
+        panel_usage = add_usage(panel_usage, result["usage"])
+        cost = cost_of(result["usage"], price_of(_panel_spec(result, config), config))
+        panel_costs.append(cost)
+        if result["error"] is None:
+            entry = {k: result[k] for k in ("panelist", "model", "content", "sources", "usage",
+                                            "latency_s", "tool_calls")}
+            entries.append({**entry, "cost_usd": cost})
+        else:
+            failed.append({**failed_entry(result), "latency_s": result["latency_s"],
+                           "cost_usd": cost})
+    judge_usage = judge.get("usage") or empty_usage()
+    judge_cost = cost_of(judge_usage, price_of(config.judge, config))
+    synthesis_cost = cost_of(synthesis_usage, price_of(config.synthesizer, config))
+    panel_cost = _sum(panel_costs)
+    total = add_usage(add_usage(panel_usage, judge_usage), synthesis_usage)
+    return {
+        "preset": config.preset,
+        "panel": entries,
+        "failed_models": failed,
+        "analysis": state.get("analysis"),
+        "degraded": not judge.get("ok", False),
+        "judge": {k: judge.get(k) for k in ("model", "ok", "error", "latency_s", "fallbacks")},
+        "synthesizer": {"model": config.synthesizer.name, "latency_s": synthesis_latency_s},
+        "usage": {"panel": panel_usage, "judge": judge_usage, "synthesis": synthesis_usage,
+                  "total": total},
+        "cost_usd": {"panel": panel_cost, "judge": judge_cost, "synthesis": synthesis_cost,
+                     "total": _sum([panel_cost, judge_cost, synthesis_cost])},
+    }

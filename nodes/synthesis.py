@@ -1,0 +1,115 @@
+"""The synthesis node: writes the final answer from the conversation and the judge's analysis.
+
+The caller's tools are bound here and only here, so an agent using fusion as its model gets its
+tool calls from this step; its tokens are the ones that stream. When the judge failed, it works
+from the raw panel answers instead and the metadata says the run was degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from langchain_core.messages import AIMessage, AnyMessage
+from langgraph.runtime import get_runtime
+
+from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
+from fusiongraph.graph.errors import FusionError
+from fusiongraph.graph.models import ModelFactory, close_model
+from fusiongraph.graph.state import FusionState, usage_of
+from fusiongraph.nodes import prompts
+from fusiongraph.nodes.failures import describe, failure_reason
+from fusiongraph.nodes.judge import successful
+from fusiongraph.nodes.messages import flatten_tool_history, with_system
+from fusiongraph.nodes.metadata import failed_entry, fusion_metadata
+from fusiongraph.nodes.panel_clock import run_deadline_cutoff
+from fusiongraph.nodes.progress import emit
+from fusiongraph.tools.untrusted import delimit_untrusted
+
+
+def synthesis_instructions(state: FusionState, config: FusionConfig) -> str:
+    parts = [prompts.SYNTHESIS]
+    analysis = state.get("analysis")
+    judge = state.get("judge") or {}
+    if analysis is not None:
+        text = json.dumps(analysis, ensure_ascii=False, indent=1)
+        parts.append(prompts.SYNTHESIS_ANALYSIS.format(analysis=delimit_untrusted(text, "judge")))
+    else:
+        reason = (judge.get("error") or {}).get("reason", "no analysis")
+        parts.append(prompts.SYNTHESIS_DEGRADED.format(reason=reason))
+    if analysis is None or config.include_raw_answers:
+        answers = "\n\n".join(
+            f"{r['panelist']} ({r['model']}):\n"
+            + delimit_untrusted(r["content"][: config.judge_input_chars], r["panelist"])
+            for r in successful(state.get("panel", []))
+        )
+        parts.append(prompts.SYNTHESIS_ANSWERS.format(answers=answers))
+    return "\n\n".join(parts)
+
+
+def synthesis_conversation(state: FusionState, config: FusionConfig) -> list[AnyMessage]:
+    """Keep the caller's tool history native only when its tools are bound here."""
+    messages = list(state["messages"])
+    if not config.synthesis_tools:
+        messages = flatten_tool_history(messages)
+    return with_system(messages, synthesis_instructions(state, config))
+
+
+def make_synthesis(model_factory: ModelFactory):
+    """Build the synthesis node; its model call is the one that streams to the caller."""
+
+    async def synthesis(state: FusionState) -> dict[str, Any]:
+        config = resolve_config(get_runtime(FusionContext).context)
+        updates: dict[str, Any] = {}
+        if config.temperature is not None:
+            updates["temperature"] = config.temperature
+        if config.max_tokens is not None:
+            updates["max_tokens"] = config.max_tokens
+        spec = config.synthesizer.model_copy(update=updates)
+        emit("synthesis_started", model=spec.name)
+        started = time.monotonic()
+        model = model_factory(spec)
+        runnable: Any = model
+        if config.synthesis_tools:
+            runnable = model.bind_tools(config.synthesis_tools, tool_choice=config.tool_choice)
+        cutoff = run_deadline_cutoff(state.get("started_at"), config.deadline_s)
+        timeout = None if cutoff is None else max(cutoff - time.monotonic(), 0.0)
+        try:
+            reply = await asyncio.wait_for(
+                runnable.ainvoke(synthesis_conversation(state, config),
+                                 {"tags": ["fusion:synthesis"]}),
+                timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            judge_ok = (state.get("judge") or {}).get("ok", False)
+            reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
+            raise FusionError(
+                "synthesis_failed" if judge_ok else "judge_and_synthesis_failed",
+                f"the synthesizer {spec.name} failed ({reason}): {describe(exc)}",
+                panel=successful(state.get("panel", [])),
+                failed_models=[failed_entry(r) for r in state.get("panel", []) if r["error"]],
+                analysis=state.get("analysis"),
+            ) from exc
+        finally:
+            await close_model(model)
+        latency = round(time.monotonic() - started, 3)
+        usage = usage_of(reply)
+        meta = fusion_metadata(state, config, synthesis_usage=usage, synthesis_latency_s=latency)
+        total = meta["usage"]["total"]
+        final = AIMessage(
+            content=reply.content,
+            tool_calls=reply.tool_calls,
+            id=reply.id,
+            response_metadata={**reply.response_metadata, "fusion": meta},
+            usage_metadata={"input_tokens": total["input_tokens"],
+                            "output_tokens": total["output_tokens"],
+                            "total_tokens": total["total_tokens"]},
+        )
+        emit("synthesis_finished", model=spec.name, latency_s=latency)
+        return {"messages": [final]}
+
+    return synthesis

@@ -1,0 +1,284 @@
+"""The `fusiongraph` command line: ask, presets, local start|stop|status (and serve)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from dotenv import load_dotenv
+from langchain_core.messages import HumanMessage
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.table import Table
+
+from fusiongraph.graph.errors import FusionError
+
+app = typer.Typer(
+    help="Multi-model deliberation: a panel answers, a judge compares, one writes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+local_app = typer.Typer(
+    help="The bundled local model server (llama.cpp + SmolLM2-135M).", no_args_is_help=True
+)
+app.add_typer(local_app, name="local")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _context(
+    preset: str | None,
+    panel: list[str] | None,
+    corpus: Path | None,
+    search: str | None,
+    tool_mode: str | None,
+    max_tool_calls: int | None,
+    quorum: int | None,
+    deadline: float | None,
+) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"preset": preset or ""}
+    if panel:
+        ctx["panel"] = panel
+    if corpus:
+        ctx["corpus_dir"] = str(corpus)
+        ctx["search_provider"] = search or "corpus"
+    elif search:
+        ctx["search_provider"] = search
+    for key, value in (
+        ("tool_mode", tool_mode),
+        ("max_tool_calls", max_tool_calls),
+        ("quorum", quorum),
+        ("deadline_s", deadline),
+    ):
+        if value is not None:
+            ctx[key] = value
+    return ctx
+
+
+class ProgressView:
+    """The live panel table shown while a run is going."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.stage = "starting"
+        self.answer = ""
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event.get("event", "")
+        if kind == "run_started":
+            self.stage = "panel"
+        elif kind.startswith("panelist_"):
+            row = self.rows.setdefault(event["panelist"], {"model": event.get("model", "")})
+            row["state"] = kind.removeprefix("panelist_")
+            row["latency"] = event.get("latency_s")
+            row["detail"] = event.get("reason") or (
+                f"{event.get('chars', 0)} chars, {event.get('tool_calls', 0)} tool calls"
+                if kind == "panelist_finished"
+                else ""
+            )
+        elif kind == "judge_started":
+            self.stage = "judge"
+        elif kind == "synthesis_started":
+            self.stage = "synthesis"
+
+    def render(self) -> Group:
+        table = Table(title=f"fusion — {self.stage}", expand=False)
+        for column in ("panelist", "model", "state", "latency", "detail"):
+            table.add_column(column)
+        style = {"started": "yellow", "finished": "green", "failed": "red"}
+        for pid, row in sorted(self.rows.items()):
+            state = row.get("state", "")
+            latency = f"{row['latency']:.1f}s" if row.get("latency") is not None else ""
+            table.add_row(
+                pid,
+                row["model"],
+                f"[{style.get(state, '')}]{state}",
+                latency,
+                row.get("detail", ""),
+            )
+        parts: list[Any] = [table]
+        if self.answer:
+            parts.append(Panel(self.answer, title="answer (streaming)"))
+        return Group(*parts)
+
+
+def show_result(fusion: dict[str, Any], answer: str) -> None:
+    for entry in fusion["panel"]:
+        sources = "".join(f"\n  - {s['title'] or s['url']} <{s['url']}>" for s in entry["sources"])
+        console.print(
+            Panel(
+                entry["content"] + (f"\n\nsources:{sources}" if sources else ""),
+                title=f"{entry['panelist']} · {entry['model']} · {entry['latency_s']}s",
+            )
+        )
+    for failed in fusion["failed_models"]:
+        console.print(
+            f"[red]failed {failed['panelist']} ({failed['model']}): "
+            f"{failed['reason']} — {failed['message']}"
+        )
+    analysis = fusion.get("analysis")
+    if analysis is None:
+        console.print(
+            Panel(
+                f"judge unavailable: {fusion['judge'].get('error')}; the answer was "
+                "written from the raw panel answers",
+                title="analysis",
+                style="yellow",
+            )
+        )
+    else:
+        for section, items in analysis.items():
+            lines = [
+                json.dumps(i, ensure_ascii=False) if isinstance(i, dict) else str(i) for i in items
+            ] or ["(none)"]
+            console.print(
+                Panel("\n".join(f"• {line}" for line in lines), title=section.replace("_", " "))
+            )
+    console.print(Panel(Markdown(answer or "(no text)"), title="final answer", style="bold"))
+    total = fusion["usage"]["total"]
+    console.print(f"tokens: {total['input_tokens']} in, {total['output_tokens']} out")
+
+
+async def _ask(question: str, ctx: dict[str, Any], as_json: bool) -> int:
+    from fusiongraph.graph.builder import graph
+    from fusiongraph.serve.runner import stream_run
+
+    view = ProgressView()
+    final = None
+    with Live(
+        view.render(),
+        console=err_console if as_json else console,
+        refresh_per_second=8,
+        transient=True,
+    ) as live:
+        async for event in stream_run(graph, [HumanMessage(content=question)], ctx):
+            if event.kind == "progress" and event.progress:
+                view.update(event.progress)
+            elif event.kind == "token" and event.chunk is not None:
+                view.answer += event.chunk.text
+            elif event.kind == "final":
+                final = event.message
+            live.update(view.render())
+    assert final is not None
+    fusion = final.response_metadata["fusion"]
+    if as_json:
+        print(
+            json.dumps(
+                {"answer": final.text, "tool_calls": final.tool_calls, "fusion": fusion},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    else:
+        show_result(fusion, final.text)
+    return 0
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="What to ask the panel.")],
+    preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
+    panel: Annotated[list[str] | None, typer.Option(help="A panel model spec; repeat.")] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Search this folder (BM25) instead.", exists=True, file_okay=False),
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option(help="auto|tavily|duckduckgo|searxng|corpus|none")
+    ] = None,
+    tool_mode: Annotated[str | None, typer.Option(help="agentic | prefetch | off")] = None,
+    max_tool_calls: Annotated[int | None, typer.Option(min=1, max=16)] = None,
+    quorum: Annotated[int | None, typer.Option(min=1, max=8)] = None,
+    deadline: Annotated[float | None, typer.Option(help="Overall deadline in seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
+    load_dotenv()
+    ctx = _context(preset, panel, corpus, search, tool_mode, max_tool_calls, quorum, deadline)
+    try:
+        code = asyncio.run(_ask(question, ctx, as_json))
+    except FusionError as exc:
+        err_console.print(f"[red]fusion failed ({exc.reason}):[/red] {exc.message}")
+        for failed in exc.details.get("failed_models", []):
+            err_console.print(
+                f"  {failed['panelist']} {failed['model']}: {failed['reason']} "
+                f"— {failed['message']}"
+            )
+        if as_json:
+            print(json.dumps({"error": exc.to_dict()}, indent=2, default=str))
+        code = 2 if exc.reason in ("invalid_config", "invalid_input") else 1
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command()
+def presets() -> None:
+    """List the presets and their models."""
+    from fusiongraph.graph.config import PRESETS
+    from fusiongraph.graph.specs import ModelSpec
+
+    table = Table()
+    for column in ("preset", "panel", "judge", "synthesizer", "tools", "description"):
+        table.add_column(column)
+    for name, preset in PRESETS.items():
+        panel = "\n".join(ModelSpec.model_validate(s).name for s in preset["panel"])
+        table.add_row(
+            name,
+            panel,
+            ModelSpec.model_validate(preset["judge"]).name,
+            ModelSpec.model_validate(preset["synthesizer"]).name,
+            f"{preset['tool_mode']} / {preset['search']['provider']}",
+            preset["description"],
+        )
+    console.print(table)
+
+
+@local_app.command("start")
+def local_start() -> None:
+    """Start the local model server (or reuse the running one) and leave it running."""
+    from fusiongraph.serve.local_llm import ensure_local_server
+
+    console.print(f"local model server: {ensure_local_server(detach=True)}")
+
+
+@local_app.command("stop")
+def local_stop() -> None:
+    """Stop the local model server started by fusiongraph."""
+    from fusiongraph.serve.local_llm import stop_local_server
+
+    console.print("stopped" if stop_local_server() else "not running")
+
+
+@local_app.command("status")
+def local_status() -> None:
+    """Say whether the local model server is up, and what it serves."""
+    from fusiongraph.serve.local_llm import server_status
+
+    status = server_status()
+    console.print(
+        {
+            "running": status.running,
+            "base_url": status.base_url,
+            "pid": status.pid,
+            "models": status.models,
+            "busy": status.busy,
+        }
+    )
+    if not status.running:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

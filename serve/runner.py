@@ -1,0 +1,53 @@
+"""Run the fusion graph once and collect what every surface shows: progress, tokens, result.
+
+The CLI, the chat model and the HTTP server all drive the graph through `stream_run`, so the
+streaming and progress behaviour is the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage
+from langgraph.graph.state import CompiledStateGraph
+
+from fusiongraph.graph.config import FusionContext
+
+
+@dataclass
+class RunEvent:
+    """One thing that happened: a progress event, a synthesis token chunk, or the final message."""
+
+    kind: Literal["progress", "token", "final"]
+    progress: dict[str, Any] | None = None
+    chunk: AIMessageChunk | None = None
+    message: AIMessage | None = None
+
+
+async def stream_run(
+    graph: CompiledStateGraph,
+    messages: Sequence[AnyMessage],
+    context: FusionContext | dict[str, Any],
+    config: dict[str, Any] | None = None,
+) -> AsyncIterator[RunEvent]:
+    """Stream one run: progress (custom mode), synthesis tokens (messages mode), then the result."""
+    final: AIMessage | None = None
+    async for mode, data in graph.astream(
+        {"messages": list(messages)},
+        config=config,
+        context=context,
+        stream_mode=["custom", "messages", "updates"],
+    ):
+        if mode == "custom":
+            yield RunEvent("progress", progress=data)
+        elif mode == "messages":
+            chunk, meta = data
+            if meta.get("langgraph_node") == "synthesis" and isinstance(chunk, AIMessageChunk):
+                yield RunEvent("token", chunk=chunk)
+        elif mode == "updates" and "synthesis" in data:
+            final = data["synthesis"]["messages"][-1]
+    if final is None:
+        raise RuntimeError("the graph ended without a synthesis message")
+    yield RunEvent("final", message=final)

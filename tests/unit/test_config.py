@@ -1,0 +1,100 @@
+"""Configuration: presets expand, overrides apply, bad settings fail before any call, naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+
+from fusiongraph.graph.builder import build_graph
+from fusiongraph.graph.config import FusionContext, resolve_config
+from fusiongraph.graph.errors import FusionConfigError, FusionError
+from fusiongraph.graph.presets import PRESETS
+from tests.fakes import FakeFactory
+
+
+def test_local_preset_is_the_default_and_needs_no_key() -> None:
+    config = resolve_config(None)
+    assert config.preset == "local"
+    assert len(config.panel) == 3 and {s.provider for s in config.all_specs()} == {"local"}
+    assert len({(s.temperature, s.seed) for s in config.panel}) == 3
+    assert config.tool_mode == "prefetch" and config.search.provider == "corpus"
+
+
+def test_every_preset_expands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "k")
+    for name in PRESETS:
+        config = resolve_config({"preset": name})
+        assert 1 <= len(config.panel) <= 8
+
+
+def test_quality_preset_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "k")
+    config = resolve_config(FusionContext(preset="quality"))
+    assert [s.name for s in config.panel] == [
+        "openrouter:anthropic/claude-opus-4.8",
+        "openrouter:google/gemini-3.1-pro",
+        "openrouter:openai/gpt-5.5",
+    ]
+    assert config.judge.name == config.synthesizer.name == "openrouter:anthropic/claude-opus-4.8"
+    assert config.judge.resolved_base_url() == "https://openrouter.ai/api/v1"
+
+
+def test_overrides_apply_on_top_of_the_preset() -> None:
+    config = resolve_config({
+        "preset": "local", "panel": ["openai:gpt-5.5", {"model": "x", "base_url": "http://h/v1"}],
+        "max_tool_calls": 3, "tool_mode": "agentic", "corpus_dir": "/tmp/c", "quorum": 1,
+    })
+    assert [s.name for s in config.panel] == ["openai:gpt-5.5", "x"]
+    assert config.max_tool_calls == 3 and config.tool_mode == "agentic"
+    assert config.search.provider == "corpus" and config.search.corpus_dir == "/tmp/c"
+    assert config.judge.provider == "local"
+
+
+@pytest.mark.parametrize(
+    ("ctx", "field"),
+    [
+        ({"preset": "nope"}, "preset"),
+        ({"panel": []}, "panel"),
+        ({"panel": ["openai:a"] * 9}, "panel"),
+        ({"panel": ["foo:bar"]}, "panel[0]"),
+        ({"panel": ["openai:a", "no-prefix"]}, "panel[1]"),
+        ({"judge": "openai:fusion-local"}, "judge"),
+        ({"panel": ["openrouter:openrouter/fusion"]}, "panel[0]"),
+        ({"max_tool_calls": 17}, "max_tool_calls"),
+        ({"max_tool_calls": 0}, "max_tool_calls"),
+        ({"tool_mode": "sometimes"}, "tool_mode"),
+        ({"quorum": 4}, "config"),
+        ({"search_provider": "bing"}, "search.provider"),
+        ({"colour": "blue"}, "colour"),
+        ({"panel": [{"model": "x"}]}, "panel[0]"),
+    ],
+)
+def test_bad_configuration_names_the_field(ctx: dict[str, Any], field: str) -> None:
+    with pytest.raises(FusionConfigError) as info:
+        resolve_config(ctx)
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_missing_key_is_refused_naming_the_model() -> None:
+    with pytest.raises(FusionConfigError) as info:
+        resolve_config({"preset": "quality"})
+    assert info.value.field == "panel[0]" and "OPENROUTER_API_KEY" in str(info.value)
+
+
+async def test_bad_configuration_fails_before_any_model_call() -> None:
+    factory = FakeFactory({})
+    with pytest.raises(FusionConfigError):
+        await build_graph(factory).ainvoke(
+            {"messages": [HumanMessage(content="hi")]}, context={"panel": ["foo:bar"]}
+        )
+    assert factory.built == []
+
+
+async def test_bad_input_fails_before_any_model_call() -> None:
+    factory = FakeFactory({})
+    with pytest.raises(FusionError) as info:
+        await build_graph(factory).ainvoke({"messages": []}, context={"panel": ["openai:a"]})
+    assert info.value.reason == "invalid_input" and factory.built == []
