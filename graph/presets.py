@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # llama.cpp serves one request at a time here, so the panel is sequential in practice.
         "panel_timeout_s": 300.0,
         "judge_input_chars": 1200,
-        "search": {"provider": "corpus"},
+        "search": {"provider": "corpus", "max_results": 3},
     },
     "quality": {
         "description": "Frontier panel on OpenRouter; Claude Opus judges and writes.",

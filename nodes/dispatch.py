@@ -44,14 +44,17 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
     prompt_chars = sum(len(str(m.content)) for m in messages)
     worst, unknown = worst_case_cost(config, prompt_chars)
     if unknown:
-        raise FusionConfigError("prices", f"no price known for {', '.join(unknown)}; "
-                                "add them to `prices` to use max_cost_usd")
+        raise FusionConfigError(
+            "prices",
+            f"no price known for {', '.join(unknown)}; add them to `prices` to use max_cost_usd",
+        )
     if worst > config.max_cost_usd:
         raise FusionError(
             "budget_exceeded",
             f"the worst case of this plan is ${worst:.4f}, over max_cost_usd "
             f"${config.max_cost_usd:.4f}; lower max_tokens, max_tool_calls or the panel size",
-            worst_case_usd=round(worst, 6), max_cost_usd=config.max_cost_usd,
+            worst_case_usd=round(worst, 6),
+            max_cost_usd=config.max_cost_usd,
         )
 
 

@@ -21,9 +21,16 @@ from langgraph.runtime import get_runtime
 
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
-from fusiongraph.graph.models import ModelFactory, close_model
+from fusiongraph.graph.models import ModelFactory, close_model, quiet
 from fusiongraph.graph.specs import StructuredMethod
-from fusiongraph.graph.state import FusionState, PanelResult, Usage, add_usage, empty_usage, usage_of
+from fusiongraph.graph.state import (
+    FusionState,
+    PanelResult,
+    Usage,
+    add_usage,
+    empty_usage,
+    usage_of,
+)
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.analysis import Analysis, analysis_json_schema, map_labels, parse_analysis
 from fusiongraph.nodes.failures import describe, failure_reason
@@ -55,15 +62,18 @@ def judge_messages(state: FusionState, order: list[PanelResult], max_chars: int)
         content = result["content"]
         if len(content) > max_chars:
             content = content[:max_chars] + " [...truncated]"
-        blocks.append(f"Response {label}:\n" + delimit_untrusted(content, f"Response {label}"))
+        blocks.append(
+            f"Response {label}:\n" + delimit_untrusted(content, f"Response {label}", notice=False)
+        )
     user = prompts.JUDGE_USER.format(
         question=last_user_text(state["messages"]), responses="\n\n".join(blocks)
     )
     return [SystemMessage(content=prompts.JUDGE), HumanMessage(content=user)]
 
 
-async def structured_call(model: BaseChatModel, method: StructuredMethod,
-                          messages: list[Any]) -> tuple[Analysis, Usage]:
+async def structured_call(
+    model: BaseChatModel, method: StructuredMethod, messages: list[Any]
+) -> tuple[Analysis, Usage]:
     """Ask for the analysis with one method; raise on any failure (the caller falls back)."""
     if method in ("json_schema", "function_calling"):
         runnable = model.with_structured_output(Analysis, method=method, include_raw=True)
@@ -81,8 +91,9 @@ async def structured_call(model: BaseChatModel, method: StructuredMethod,
     return parse_analysis(text_of(reply)), usage_of(reply)
 
 
-async def run_judge(model: BaseChatModel, method: StructuredMethod,
-                    messages: list[Any]) -> tuple[Analysis, Usage, list[str]]:
+async def run_judge(
+    model: BaseChatModel, method: StructuredMethod, messages: list[Any]
+) -> tuple[Analysis, Usage, list[str]]:
     """The strongest method first, then a plain prompt parsed tolerantly."""
     usage, errors = empty_usage(), []
     for attempt in dict.fromkeys([method, "prompt"]):
@@ -117,18 +128,25 @@ def make_judge(model_factory: ModelFactory):
         if not answers:
             reasons = {r["error"]["reason"] for r in panel if r["error"]}
             reason = "rate_limited" if reasons == {"rate_limited"} else "all_panelists_failed"
-            raise FusionError(reason, "no panelist produced an answer",
-                              failed_models=[failed_entry(r) for r in panel])
-        spec = config.judge.model_copy(update={"temperature": 0.0,
-                                               "max_tokens": config.judge.max_tokens or JUDGE_MAX_TOKENS})
+            raise FusionError(
+                reason,
+                "no panelist produced an answer",
+                failed_models=[failed_entry(r) for r in panel],
+            )
+        spec = config.judge.model_copy(
+            update={"temperature": 0.0, "max_tokens": config.judge.max_tokens or JUDGE_MAX_TOKENS}
+        )
         order, labels = anonymise(answers, state.get("run_key", ""))
         emit("judge_started", model=spec.name, answers=len(order))
         started = time.monotonic()
-        model = model_factory(spec)
+        model = quiet(model_factory(spec))
         info: dict[str, Any] = {"model": spec.name, "order": [labels[k] for k in sorted(labels)]}
         try:
-            work = run_judge(model, spec.resolved_structured_output(),
-                             judge_messages(state, order, config.judge_input_chars))
+            work = run_judge(
+                model,
+                spec.resolved_structured_output(),
+                judge_messages(state, order, config.judge_input_chars),
+            )
             analysis, usage, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
             mapped = map_labels(analysis, labels)
             info.update(ok=True, error=None, usage=usage, fallbacks=notes)
@@ -137,13 +155,19 @@ def make_judge(model_factory: ModelFactory):
         except Exception as exc:
             mapped = None
             reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
-            info.update(ok=False, error={"reason": reason, "message": describe(exc)},
-                        usage=empty_usage())
+            info.update(
+                ok=False, error={"reason": reason, "message": describe(exc)}, usage=empty_usage()
+            )
         finally:
             await close_model(model)
         info["latency_s"] = round(time.monotonic() - started, 3)
-        emit("judge_finished", model=spec.name, ok=info["ok"], latency_s=info["latency_s"],
-             error=info["error"])
+        emit(
+            "judge_finished",
+            model=spec.name,
+            ok=info["ok"],
+            latency_s=info["latency_s"],
+            error=info["error"],
+        )
         return {"analysis": mapped, "judge": info}
 
     return judge

@@ -51,12 +51,15 @@ def flatten_tool_history(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
     for message in messages:
         if isinstance(message, AIMessage) and message.tool_calls:
             calls = "; ".join(
-                f"{c['name']}({json.dumps(c['args'], ensure_ascii=False)})" for c in message.tool_calls
+                f"{c['name']}({json.dumps(c['args'], ensure_ascii=False)})"
+                for c in message.tool_calls
             )
             text = text_of(message)
             out.append(AIMessage(content=f"{text}\n[called tools: {calls}]".strip()))
         elif isinstance(message, ToolMessage):
-            out.append(HumanMessage(content=f"[result of tool {message.name or ''}]: {text_of(message)}"))
+            out.append(
+                HumanMessage(content=f"[result of tool {message.name or ''}]: {text_of(message)}")
+            )
         else:
             out.append(message)
     return out

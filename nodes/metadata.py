@@ -24,8 +24,9 @@ def _panel_spec(result: PanelResult, config: FusionConfig) -> ModelSpec:
     return config.panel[int(result["panelist"].removeprefix("p")) - 1]
 
 
-def fusion_metadata(state: FusionState, config: FusionConfig, *, synthesis_usage: Usage,
-                    synthesis_latency_s: float) -> dict[str, Any]:
+def fusion_metadata(
+    state: FusionState, config: FusionConfig, *, synthesis_usage: Usage, synthesis_latency_s: float
+) -> dict[str, Any]:
     panel = state.get("panel", [])
     judge = state.get("judge") or {}
     panel_usage, panel_costs = empty_usage(), []
@@ -35,12 +36,23 @@ def fusion_metadata(state: FusionState, config: FusionConfig, *, synthesis_usage
         cost = cost_of(result["usage"], price_of(_panel_spec(result, config), config))
         panel_costs.append(cost)
         if result["error"] is None:
-            entry = {k: result[k] for k in ("panelist", "model", "content", "sources", "usage",
-                                            "latency_s", "tool_calls")}
+            entry = {
+                k: result[k]
+                for k in (
+                    "panelist",
+                    "model",
+                    "content",
+                    "sources",
+                    "usage",
+                    "latency_s",
+                    "tool_calls",
+                )
+            }
             entries.append({**entry, "cost_usd": cost})
         else:
-            failed.append({**failed_entry(result), "latency_s": result["latency_s"],
-                           "cost_usd": cost})
+            failed.append(
+                {**failed_entry(result), "latency_s": result["latency_s"], "cost_usd": cost}
+            )
     judge_usage = judge.get("usage") or empty_usage()
     judge_cost = cost_of(judge_usage, price_of(config.judge, config))
     synthesis_cost = cost_of(synthesis_usage, price_of(config.synthesizer, config))
@@ -54,8 +66,16 @@ def fusion_metadata(state: FusionState, config: FusionConfig, *, synthesis_usage
         "degraded": not judge.get("ok", False),
         "judge": {k: judge.get(k) for k in ("model", "ok", "error", "latency_s", "fallbacks")},
         "synthesizer": {"model": config.synthesizer.name, "latency_s": synthesis_latency_s},
-        "usage": {"panel": panel_usage, "judge": judge_usage, "synthesis": synthesis_usage,
-                  "total": total},
-        "cost_usd": {"panel": panel_cost, "judge": judge_cost, "synthesis": synthesis_cost,
-                     "total": _sum([panel_cost, judge_cost, synthesis_cost])},
+        "usage": {
+            "panel": panel_usage,
+            "judge": judge_usage,
+            "synthesis": synthesis_usage,
+            "total": total,
+        },
+        "cost_usd": {
+            "panel": panel_cost,
+            "judge": judge_cost,
+            "synthesis": synthesis_cost,
+            "total": _sum([panel_cost, judge_cost, synthesis_cost]),
+        },
     }

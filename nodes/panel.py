@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMes
 from langgraph.runtime import get_runtime
 
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
-from fusiongraph.graph.models import ModelFactory, close_model
+from fusiongraph.graph.models import ModelFactory, close_model, quiet
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import PanelResult, PanelTask, Source, add_usage, empty_usage, usage_of
 from fusiongraph.nodes import prompts
@@ -54,8 +54,9 @@ async def answer_off(model: BaseChatModel, messages: list[AnyMessage], out: Pane
     out.content = text_of(out.count(reply))
 
 
-async def answer_prefetch(model: BaseChatModel, messages: list[AnyMessage], config: FusionConfig,
-                          out: PanelAnswer) -> None:
+async def answer_prefetch(
+    model: BaseChatModel, messages: list[AnyMessage], config: FusionConfig, out: PanelAnswer
+) -> None:
     context, sources = await prefetch_context(last_user_text(messages), config.search, config.fetch)
     out.add_sources(sources)
     system = prompts.PANELIST_PREFETCH.format(context=context)
@@ -63,8 +64,13 @@ async def answer_prefetch(model: BaseChatModel, messages: list[AnyMessage], conf
     out.content = text_of(out.count(reply))
 
 
-async def answer_agentic(model: BaseChatModel, messages: list[AnyMessage], config: FusionConfig,
-                         max_calls: int, out: PanelAnswer) -> None:
+async def answer_agentic(
+    model: BaseChatModel,
+    messages: list[AnyMessage],
+    config: FusionConfig,
+    max_calls: int,
+    out: PanelAnswer,
+) -> None:
     """Tool loop: at most `max_calls` tool calls in total, then one answer without tools."""
     tools = {t.name: t for t in make_web_tools(config.search, config.fetch)}
     bound = model.bind_tools(list(tools.values()))
@@ -76,7 +82,9 @@ async def answer_agentic(model: BaseChatModel, messages: list[AnyMessage], confi
             out.content = text_of(reply)
             return
         for call in reply.tool_calls:
-            history.append(await _run_tool(tools, call, out, budget_left=out.tool_calls < max_calls))
+            history.append(
+                await _run_tool(tools, call, out, budget_left=out.tool_calls < max_calls)
+            )
         if out.tool_calls >= max_calls:
             break
     final_model = model.bind_tools(list(tools.values()), tool_choice="none")
@@ -85,21 +93,26 @@ async def answer_agentic(model: BaseChatModel, messages: list[AnyMessage], confi
     out.content = text_of(reply)
 
 
-async def _run_tool(tools: dict[str, Any], call: dict[str, Any], out: PanelAnswer,
-                    budget_left: bool) -> ToolMessage:
+async def _run_tool(
+    tools: dict[str, Any], call: dict[str, Any], out: PanelAnswer, budget_left: bool
+) -> ToolMessage:
     call_id = call.get("id") or ""
     if not budget_left:
         return ToolMessage(content="Not run: the tool budget is spent.", tool_call_id=call_id)
     tool = tools.get(call["name"])
     if tool is None:
-        return ToolMessage(content=f"Unknown tool {call['name']!r}; use web_search or web_fetch.",
-                           tool_call_id=call_id, status="error")
+        return ToolMessage(
+            content=f"Unknown tool {call['name']!r}; use web_search or web_fetch.",
+            tool_call_id=call_id,
+            status="error",
+        )
     out.tool_calls += 1
     try:
         result = await tool.ainvoke({**call, "type": "tool_call"})
     except Exception as exc:  # a broken tool is the model's problem to route around, not ours
-        return ToolMessage(content=f"{call['name']} failed: {describe(exc)}", tool_call_id=call_id,
-                           status="error")
+        return ToolMessage(
+            content=f"{call['name']} failed: {describe(exc)}", tool_call_id=call_id, status="error"
+        )
     artifact = getattr(result, "artifact", None) or {}
     out.add_sources(artifact.get("sources", []))
     return result
@@ -119,7 +132,9 @@ def make_panelist(model_factory: ModelFactory):
         spec = _effective_spec(config.panel[task["index"]], config)
         panelist_id = task["panelist"]
         clock = clock_for(
-            task["run_key"], timeout_s=config.panel_timeout_s, quorum=config.quorum,
+            task["run_key"],
+            timeout_s=config.panel_timeout_s,
+            quorum=config.quorum,
             grace_s=config.straggler_grace_s,
             hard_cutoff=run_deadline_cutoff(task.get("started_at"), config.deadline_s, share=0.6),
         )
@@ -127,12 +142,14 @@ def make_panelist(model_factory: ModelFactory):
         started = time.monotonic()
         out = PanelAnswer()
         error = None
-        model = model_factory(spec)
+        model = quiet(model_factory(spec))
         try:
             messages = flatten_tool_history(task["messages"])
             mode = config.panel_tool_mode(spec)
             if mode == "agentic":
-                work = answer_agentic(model, messages, config, config.panel_max_tool_calls(spec), out)
+                work = answer_agentic(
+                    model, messages, config, config.panel_max_tool_calls(spec), out
+                )
             elif mode == "prefetch":
                 work = answer_prefetch(model, messages, config, out)
             else:
@@ -147,14 +164,27 @@ def make_panelist(model_factory: ModelFactory):
         latency = round(time.monotonic() - started, 3)
         if error is None:
             clock.record_success()
-            emit("panelist_finished", panelist=panelist_id, model=spec.name, latency_s=latency,
-                 chars=len(out.content), tool_calls=out.tool_calls)
+            emit(
+                "panelist_finished",
+                panelist=panelist_id,
+                model=spec.name,
+                latency_s=latency,
+                chars=len(out.content),
+                tool_calls=out.tool_calls,
+            )
         else:
-            emit("panelist_failed", panelist=panelist_id, model=spec.name, latency_s=latency, **error)
+            emit(
+                "panelist_failed", panelist=panelist_id, model=spec.name, latency_s=latency, **error
+            )
         result: PanelResult = {
-            "panelist": panelist_id, "model": spec.name, "content": out.content if not error else "",
-            "sources": out.sources, "usage": out.usage, "latency_s": latency,
-            "tool_calls": out.tool_calls, "error": error,
+            "panelist": panelist_id,
+            "model": spec.name,
+            "content": out.content if not error else "",
+            "sources": out.sources,
+            "usage": out.usage,
+            "latency_s": latency,
+            "tool_calls": out.tool_calls,
+            "error": error,
         }
         return {"panel": [result]}
 

@@ -82,8 +82,14 @@ _clocks: dict[str, PanelClock] = {}
 _registry_lock = threading.Lock()
 
 
-def clock_for(run_key: str, *, timeout_s: float, quorum: int | None, grace_s: float,
-              hard_cutoff: float | None = None) -> PanelClock:
+def clock_for(
+    run_key: str,
+    *,
+    timeout_s: float,
+    quorum: int | None,
+    grace_s: float,
+    hard_cutoff: float | None = None,
+) -> PanelClock:
     """The run's shared clock, created by whichever branch asks first."""
     with _registry_lock:
         clock = _clocks.get(run_key)
@@ -103,8 +109,9 @@ def release_clock(run_key: str) -> None:
         _clocks.pop(run_key, None)
 
 
-def run_deadline_cutoff(started_at: float | None, deadline_s: float | None,
-                        share: float = 1.0) -> float | None:
+def run_deadline_cutoff(
+    started_at: float | None, deadline_s: float | None, share: float = 1.0
+) -> float | None:
     """A monotonic cutoff at `share` of the run's overall deadline (wall-clock `started_at`)."""
     if started_at is None or deadline_s is None:
         return None

@@ -78,8 +78,9 @@ def make_synthesis(model_factory: ModelFactory):
         timeout = None if cutoff is None else max(cutoff - time.monotonic(), 0.0)
         try:
             reply = await asyncio.wait_for(
-                runnable.ainvoke(synthesis_conversation(state, config),
-                                 {"tags": ["fusion:synthesis"]}),
+                runnable.ainvoke(
+                    synthesis_conversation(state, config), {"tags": ["fusion:synthesis"]}
+                ),
                 timeout,
             )
         except asyncio.CancelledError:
@@ -105,9 +106,11 @@ def make_synthesis(model_factory: ModelFactory):
             tool_calls=reply.tool_calls,
             id=reply.id,
             response_metadata={**reply.response_metadata, "fusion": meta},
-            usage_metadata={"input_tokens": total["input_tokens"],
-                            "output_tokens": total["output_tokens"],
-                            "total_tokens": total["total_tokens"]},
+            usage_metadata={
+                "input_tokens": total["input_tokens"],
+                "output_tokens": total["output_tokens"],
+                "total_tokens": total["total_tokens"],
+            },
         )
         emit("synthesis_finished", model=spec.name, latency_s=latency)
         return {"messages": [final]}

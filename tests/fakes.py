@@ -25,6 +25,7 @@ class Script:
         self.replies = list(replies)
         self.repeat_last = repeat_last
         self.delay_s = delay_s
+        self.cancelled = 0
         self.calls: list[list[BaseMessage]] = []
         self.kwargs: list[dict[str, Any]] = []
         self.bound_tools: list[Any] = []
@@ -47,8 +48,15 @@ class Script:
             text = message.text or json.dumps([c["args"] for c in message.tool_calls])
             n_in = sum(len(str(m.content).split()) for m in messages)
             n_out = max(1, len(text.split()))
-            message = message.model_copy(update={"usage_metadata": {
-                "input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}})
+            message = message.model_copy(
+                update={
+                    "usage_metadata": {
+                        "input_tokens": n_in,
+                        "output_tokens": n_out,
+                        "total_tokens": n_in + n_out,
+                    }
+                }
+            )
         return message
 
 
@@ -58,11 +66,26 @@ def stream_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
     for token in re.split(r"(\s)", message.text):
         if token:
             yield ChatGenerationChunk(message=AIMessageChunk(content=token, id=message.id))
-    calls = [{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i,
-              "type": "tool_call_chunk"} for i, c in enumerate(message.tool_calls)]
-    yield ChatGenerationChunk(message=AIMessageChunk(
-        content="", id=message.id, tool_call_chunks=calls, usage_metadata=message.usage_metadata,
-        response_metadata=message.response_metadata, chunk_position="last"))
+    calls = [
+        {
+            "name": c["name"],
+            "args": json.dumps(c["args"]),
+            "id": c["id"],
+            "index": i,
+            "type": "tool_call_chunk",
+        }
+        for i, c in enumerate(message.tool_calls)
+    ]
+    yield ChatGenerationChunk(
+        message=AIMessageChunk(
+            content="",
+            id=message.id,
+            tool_call_chunks=calls,
+            usage_metadata=message.usage_metadata,
+            response_metadata=message.response_metadata,
+            chunk_position="last",
+        )
+    )
 
 
 class ScriptedChatModel(GenericFakeChatModel):
@@ -71,25 +94,35 @@ class ScriptedChatModel(GenericFakeChatModel):
     script: Any = None
     messages: Any = iter(())
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         from langchain_core.outputs import ChatGeneration
 
         return ChatResult(generations=[ChatGeneration(message=self.script.next(messages, kwargs))])
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: Any = None,
-                         run_manager: Any = None, **kwargs: Any) -> ChatResult:
-        if self.script.delay_s:
-            await asyncio.sleep(self.script.delay_s)
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        await self._delay()
         return self._generate(messages, stop, None, **kwargs)
+
+    async def _delay(self) -> None:
+        """Simulated latency; a cancelled call is counted, as a real HTTP call would be closed."""
+        if not self.script.delay_s:
+            return
+        try:
+            await asyncio.sleep(self.script.delay_s)
+        except asyncio.CancelledError:
+            self.script.cancelled += 1
+            raise
 
     def _stream(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[override]
         yield from stream_chunks(self.script.next(messages, kwargs))
 
     async def _astream(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[override]
         # One scripted reply per call (the base _astream would call _stream again in a thread).
-        if self.script.delay_s:
-            await asyncio.sleep(self.script.delay_s)
+        await self._delay()
         for chunk in stream_chunks(self.script.next(messages, kwargs)):
             yield chunk
 
@@ -112,8 +145,13 @@ class FakeFactory:
 
 def judge_json(**sections: Any) -> str:
     """A judge reply with the five sections (missing ones empty)."""
-    base = {"consensus": [], "contradictions": [], "partial_coverage": [], "unique_insights": [],
-            "blind_spots": []}
+    base = {
+        "consensus": [],
+        "contradictions": [],
+        "partial_coverage": [],
+        "unique_insights": [],
+        "blind_spots": [],
+    }
     return json.dumps({**base, **sections})
 
 
