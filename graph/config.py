@@ -101,8 +101,11 @@ def _overrides(ctx: FusionContext) -> dict[str, Any]:
     """The fields the caller set, mapped onto FusionConfig's shape."""
     values = {k: v for k, v in asdict(ctx).items() if v is not None and k != "preset"}
     search = {}
-    for key, target in (("search_provider", "provider"), ("corpus_dir", "corpus_dir"),
-                        ("searxng_url", "searxng_url")):
+    for key, target in (
+        ("search_provider", "provider"),
+        ("corpus_dir", "corpus_dir"),
+        ("searxng_url", "searxng_url"),
+    ):
         if key in values:
             search[target] = values.pop(key)
     fetch = {}

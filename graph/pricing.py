@@ -51,7 +51,9 @@ def cost_of(usage: Usage, price: Price | None) -> float | None:
         return round(float(reported), 8)
     if price is None:
         return None
-    return round((usage["input_tokens"] * price.input + usage["output_tokens"] * price.output) / 1e6, 8)
+    return round(
+        (usage["input_tokens"] * price.input + usage["output_tokens"] * price.output) / 1e6, 8
+    )
 
 
 def worst_case_cost(config: FusionConfig, prompt_chars: int) -> tuple[float, list[str]]:

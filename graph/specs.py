@@ -19,16 +19,36 @@ ToolMode = Literal["agentic", "prefetch", "off"]
 StructuredMethod = Literal["json_schema", "json_object_schema", "function_calling", "prompt"]
 
 PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "openai": {"base_url_env": "OPENAI_BASE_URL", "base_url": None,
-               "api_key_env": "OPENAI_API_KEY", "structured_output": "json_schema"},
-    "openrouter": {"base_url_env": "OPENROUTER_BASE_URL", "base_url": "https://openrouter.ai/api/v1",
-                   "api_key_env": "OPENROUTER_API_KEY", "structured_output": "json_schema"},
-    "anthropic": {"base_url_env": "ANTHROPIC_BASE_URL", "base_url": None,
-                  "api_key_env": "ANTHROPIC_API_KEY", "structured_output": "function_calling"},
-    "local": {"base_url_env": None, "base_url": None, "api_key_env": None,
-              "structured_output": "json_object_schema"},
-    "openai_compatible": {"base_url_env": None, "base_url": None, "api_key_env": None,
-                          "structured_output": "json_schema"},
+    "openai": {
+        "base_url_env": "OPENAI_BASE_URL",
+        "base_url": None,
+        "api_key_env": "OPENAI_API_KEY",
+        "structured_output": "json_schema",
+    },
+    "openrouter": {
+        "base_url_env": "OPENROUTER_BASE_URL",
+        "base_url": "https://openrouter.ai/api/v1",
+        "api_key_env": "OPENROUTER_API_KEY",
+        "structured_output": "json_schema",
+    },
+    "anthropic": {
+        "base_url_env": "ANTHROPIC_BASE_URL",
+        "base_url": None,
+        "api_key_env": "ANTHROPIC_API_KEY",
+        "structured_output": "function_calling",
+    },
+    "local": {
+        "base_url_env": None,
+        "base_url": None,
+        "api_key_env": None,
+        "structured_output": "json_object_schema",
+    },
+    "openai_compatible": {
+        "base_url_env": None,
+        "base_url": None,
+        "api_key_env": None,
+        "structured_output": "json_schema",
+    },
 }
 
 
@@ -67,7 +87,9 @@ class ModelSpec(BaseModel):
     @property
     def name(self) -> str:
         """The spec as a user writes it, e.g. `openrouter:openai/gpt-5.5`."""
-        return f"{self.provider}:{self.model}" if self.provider != "openai_compatible" else self.model
+        return (
+            f"{self.provider}:{self.model}" if self.provider != "openai_compatible" else self.model
+        )
 
     def resolved_base_url(self) -> str | None:
         if self.base_url:

@@ -77,8 +77,10 @@ def empty_usage() -> Usage:
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:
-    out: Usage = {k: a.get(k, 0) + b.get(k, 0)  # type: ignore[misc]
-                  for k in ("input_tokens", "output_tokens", "total_tokens")}
+    out: Usage = {
+        k: a.get(k, 0) + b.get(k, 0)  # type: ignore[misc]
+        for k in ("input_tokens", "output_tokens", "total_tokens")
+    }
     reported = a.get("reported_cost_usd", 0.0) + b.get("reported_cost_usd", 0.0)
     if reported:
         out["reported_cost_usd"] = reported
@@ -89,8 +91,11 @@ def usage_of(message: Any) -> Usage:
     """Token usage of an AIMessage, zero when the provider did not report it."""
     meta = getattr(message, "usage_metadata", None) or {}
     i, o = int(meta.get("input_tokens", 0) or 0), int(meta.get("output_tokens", 0) or 0)
-    usage: Usage = {"input_tokens": i, "output_tokens": o,
-                    "total_tokens": int(meta.get("total_tokens") or i + o)}
+    usage: Usage = {
+        "input_tokens": i,
+        "output_tokens": o,
+        "total_tokens": int(meta.get("total_tokens") or i + o),
+    }
     token_usage = (getattr(message, "response_metadata", None) or {}).get("token_usage") or {}
     if isinstance(token_usage, dict) and token_usage.get("cost"):
         usage["reported_cost_usd"] = float(token_usage["cost"])

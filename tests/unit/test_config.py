@@ -1,4 +1,4 @@
-"""Configuration: presets expand, overrides apply, bad settings fail before any call, naming the field."""
+"""Configuration: presets expand, overrides apply, bad settings fail early, naming the field."""
 
 from __future__ import annotations
 
@@ -42,10 +42,16 @@ def test_quality_preset_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overrides_apply_on_top_of_the_preset() -> None:
-    config = resolve_config({
-        "preset": "local", "panel": ["openai:gpt-5.5", {"model": "x", "base_url": "http://h/v1"}],
-        "max_tool_calls": 3, "tool_mode": "agentic", "corpus_dir": "/tmp/c", "quorum": 1,
-    })
+    config = resolve_config(
+        {
+            "preset": "local",
+            "panel": ["openai:gpt-5.5", {"model": "x", "base_url": "http://h/v1"}],
+            "max_tool_calls": 3,
+            "tool_mode": "agentic",
+            "corpus_dir": "/tmp/c",
+            "quorum": 1,
+        }
+    )
     assert [s.name for s in config.panel] == ["openai:gpt-5.5", "x"]
     assert config.max_tool_calls == 3 and config.tool_mode == "agentic"
     assert config.search.provider == "corpus" and config.search.corpus_dir == "/tmp/c"

@@ -27,8 +27,9 @@ def context(n: int, **extra: Any) -> dict[str, Any]:
 
 
 def factory_for(n: int, judge: Any = None, synth: Any = "Final answer.") -> FakeFactory:
-    scripts: dict[str, Any] = {f"m{i}": [f"Answer from panelist {i}. ANSWER-p{i}"]
-                               for i in range(1, n + 1)}
+    scripts: dict[str, Any] = {
+        f"m{i}": [f"Answer from panelist {i}. ANSWER-p{i}"] for i in range(1, n + 1)
+    }
     scripts["judge"] = judge if judge is not None else [judge_json(consensus=["all agree"])]
     scripts["synth"] = synth if isinstance(synth, Script) else [synth]
     return FakeFactory(scripts)
@@ -45,7 +46,9 @@ async def test_fan_out_reaches_every_panelist_and_joins_once(n: int) -> None:
     final = result["messages"][-1]
     assert isinstance(final, AIMessage) and final.content == "Final answer."
     fusion = final.response_metadata["fusion"]
-    assert sorted(p["panelist"] for p in fusion["panel"]) == sorted(f"p{i}" for i in range(1, n + 1))
+    assert sorted(p["panelist"] for p in fusion["panel"]) == sorted(
+        f"p{i}" for i in range(1, n + 1)
+    )
     assert all(len(factory.scripts[f"m{i}"].calls) == 1 for i in range(1, n + 1))
     assert len(factory.scripts["judge"].calls) == 1
     assert fusion["analysis"]["consensus"] == ["all agree"]
@@ -88,9 +91,15 @@ async def test_anonymised_shuffled_labels_map_back_to_panelists() -> None:
         return judge_json(
             unique_insights=[{"panelist": by_panelist["p2"], "insight": "only p2 said this"}],
             partial_coverage=[{"point": "x", "panelists": [f"Response {by_panelist['p3']}"]}],
-            contradictions=[{"topic": "t", "stances": [
-                {"panelist": by_panelist["p1"], "stance": "yes"},
-                {"panelist": by_panelist["p3"], "stance": "no"}]}],
+            contradictions=[
+                {
+                    "topic": "t",
+                    "stances": [
+                        {"panelist": by_panelist["p1"], "stance": "yes"},
+                        {"panelist": by_panelist["p3"], "stance": "no"},
+                    ],
+                }
+            ],
         )
 
     graph = build_graph(factory_for(3, judge=[judge]))
@@ -124,11 +133,14 @@ async def test_judge_garbage_degrades_to_synthesis_from_raw_answers(garbage: str
 
 async def test_judge_structured_method_failure_falls_back_to_tolerant_parse() -> None:
     def judge(messages: list[Any]) -> str:
-        return "Here you go:\n```json\n" + judge_json(blind_spots=["nobody cited a source"]) + "\n```"
+        return (
+            "Here you go:\n```json\n" + judge_json(blind_spots=["nobody cited a source"]) + "\n```"
+        )
 
     factory = factory_for(2, judge=[judge])
-    ctx = context(2, judge={"provider": "openai", "model": "judge",
-                            "structured_output": "json_object_schema"})
+    ctx = context(
+        2, judge={"provider": "openai", "model": "judge", "structured_output": "json_object_schema"}
+    )
     result = await build_graph(factory).ainvoke(ask(), context=ctx)
     fusion = result["messages"][-1].response_metadata["fusion"]
     assert fusion["analysis"]["blind_spots"] == ["nobody cited a source"]
@@ -189,8 +201,9 @@ async def test_empty_panel_answer_counts_as_failure() -> None:
 async def test_messages_stream_carries_only_synthesis_tokens() -> None:
     factory = factory_for(3, synth="the final streamed answer")
     tokens = []
-    async for chunk, meta in build_graph(factory).astream(ask(), context=context(3),
-                                                          stream_mode="messages"):
+    async for chunk, meta in build_graph(factory).astream(
+        ask(), context=context(3), stream_mode="messages"
+    ):
         if chunk.content:
             tokens.append((meta["langgraph_node"], chunk.content))
     assert {node for node, _ in tokens} == {"synthesis"}

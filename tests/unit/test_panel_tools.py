@@ -33,8 +33,7 @@ def ctx(corpus: Path, **extra: Any) -> dict[str, Any]:
 
 
 def factory(panel: Script) -> FakeFactory:
-    return FakeFactory({"agent": panel, "judge": [judge_json(consensus=["ok"])],
-                        "synth": ["done"]})
+    return FakeFactory({"agent": panel, "judge": [judge_json(consensus=["ok"])], "synth": ["done"]})
 
 
 async def test_agentic_loop_stops_at_max_tool_calls_then_answers(corpus: Path) -> None:
@@ -65,11 +64,14 @@ async def test_agentic_loop_counts_parallel_calls_against_the_budget(corpus: Pat
     def two_at_once(messages: list[Any]) -> AIMessage:
         if any(isinstance(m, ToolMessage) for m in messages):
             return AIMessage(content="answered")
-        return AIMessage(content="", tool_calls=[
-            tool_call("web_search", "a", query="Etna"),
-            tool_call("web_search", "b", query="tides"),
-            tool_call("web_search", "c", query="more"),
-        ])
+        return AIMessage(
+            content="",
+            tool_calls=[
+                tool_call("web_search", "a", query="Etna"),
+                tool_call("web_search", "b", query="tides"),
+                tool_call("web_search", "c", query="more"),
+            ],
+        )
 
     panel = Script([two_at_once])
     result = await build_graph(factory(panel)).ainvoke(
@@ -99,7 +101,8 @@ async def test_prefetch_searches_once_and_answers_from_the_pages(corpus: Path) -
 async def test_off_mode_uses_no_tools(corpus: Path) -> None:
     panel = Script(["plain"])
     await build_graph(factory(panel)).ainvoke(
-        {"messages": [HumanMessage(content="q")]}, context=ctx(corpus, tool_mode="off"))
+        {"messages": [HumanMessage(content="q")]}, context=ctx(corpus, tool_mode="off")
+    )
     assert panel.bound_tools == [] and "<<<UNTRUSTED_DATA" not in panel.calls[0][0].content
 
 
@@ -110,8 +113,9 @@ async def test_panelists_see_caller_tool_history_as_text(corpus: Path) -> None:
         AIMessage(content="", tool_calls=[tool_call("get_weather", "w1", city="Oslo")]),
         ToolMessage(content="-3C and snow", tool_call_id="w1", name="get_weather"),
     ]
-    await build_graph(factory(panel)).ainvoke({"messages": conversation},
-                                              context=ctx(corpus, tool_mode="off"))
+    await build_graph(factory(panel)).ainvoke(
+        {"messages": conversation}, context=ctx(corpus, tool_mode="off")
+    )
     sent = panel.calls[0]
     assert not any(isinstance(m, ToolMessage) for m in sent)
     assert not any(getattr(m, "tool_calls", None) for m in sent)
