@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.runnables import RunnableLambda
@@ -29,7 +31,15 @@ def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableLambda:
 
     @functools.wraps(node)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run(node(*args, **kwargs))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(node(*args, **kwargs))
+        # Called from a thread that already runs a loop (a notebook): use a fresh thread, carrying
+        # the context so LangGraph's runtime and stream writer are still found.
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(context.run, asyncio.run, node(*args, **kwargs)).result()
 
     return RunnableLambda(run_sync, afunc=node, name=node.__name__)
 

@@ -15,14 +15,17 @@ are kept, so a non-streamed call still shows the inner run nested under this mod
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import Any, Literal
 
-from fusiongraph.graph.config import FusionContext
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManager,
@@ -35,16 +38,19 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
 from langchain_core.tracers.base import BaseTracer
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, model_validator
 
+from fusiongraph.graph.config import FusionContext
+
 # The caller's tools go in through bind_tools and per-call kwargs, never through `context`.
 _CONTEXT_FIELDS = {f.name for f in fields(FusionContext)}
 # Common constructor arguments of other chat models: accepted so FusionChatModel is a drop-in,
 # but every inner model reads its own key and retry settings from its model spec.
-_IGNORED_INIT_ARGS = {"api_key", "max_retries", "base_url"}
+_IGNORED_INIT_ARGS = {"api_key", "max_retries"}
 _PRESET_PREFIX = re.compile(r"^fusion[:/\-]")
 
 
@@ -117,27 +123,101 @@ class StopCutter:
 def _inner_config(
     run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
 ) -> RunnableConfig:
-    """A root config for the inner graph run: no parent checkpointer, thread or stream handlers.
-
-    Explicit empty values are needed because `ensure_config` otherwise copies the caller's
-    context (a parent graph's configurable, callbacks, metadata) into the inner run.
-    """
-    callbacks: Any = []
+    """The inner run's config: only the caller's tracers, nested under this model's run."""
+    config = RunnableConfig(run_name="fusion")
     if run_manager is not None:
         tracers = [h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)]
         if tracers:
-            callbacks = CallbackManager(
+            config["callbacks"] = CallbackManager(
                 handlers=tracers,
                 inheritable_handlers=tracers,
                 parent_run_id=run_manager.run_id,
-                tags=list(run_manager.inheritable_tags),
                 inheritable_tags=list(run_manager.inheritable_tags),
-                metadata=dict(run_manager.inheritable_metadata),
                 inheritable_metadata=dict(run_manager.inheritable_metadata),
             )
-    return RunnableConfig(
-        callbacks=callbacks, configurable={}, metadata={}, tags=[], run_name="fusion"
-    )
+    return config
+
+
+def _isolated() -> contextvars.Context:
+    """A copy of the current context without the caller's ambient run config.
+
+    Inside a chain or a parent graph node, LangChain and LangGraph merge the ambient config into
+    every run started there (callbacks, checkpointer, checkpoint namespace), even over explicit
+    empty values; the inner run would then report to the caller's handlers and checkpoint into
+    the caller's thread. Running it in this context makes it a root run of its own.
+    """
+    ctx = contextvars.copy_context()
+    ctx.run(var_child_runnable_config.set, None)
+    return ctx
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _call_isolated(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call `fn` in an isolated context; from a thread that runs an event loop (a notebook, sync
+    code inside async code) in a worker thread, since the graph's sync nodes start their own."""
+    ctx = _isolated()
+    if not _loop_running():
+        return ctx.run(fn, *args, **kwargs)
+    with ThreadPoolExecutor(1, thread_name_prefix="fusion") as pool:
+        return pool.submit(ctx.run, fn, *args, **kwargs).result()
+
+
+def _iter_isolated(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """Drive a sync generator step by step in an isolated context (and a worker thread when
+    this thread runs an event loop, as in `_call_isolated`)."""
+    ctx = _isolated()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fusion") if _loop_running() else None
+
+    def step(fn: Callable[..., Any], *args: Any) -> Any:
+        return ctx.run(fn, *args) if pool is None else pool.submit(ctx.run, fn, *args).result()
+
+    iterator = step(make)
+    done = object()
+    try:
+        while (item := step(next, iterator, done)) is not done:
+            yield item
+    finally:
+        step(getattr(iterator, "close", lambda: None))
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+async def _aiter_isolated(make: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """Run an async generator to completion in its own task (isolated context), handing its
+    items over through a queue; closing or cancelling the consumer cancels the run."""
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for item in make():
+                queue.put_nowait((True, item))
+            queue.put_nowait((False, None))
+        except BaseException as exc:
+            queue.put_nowait((False, exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    task = asyncio.create_task(produce(), context=_isolated())
+    try:
+        while True:
+            more, item = await queue.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class FusionChatModel(BaseChatModel):
@@ -374,7 +454,8 @@ class FusionChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        out = self._graph().invoke(
+        out = _call_isolated(
+            self._graph().invoke,
             {"messages": messages},
             config=_inner_config(run_manager),
             context=self._run_context(kwargs),
@@ -388,11 +469,13 @@ class FusionChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        out = await self._graph().ainvoke(
+        run = self._graph().ainvoke(
             {"messages": messages},
             config=_inner_config(run_manager),
             context=self._run_context(kwargs),
         )
+        # Awaiting the task forwards a cancellation of this call to the run.
+        out = await asyncio.create_task(run, context=_isolated())
         return self._result(out["messages"][-1], stop, kwargs)
 
     def _stream(
@@ -404,11 +487,15 @@ class FusionChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         state = _StreamState(self._stops(stop))
         final: AIMessage | None = None
-        for mode, data in self._graph().stream(
-            {"messages": messages},
-            config=_inner_config(run_manager),
-            context=self._run_context(kwargs),
-            stream_mode=["messages", "updates"],
+        graph, context = self._graph(), self._run_context(kwargs)
+        config = _inner_config(run_manager)
+        for mode, data in _iter_isolated(
+            lambda: graph.stream(
+                {"messages": messages},
+                config=config,
+                context=context,
+                stream_mode=["messages", "updates"],
+            )
         ):
             if mode == "messages":
                 chunk, meta = data
@@ -434,12 +521,9 @@ class FusionChatModel(BaseChatModel):
         from fusiongraph.serve.runner import stream_run
 
         state = _StreamState(self._stops(stop))
-        async for event in stream_run(
-            self._graph(),
-            messages,
-            self._run_context(kwargs),
-            config=dict(_inner_config(run_manager)),
-        ):
+        graph, context = self._graph(), self._run_context(kwargs)
+        config = dict(_inner_config(run_manager))
+        async for event in _aiter_isolated(lambda: stream_run(graph, messages, context, config)):
             if event.kind == "token" and event.chunk is not None:
                 if (out := state.token(event.chunk)) is not None:
                     yield out

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusiongraph.graph.chat_model import FusionChatModel
-from fusiongraph.graph.errors import FusionError
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
+
+from fusiongraph.graph.chat_model import FusionChatModel
+from fusiongraph.graph.errors import FusionError
 
 DESCRIPTION = (
     "Ask a panel of independent models (each able to search the web) to deliberate on a "

@@ -18,7 +18,7 @@ from langgraph.runtime import get_runtime
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import ModelFactory, close_model
-from fusiongraph.graph.state import FusionState, usage_of
+from fusiongraph.graph.state import FusionState, estimate_usage, usage_of
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.judge import successful
@@ -74,13 +74,12 @@ def make_synthesis(model_factory: ModelFactory):
         runnable: Any = model
         if config.synthesis_tools:
             runnable = model.bind_tools(config.synthesis_tools, tool_choice=config.tool_choice)
+        conversation = synthesis_conversation(state, config)
         cutoff = run_deadline_cutoff(state.get("started_at"), config.deadline_s)
         timeout = None if cutoff is None else max(cutoff - time.monotonic(), 0.0)
         try:
             reply = await asyncio.wait_for(
-                runnable.ainvoke(
-                    synthesis_conversation(state, config), {"tags": ["fusion:synthesis"]}
-                ),
+                runnable.ainvoke(conversation, {"tags": ["fusion:synthesis"]}),
                 timeout,
             )
         except asyncio.CancelledError:
@@ -99,11 +98,16 @@ def make_synthesis(model_factory: ModelFactory):
             await close_model(model)
         latency = round(time.monotonic() - started, 3)
         usage = usage_of(reply)
+        estimated = usage["total_tokens"] == 0
+        if estimated:  # e.g. llama.cpp reports no usage when streaming: estimate, and say so
+            usage = estimate_usage(conversation, reply)
         meta = fusion_metadata(state, config, synthesis_usage=usage, synthesis_latency_s=latency)
+        meta["usage_estimated"] = estimated
         total = meta["usage"]["total"]
         final = AIMessage(
             content=reply.content,
             tool_calls=reply.tool_calls,
+            invalid_tool_calls=reply.invalid_tool_calls,
             id=reply.id,
             response_metadata={**reply.response_metadata, "fusion": meta},
             usage_metadata={
