@@ -241,6 +241,39 @@ def presets() -> None:
     console.print(table)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    preset: Annotated[
+        str | None, typer.Option(help="Preset behind the model `fusion` (default: local).")
+    ] = None,
+    aliases: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file: model alias -> fusion settings.", exists=True, dir_okay=False
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/models) with uvicorn.
+
+    API keys come from FUSIONGRAPH_API_KEYS (comma-separated); without it there is no auth.
+    """
+    load_dotenv()
+    import uvicorn
+
+    from fusiongraph.serve.server import create_app
+
+    try:
+        alias_map = json.loads(aliases.read_text()) if aliases else None
+        server_app = create_app(aliases=alias_map, default_preset=preset)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]cannot start the server:[/red] {exc}")
+        raise typer.Exit(2) from None
+    uvicorn.run(server_app, host=host, port=port, log_level=log_level)
+
+
 @local_app.command("start")
 def local_start() -> None:
     """Start the local model server (or reuse the running one) and leave it running."""

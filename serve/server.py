@@ -1,0 +1,326 @@
+"""The OpenAI-compatible HTTP face of the fusion graph: /v1/chat/completions and /v1/models.
+
+`model` names a preset (`fusion` is the default preset, `fusion-<preset>` each preset) or an alias
+the operator configured (a FusionContext dict). Requests may add a `fusion` object with per-request
+overrides (panel, judge, tool limits, ...) and `"progress": true` to receive progress events as SSE
+comment lines, which every SSE client (the OpenAI SDKs included) skips.
+
+Every run is tied to its request: when the client disconnects, the run's task is cancelled, and
+with it the graph's node tasks and their upstream HTTP calls. Error mapping: see openai_errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from langchain_core.messages import AIMessage
+from langgraph.graph.state import CompiledStateGraph
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from fusiongraph.graph.config import FusionContext, resolve_config
+from fusiongraph.graph.errors import FusionError
+from fusiongraph.graph.models import FUSION_DEPTH_HEADER
+from fusiongraph.graph.presets import PRESETS
+from fusiongraph.nodes.messages import check_conversation
+from fusiongraph.serve.openai_errors import (
+    OpenAIError,
+    from_fusion_error,
+    install_error_handlers,
+    internal_error,
+    logger,
+)
+from fusiongraph.serve.openai_request import RunRequest, build_run, parse_request
+from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
+from fusiongraph.serve.runner import RunEvent, stream_run
+
+API_KEYS_ENV = "FUSIONGRAPH_API_KEYS"
+PRESET_ENV = "FUSIONGRAPH_PRESET"
+DEFAULT_MODEL = "fusion"
+# How long a cancelled run may take to unwind (close its HTTP clients) before we stop waiting.
+CANCEL_WAIT_S = 10.0
+# Status logged for a request whose client went away (nginx's convention; never sent).
+CLIENT_CLOSED = 499
+
+_DONE = object()
+
+
+def _env_api_keys() -> list[str]:
+    return [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+
+
+def model_table(default_preset: str, aliases: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """Every callable model name -> the FusionContext fields it stands for."""
+    table: dict[str, dict[str, Any]] = {DEFAULT_MODEL: {"preset": default_preset}}
+    table.update({f"{DEFAULT_MODEL}-{name}": {"preset": name} for name in PRESETS})
+    for name, context in aliases.items():
+        table[name] = {"preset": default_preset, **context}
+    return table
+
+
+def _check_aliases(aliases: dict[str, dict[str, Any]]) -> None:
+    """Fail at start-up, not on the first request, when an alias names an unknown setting."""
+    fields = set(FusionContext.__dataclass_fields__)
+    for name, context in aliases.items():
+        if not isinstance(context, dict):
+            raise ValueError(f"alias {name!r} must map to a dict of fusion settings")
+        unknown = set(context) - fields
+        if unknown:
+            raise ValueError(f"alias {name!r}: unknown settings {sorted(unknown)}")
+        if context.get("preset", "") and context["preset"] not in PRESETS:
+            raise ValueError(f"alias {name!r}: unknown preset {context['preset']!r}")
+
+
+class Run:
+    """One graph run in its own task, read through a queue.
+
+    The task owns the graph's async generator, so cancelling the task cancels the run where it
+    waits (inside LangGraph, which cancels its node tasks) instead of leaving a half-consumed
+    generator for the garbage collector.
+    """
+
+    def __init__(self, events: AsyncIterator[RunEvent]) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.task = asyncio.create_task(self._pump(events), name="fusion-run")
+
+    async def _pump(self, events: AsyncIterator[RunEvent]) -> None:
+        try:
+            async for event in events:
+                self._queue.put_nowait(event)
+        except Exception as exc:
+            self._queue.put_nowait(exc)
+        else:
+            self._queue.put_nowait(_DONE)
+
+    async def next(self) -> RunEvent | None:
+        """The next event; None at the end; the run's exception if it failed."""
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return None if item is _DONE else item
+
+    async def cancel(self) -> None:
+        """Cancel the run and wait (shielded, bounded) until its upstream calls are closed."""
+        if self.task.done():
+            return
+        self.task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({self.task}, timeout=CANCEL_WAIT_S)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Return when the client goes away (the body has been read, so receive() waits for that)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _race_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
+    """Wait for `work` unless the client disconnects first; True when it did."""
+    watcher = asyncio.create_task(_wait_disconnect(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    return not work.done()
+
+
+def create_app(
+    graph: CompiledStateGraph | None = None,
+    *,
+    api_keys: list[str] | None = None,
+    aliases: dict[str, dict[str, Any]] | None = None,
+    default_preset: str | None = None,
+) -> FastAPI:
+    """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
+    (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`."""
+    if graph is None:
+        from fusiongraph.graph.builder import graph as default_graph
+
+        graph = default_graph
+    keys = _env_api_keys() if api_keys is None else [k for k in api_keys if k]
+    aliases = dict(aliases or {})
+    _check_aliases(aliases)
+    preset = default_preset or os.environ.get(PRESET_ENV) or "local"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    models = model_table(preset, aliases)
+    started = int(time.time())
+
+    app = FastAPI(title="fusiongraph", summary="Multi-model deliberation behind the OpenAI API.")
+    install_error_handlers(app)
+
+    def authorize(request: Request) -> None:
+        if not keys:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise OpenAIError(
+                401, "missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
+            )
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+            raise OpenAIError(401, "incorrect API key", code="invalid_api_key")
+
+    def model_card(name: str) -> dict[str, Any]:
+        context = models[name]
+        description = (
+            PRESETS[context["preset"]]["description"]
+            if name.startswith(DEFAULT_MODEL) and name not in aliases
+            else "alias"
+        )
+        return {
+            "id": name,
+            "object": "model",
+            "created": started,
+            "owned_by": "fusiongraph",
+            "fusion": {"preset": context["preset"], "description": description},
+        }
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        authorize(request)
+        return {"object": "list", "data": [model_card(name) for name in models]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        if model_id not in models:
+            raise OpenAIError(
+                404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        return model_card(model_id)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        authorize(request)
+        if FUSION_DEPTH_HEADER.lower() in request.headers:
+            raise OpenAIError(
+                400,
+                "this request comes from inside a fusion run; a fusion model cannot sit "
+                "on its own panel",
+                param="model",
+                code="recursion",
+            )
+        body = parse_request(await request.body())
+        if body.model not in models:
+            raise OpenAIError(
+                400,
+                f"the model {body.model!r} does not exist; GET /v1/models lists {sorted(models)}",
+                param="model",
+                code="model_not_found",
+            )
+        run = build_run(body, models[body.model])
+        check_conversation(run.messages)
+        resolve_config(run.context)  # a bad configuration is a 400 before anything runs
+        if run.stream:
+            return await _stream(graph, run, request)
+        return await _complete(graph, run, request)
+
+    return app
+
+
+async def _complete(graph: CompiledStateGraph, run: RunRequest, request: Request) -> Response:
+    task = asyncio.ensure_future(graph.ainvoke({"messages": run.messages}, context=run.context))
+    try:
+        gone = await _race_disconnect(request, task)
+    finally:
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+    if gone:
+        logger.info("client disconnected; run cancelled")
+        return Response(status_code=CLIENT_CLOSED)
+    final = task.result()["messages"][-1]  # FusionError goes to its handler
+    body = completion_body(final, model=run.model, cid=completion_id(), created=int(time.time()))
+    return JSONResponse(body)
+
+
+async def _stream(graph: CompiledStateGraph, run: RunRequest, request: Request) -> Response:
+    """Start the run and hold the response until its first answer token, so that every failure
+    before the synthesis writes (config, budget, all panelists failing, rate limits, the local
+    server not starting) is still a proper status code for a standard client. A request with
+    `fusion.progress` wants to watch the panel, so its stream opens at the first progress event.
+    """
+    handle = Run(stream_run(graph, run.messages, run.context))
+    first = asyncio.ensure_future(_first_event(handle, run.progress))
+    try:
+        gone = await _race_disconnect(request, first)
+    except BaseException:
+        first.cancel()
+        await handle.cancel()
+        raise
+    if gone:
+        first.cancel()
+        await handle.cancel()
+        logger.info("client disconnected before the stream opened; run cancelled")
+        return Response(status_code=CLIENT_CLOSED)
+    try:
+        event = first.result()
+    except FusionError as exc:
+        return from_fusion_error(exc).response()
+    except Exception:
+        logger.exception("fusion run failed before streaming")
+        return internal_error().response()
+    return EventSourceResponse(_sse(handle, event, run), sep="\n")
+
+
+async def _first_event(handle: Run, progress: bool) -> RunEvent | None:
+    """The event that opens the stream: the first one at all, or the first non-progress one."""
+    while True:
+        event = await handle.next()
+        if event is None or progress or event.kind != "progress":
+            return event
+
+
+def _data(payload: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+
+async def _sse(handle: Run, first: RunEvent | None, run: RunRequest) -> AsyncIterator[Any]:
+    """chat.completion.chunk events, then `data: [DONE]`; a failure becomes an error event.
+
+    sse-starlette cancels this generator when the client disconnects; `finally` then cancels
+    the run, which closes its upstream calls.
+    """
+    writer = ChunkWriter(model=run.model, include_usage=run.include_usage)
+    try:
+        try:
+            yield _data(writer.start())
+            event = first
+            while event is not None:
+                if event.kind == "progress" and run.progress and event.progress:
+                    yield ServerSentEvent(
+                        comment=json.dumps(
+                            {"object": "fusion.progress", **event.progress}, default=str
+                        )
+                    )
+                elif event.kind == "token" and event.chunk is not None:
+                    for chunk in writer.token(event.chunk):
+                        yield _data(chunk)
+                elif event.kind == "final" and isinstance(event.message, AIMessage):
+                    for chunk in writer.finish(event.message):
+                        yield _data(chunk)
+                event = await handle.next()
+        except FusionError as exc:
+            yield _data(from_fusion_error(exc).body())
+        except Exception:
+            logger.exception("fusion run failed while streaming")
+            yield _data(internal_error().body())
+        yield ServerSentEvent(data="[DONE]")
+    finally:
+        await handle.cancel()
