@@ -54,6 +54,7 @@ LOCAL_N_CTX = 8192
 PORT_ENV = "FUSIONGRAPH_LOCAL_PORT"
 HOME_ENV = "FUSIONGRAPH_HOME"
 EXTRA_BUFTS_ENV = "FUSIONGRAPH_LOCAL_EXTRA_BUFTS"
+PARENT_PID_ENV = "FUSIONGRAPH_LOCAL_PARENT_PID"
 THREADS_ENV = "FUSIONGRAPH_LOCAL_THREADS"
 
 INSTALL_HINT = "install the `local` extra: pip install 'fusiongraph[local]'"
@@ -399,8 +400,12 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _spawn(port: int) -> subprocess.Popen[bytes]:
+def _spawn(port: int, *, detach: bool) -> subprocess.Popen[bytes]:
     config = write_config(port)
+    env = _server_env()
+    if not detach:
+        # Exit with us even when we die without running atexit (SIGTERM, SIGKILL).
+        env[PARENT_PID_ENV] = str(os.getpid())
     log = log_path(port)
     # Truncated per start: the log only has to explain the current server (and its startup).
     with open(log, "wb") as log_file:
@@ -414,7 +419,7 @@ def _spawn(port: int) -> subprocess.Popen[bytes]:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal must not kill a shared server
-            env=_server_env(),
+            env=env,
             cwd=str(state_dir()),
         )
     pid_path(port).write_text(f"{proc.pid}\n", encoding="utf-8")
@@ -522,7 +527,7 @@ def ensure_local_server(timeout_s: float = 120, *, detach: bool = False) -> str:
                 _mark_healthy(port)
                 return base_url
             _terminate(stale)
-        proc = _spawn(port)
+        proc = _spawn(port, detach=detach)
         with _state_lock:
             _owned[port] = proc
         if not detach:
@@ -669,6 +674,20 @@ def normalize_chat_request(data: Any) -> Any:
     return data
 
 
+def _exit_with_parent() -> None:
+    """A server started for one process (not `fusiongraph local start`) ends when it does."""
+    parent = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while _pid_alive(parent):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _serve_main(argv: list[str]) -> None:
     """Run llama_cpp.server with fixes for llama-cpp-python 0.3.36.
 
@@ -680,6 +699,7 @@ def _serve_main(argv: list[str]) -> None:
     3. Streams end with an OpenAI-style usage chunk when the client asked for one: the server
        never sends usage while streaming, so streamed calls would report no token counts.
     """
+    _exit_with_parent()
     import llama_cpp
     import llama_cpp.llama_cpp as llama_lib
     import llama_cpp.server.types as server_types
