@@ -21,8 +21,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The durable-run tests need PostgreSQL: a throwaway server on 127.0.0.1 (installed if missing)
+# is started for the run and removed afterwards, unless FUSIONGRAPH_TEST_POSTGRES_URL names one.
 test: setup lint
-	$(VENV)/bin/pytest -q -rs
+	bash scripts/ci_postgres.sh run $(VENV)/bin/pytest -q -rs
 
 bench: setup
 	$(PY) -m bench.run

@@ -10,13 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.runnables import RunnableLambda
+from langgraph.cache.base import BaseCache
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import CachePolicy
 
 from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.models import ModelFactory, default_model_factory
+from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, panel_cache
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
-from fusiongraph.nodes.dispatch import dispatch, fan_out
+from fusiongraph.nodes.dispatch import dispatch, fan_out, panel_cache_key
 from fusiongraph.nodes.judge import make_judge
 from fusiongraph.nodes.panel import make_panelist
 from fusiongraph.nodes.synthesis import make_synthesis
@@ -46,9 +49,23 @@ def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableLambda:
 
 def build_graph(
     model_factory: ModelFactory = default_model_factory,
+    *,
+    cache: bool | BaseCache | None = None,
+    cache_ttl_s: int | None = DEFAULT_CACHE_TTL_S,
     **compile_kwargs: Any,
 ) -> CompiledStateGraph:
-    """Compile the fusion graph. `compile_kwargs` go to `compile` (checkpointer, cache, ...)."""
+    """Compile the fusion graph. `compile_kwargs` go to `compile` (checkpointer, store, ...).
+
+    `cache` (off by default) reuses panel answers: an identical request (same conversation, same
+    panelist, model spec and tool settings) does not call that panelist again within
+    `cache_ttl_s` seconds (None: forever). `True` keeps them in memory; a LangGraph BaseCache
+    (SqliteCache, RedisCache) shares them between processes. Only successful answers are kept;
+    the judge and the synthesizer always run.
+    """
+    answers = panel_cache(cache)
+    panel_policy = (
+        CachePolicy(key_func=panel_cache_key, ttl=cache_ttl_s) if answers is not None else None
+    )
     builder = StateGraph(
         FusionState,
         context_schema=FusionContext,
@@ -56,7 +73,9 @@ def build_graph(
         output_schema=FusionOutput,
     )
     builder.add_node("dispatch", sync_and_async(dispatch))
-    builder.add_node("panelist", sync_and_async(make_panelist(model_factory)))
+    builder.add_node(
+        "panelist", sync_and_async(make_panelist(model_factory)), cache_policy=panel_policy
+    )
     builder.add_node("judge", sync_and_async(make_judge(model_factory)))
     builder.add_node("synthesis", sync_and_async(make_synthesis(model_factory)))
     builder.add_edge(START, "dispatch")
@@ -64,7 +83,7 @@ def build_graph(
     builder.add_edge("panelist", "judge")
     builder.add_edge("judge", "synthesis")
     builder.add_edge("synthesis", END)
-    return builder.compile(name="fusion", **compile_kwargs)
+    return builder.compile(name="fusion", cache=answers, **compile_kwargs)
 
 
 graph = build_graph()

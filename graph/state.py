@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
+from typing_extensions import TypedDict
 
 
 class Usage(TypedDict, total=False):
@@ -36,6 +37,7 @@ class PanelResult(TypedDict):
     latency_s: float
     tool_calls: int
     error: PanelError | None
+    cached: NotRequired[bool]  # served by the panel-answer cache: no call made, nothing paid
 
 
 class PanelTask(TypedDict):
@@ -46,6 +48,9 @@ class PanelTask(TypedDict):
     run_key: str
     started_at: float
     messages: list[AnyMessage]
+    # The resolved model spec and tool settings (nodes.dispatch.panel_identity): the cache key.
+    spec: NotRequired[dict[str, Any]]
+    tools: NotRequired[dict[str, Any]]
 
 
 def reduce_panel(current: list[PanelResult] | None, update: list[PanelResult] | None):

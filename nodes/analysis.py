@@ -50,8 +50,30 @@ class Analysis(BaseModel):
 SECTIONS = tuple(Analysis.model_fields)
 
 
-def analysis_json_schema() -> dict[str, Any]:
-    """A self-contained schema (no $ref), which every grammar converter accepts."""
+# Grammar bounds: a small model constrained by a grammar otherwise fills a string or a list until
+# max_tokens runs out, and a truncated object is no analysis at all.
+GRAMMAR_MAX_ITEMS = 4
+GRAMMAR_MAX_CHARS = 160
+
+
+def _bound(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        bounded = {k: _bound(v) for k, v in schema.items()}
+        if bounded.get("type") == "array":
+            bounded["maxItems"] = min(bounded.get("maxItems", GRAMMAR_MAX_ITEMS), GRAMMAR_MAX_ITEMS)
+        if bounded.get("type") == "string":
+            bounded["maxLength"] = GRAMMAR_MAX_CHARS
+        return bounded
+    if isinstance(schema, list):
+        return [_bound(v) for v in schema]
+    return schema
+
+
+def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
+    """A self-contained schema (no $ref), which every grammar converter accepts.
+
+    `grammar=True` adds tight length bounds for grammar-constrained decoding (llama.cpp).
+    """
 
     def inline(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
         if isinstance(schema, dict):
@@ -67,7 +89,7 @@ def analysis_json_schema() -> dict[str, Any]:
     schema["required"] = list(SECTIONS)
     for prop in schema["properties"].values():
         prop.pop("default", None)
-    return schema
+    return _bound(schema) if grammar else schema
 
 
 def parse_analysis(text: str) -> Analysis:

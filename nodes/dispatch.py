@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
 
+from langchain_core.messages import AnyMessage
 from langgraph.runtime import get_runtime
 from langgraph.types import Send
 
@@ -68,7 +70,56 @@ def fan_out(state: FusionState) -> list[Send]:
             "run_key": state["run_key"],
             "started_at": state["started_at"],
             "messages": state["messages"],
+            **panel_identity(config, i),
         }
         for i in range(len(config.panel))
     ]
     return [Send("panelist", task) for task in tasks]
+
+
+def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
+    """What decides a panelist's answer besides the conversation: the resolved model spec (with
+    its endpoint and the run's panel token cap) and its tool settings. Carried in the Send
+    payload so the node cache can key on it (`panel_cache_key`)."""
+    spec = config.panel[index]
+    mode = config.panel_tool_mode(spec)
+    tools: dict[str, Any] = {"mode": mode}
+    if mode != "off":
+        tools["search"] = config.search.model_dump(mode="json")
+        tools["fetch"] = config.fetch.model_dump(mode="json")
+        if mode == "agentic":
+            tools["max_tool_calls"] = config.panel_max_tool_calls(spec)
+    return {
+        "spec": {
+            **spec.model_dump(mode="json", exclude={"price"}),
+            "base_url": spec.resolved_base_url(),
+            "max_tokens": spec.max_tokens or config.panel_max_tokens,
+        },
+        "tools": tools,
+    }
+
+
+def _message_key(message: AnyMessage) -> dict[str, Any]:
+    # Message ids are new on every request, so they stay out of the key.
+    return {
+        "type": message.type,
+        "content": message.content,
+        "name": message.name,
+        "tool_calls": getattr(message, "tool_calls", None) or None,
+        "tool_call_id": getattr(message, "tool_call_id", None),
+    }
+
+
+def panel_cache_key(task: PanelTask) -> str:
+    """Node-cache key of one panel answer: same panelist slot, same resolved model and tools,
+    same conversation. Leaves out run_key and started_at, which differ on every run."""
+    return json.dumps(
+        {
+            "panelist": task["panelist"],
+            "spec": task.get("spec"),
+            "tools": task.get("tools"),
+            "messages": [_message_key(m) for m in task["messages"]],
+        },
+        sort_keys=True,
+        default=str,
+    )

@@ -144,7 +144,9 @@ async def test_judge_structured_method_failure_falls_back_to_tolerant_parse() ->
     result = await build_graph(factory).ainvoke(ask(), context=ctx)
     fusion = result["messages"][-1].response_metadata["fusion"]
     assert fusion["analysis"]["blind_spots"] == ["nobody cited a source"]
-    assert factory.scripts["judge"].kwargs[0]["response_format"]["type"] == "json_object"
+    sent_format = factory.scripts["judge"].kwargs[0]["extra_body"]["response_format"]
+    assert sent_format["type"] == "json_object"
+    assert sent_format["schema"]["properties"]["consensus"]["maxItems"] == 4
 
 
 async def test_failing_panelist_is_listed_and_run_succeeds() -> None:
