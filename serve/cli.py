@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,36 +147,38 @@ def show_result(fusion: dict[str, Any], answer: str) -> None:
     console.print(f"tokens: {total['input_tokens']} in, {total['output_tokens']} out")
 
 
-async def _ask(question: str, ctx: dict[str, Any], as_json: bool) -> int:
-    from fusiongraph.graph.builder import graph
+async def _ask(question: str, ctx: dict[str, Any], as_json: bool, checkpointer: str | None,
+               thread: str | None, cache: bool) -> int:
+    from fusiongraph.graph.persistence import has_unfinished_run, open_graph
     from fusiongraph.serve.runner import stream_run
 
     view = ProgressView()
     final = None
-    with Live(
-        view.render(),
-        console=err_console if as_json else console,
-        refresh_per_second=8,
-        transient=True,
-    ) as live:
-        async for event in stream_run(graph, [HumanMessage(content=question)], ctx):
-            if event.kind == "progress" and event.progress:
-                view.update(event.progress)
-            elif event.kind == "token" and event.chunk is not None:
-                view.answer += event.chunk.text
-            elif event.kind == "final":
-                final = event.message
-            live.update(view.render())
+    async with open_graph(checkpointer, cache=cache or None) as graph:
+        config = None
+        messages: list[Any] | None = [HumanMessage(content=question)]
+        if checkpointer:
+            thread = thread or uuid.uuid4().hex
+            config = {"configurable": {"thread_id": thread}}
+            err_console.print(f"thread: {thread} (re-run with --thread {thread} to resume)")
+            if await has_unfinished_run(graph, config):
+                err_console.print("resuming the unfinished run on this thread")
+                messages = None
+        with Live(view.render(), console=err_console if as_json else console,
+                  refresh_per_second=8, transient=True) as live:
+            async for event in stream_run(graph, messages, ctx, config):
+                if event.kind == "progress" and event.progress:
+                    view.update(event.progress)
+                elif event.kind == "token" and event.chunk is not None:
+                    view.answer += event.chunk.text
+                elif event.kind == "final":
+                    final = event.message
+                live.update(view.render())
     assert final is not None
     fusion = final.response_metadata["fusion"]
     if as_json:
-        print(
-            json.dumps(
-                {"answer": final.text, "tool_calls": final.tool_calls, "fusion": fusion},
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
+        print(json.dumps({"answer": final.text, "tool_calls": final.tool_calls, "fusion": fusion},
+                         indent=2, ensure_ascii=False))
     else:
         show_result(fusion, final.text)
     return 0
@@ -198,12 +201,17 @@ def ask(
     quorum: Annotated[int | None, typer.Option(min=1, max=8)] = None,
     deadline: Annotated[float | None, typer.Option(help="Overall deadline in seconds.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    checkpointer: Annotated[str | None, typer.Option(
+        help="Durable runs: sqlite:///runs.db or postgresql://... (env FUSIONGRAPH_CHECKPOINTER)",
+        envvar="FUSIONGRAPH_CHECKPOINTER")] = None,
+    thread: Annotated[str | None, typer.Option(help="Thread id: continue or resume it.")] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")] = False,
 ) -> None:
     """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
     load_dotenv()
     ctx = _context(preset, panel, corpus, search, tool_mode, max_tool_calls, quorum, deadline)
     try:
-        code = asyncio.run(_ask(question, ctx, as_json))
+        code = asyncio.run(_ask(question, ctx, as_json, checkpointer, thread, cache))
     except FusionError as exc:
         err_console.print(f"[red]fusion failed ({exc.reason}):[/red] {exc.message}")
         for failed in exc.details.get("failed_models", []):
