@@ -89,7 +89,13 @@ def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
     schema["required"] = list(SECTIONS)
     for prop in schema["properties"].values():
         prop.pop("default", None)
-    return _bound(schema) if grammar else schema
+    if not grammar:
+        return schema
+    bounded = _bound(schema)
+    # Under a grammar a small model takes the shortest way out: five empty lists. Ask for at least
+    # one point of agreement, which every panel has.
+    bounded["properties"]["consensus"]["minItems"] = 1
+    return bounded
 
 
 def parse_analysis(text: str) -> Analysis:

@@ -10,6 +10,7 @@ the raw answers and the metadata says so.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import string
 import time
@@ -72,43 +73,48 @@ def judge_messages(state: FusionState, order: list[PanelResult], max_chars: int)
 
 
 async def structured_call(
-    model: BaseChatModel, method: StructuredMethod, messages: list[Any]
-) -> tuple[Analysis, Usage]:
-    """Ask for the analysis with one method; raise on any failure (the caller falls back)."""
+    model: BaseChatModel, method: StructuredMethod, messages: list[Any], spent: list[Usage]
+) -> Analysis:
+    """Ask for the analysis with one method; raise on any failure (the caller falls back).
+
+    The usage of every reply is appended to `spent` before parsing: a reply that fails to parse
+    was still paid for.
+    """
     if method in ("json_schema", "function_calling"):
         runnable = model.with_structured_output(Analysis, method=method, include_raw=True)
         out = await runnable.ainvoke(messages, NOSTREAM)
-        usage = usage_of(out["raw"])
-        if out.get("parsed") is None:
-            raw_text = text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else ""
-            return parse_analysis(raw_text), usage
-        return out["parsed"], usage
+        spent.append(usage_of(out["raw"]))
+        if out.get("parsed") is not None:
+            return out["parsed"]
+        return parse_analysis(text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else "")
     if method == "json_object_schema":
-        fmt = {"type": "json_object", "schema": analysis_json_schema()}
-        reply = await model.bind(response_format=fmt).ainvoke(messages, NOSTREAM)
+        # Sent as a raw body field: llama.cpp turns the schema into a grammar, and LangChain's own
+        # response_format handling (which raises on a truncated reply) stays out of the way.
+        fmt = {"type": "json_object", "schema": analysis_json_schema(grammar=True)}
+        reply = await model.bind(extra_body={"response_format": fmt}).ainvoke(messages, NOSTREAM)
     else:
         reply = await model.ainvoke(messages, NOSTREAM)
-    return parse_analysis(text_of(reply)), usage_of(reply)
+    spent.append(usage_of(reply))
+    return parse_analysis(text_of(reply))
 
 
 async def run_judge(
-    model: BaseChatModel, method: StructuredMethod, messages: list[Any]
-) -> tuple[Analysis, Usage, list[str]]:
+    model: BaseChatModel, method: StructuredMethod, messages: list[Any], spent: list[Usage]
+) -> tuple[Analysis, list[str]]:
     """The strongest method first, then a plain prompt parsed tolerantly."""
-    usage, errors = empty_usage(), []
+    errors = []
     for attempt in dict.fromkeys([method, "prompt"]):
         try:
-            analysis, used = await structured_call(model, attempt, messages)  # type: ignore[arg-type]
+            analysis = await structured_call(model, attempt, messages, spent)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             errors.append(f"{attempt}: {describe(exc, 200)}")
             continue
-        usage = add_usage(usage, used)
         if analysis.is_empty():
             errors.append(f"{attempt}: empty analysis")
             continue
-        return analysis, usage, errors
+        return analysis, errors
     raise ValueError("; ".join(errors))
 
 
@@ -127,7 +133,9 @@ def make_judge(model_factory: ModelFactory):
         answers = successful(panel)
         if not answers:
             reasons = {r["error"]["reason"] for r in panel if r["error"]}
-            reason = "rate_limited" if reasons == {"rate_limited"} else "all_panelists_failed"
+            reason = "all_panelists_failed"
+            if reasons in ({"rate_limited"}, {"recursion"}):
+                reason = reasons.pop()
             raise FusionError(
                 reason,
                 "no panelist produced an answer",
@@ -141,25 +149,26 @@ def make_judge(model_factory: ModelFactory):
         started = time.monotonic()
         model = quiet(model_factory(spec))
         info: dict[str, Any] = {"model": spec.name, "order": [labels[k] for k in sorted(labels)]}
+        spent: list[Usage] = []
         try:
             work = run_judge(
                 model,
                 spec.resolved_structured_output(),
                 judge_messages(state, order, config.judge_input_chars),
+                spent,
             )
-            analysis, usage, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
+            analysis, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
             mapped = map_labels(analysis, labels)
-            info.update(ok=True, error=None, usage=usage, fallbacks=notes)
+            info.update(ok=True, error=None, fallbacks=notes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             mapped = None
             reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
-            info.update(
-                ok=False, error={"reason": reason, "message": describe(exc)}, usage=empty_usage()
-            )
+            info.update(ok=False, error={"reason": reason, "message": describe(exc)})
         finally:
             await close_model(model)
+        info["usage"] = functools.reduce(add_usage, spent, empty_usage())
         info["latency_s"] = round(time.monotonic() - started, 3)
         emit(
             "judge_finished",

@@ -126,6 +126,7 @@ async def test_judge_garbage_degrades_to_synthesis_from_raw_answers(garbage: str
     fusion = result["messages"][-1].response_metadata["fusion"]
     assert fusion["degraded"] is True and fusion["analysis"] is None
     assert fusion["judge"]["ok"] is False and fusion["judge"]["error"]["message"]
+    assert fusion["usage"]["judge"]["output_tokens"] > 0  # failed judge replies were still paid
     system = factory.scripts["synth"].calls[0][0].content
     assert all(f"ANSWER-p{i}" in system for i in range(1, 4))
     assert result["messages"][-1].content == "Final answer."
