@@ -63,10 +63,12 @@ class PanelClock:
                 if remaining <= 0:
                     raise PanelDeadline("cut off by the panel deadline")
                 wake = asyncio.ensure_future(event.wait())
-                done, _ = await asyncio.wait(
-                    {task, wake}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                wake.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        {task, wake}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    wake.cancel()
                 if task in done:
                     return task.result()
                 event.clear()
