@@ -48,7 +48,7 @@ def fusion_metadata(
                     "tool_calls",
                 )
             }
-            entries.append({**entry, "cost_usd": cost})
+            entries.append({**entry, "cost_usd": cost, "cached": result.get("cached", False)})
         else:
             failed.append(
                 {**failed_entry(result), "latency_s": result["latency_s"], "cost_usd": cost}

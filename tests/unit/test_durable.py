@@ -315,6 +315,7 @@ async def test_identical_request_is_answered_from_the_cache() -> None:
     for pid, entry in cached.items():
         assert entry["content"] == fresh[pid]["content"]
         assert entry["usage"]["total_tokens"] == 0  # not paid for twice
+        assert entry["cached"] is True and fresh[pid]["cached"] is False
     assert fusion_of(again)["usage"]["panel"]["total_tokens"] == 0
     assert fusion_of(first)["usage"]["panel"]["total_tokens"] > 0
 
