@@ -147,8 +147,14 @@ def show_result(fusion: dict[str, Any], answer: str) -> None:
     console.print(f"tokens: {total['input_tokens']} in, {total['output_tokens']} out")
 
 
-async def _ask(question: str, ctx: dict[str, Any], as_json: bool, checkpointer: str | None,
-               thread: str | None, cache: bool) -> int:
+async def _ask(
+    question: str,
+    ctx: dict[str, Any],
+    as_json: bool,
+    checkpointer: str | None,
+    thread: str | None,
+    cache: bool,
+) -> int:
     from fusiongraph.graph.persistence import has_unfinished_run, open_graph
     from fusiongraph.serve.runner import stream_run
 
@@ -164,8 +170,12 @@ async def _ask(question: str, ctx: dict[str, Any], as_json: bool, checkpointer: 
             if await has_unfinished_run(graph, config):
                 err_console.print("resuming the unfinished run on this thread")
                 messages = None
-        with Live(view.render(), console=err_console if as_json else console,
-                  refresh_per_second=8, transient=True) as live:
+        with Live(
+            view.render(),
+            console=err_console if as_json else console,
+            refresh_per_second=8,
+            transient=True,
+        ) as live:
             async for event in stream_run(graph, messages, ctx, config):
                 if event.kind == "progress" and event.progress:
                     view.update(event.progress)
@@ -177,8 +187,13 @@ async def _ask(question: str, ctx: dict[str, Any], as_json: bool, checkpointer: 
     assert final is not None
     fusion = final.response_metadata["fusion"]
     if as_json:
-        print(json.dumps({"answer": final.text, "tool_calls": final.tool_calls, "fusion": fusion},
-                         indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"answer": final.text, "tool_calls": final.tool_calls, "fusion": fusion},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     else:
         show_result(fusion, final.text)
     return 0
@@ -201,9 +216,13 @@ def ask(
     quorum: Annotated[int | None, typer.Option(min=1, max=8)] = None,
     deadline: Annotated[float | None, typer.Option(help="Overall deadline in seconds.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
-    checkpointer: Annotated[str | None, typer.Option(
-        help="Durable runs: sqlite:///runs.db or postgresql://... (env FUSIONGRAPH_CHECKPOINTER)",
-        envvar="FUSIONGRAPH_CHECKPOINTER")] = None,
+    checkpointer: Annotated[
+        str | None,
+        typer.Option(
+            help="Durable runs: sqlite:///runs.db or postgresql://... (env FUSIONGRAPH_CHECKPOINTER)",
+            envvar="FUSIONGRAPH_CHECKPOINTER",
+        ),
+    ] = None,
     thread: Annotated[str | None, typer.Option(help="Thread id: continue or resume it.")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")] = False,
 ) -> None:

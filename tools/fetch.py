@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+
 from fusiongraph.tools.corpus import SCHEME as CORPUS_SCHEME
 from fusiongraph.tools.corpus import CorpusError, read_corpus_url, strip_tags
 from fusiongraph.tools.settings import FetchSettings

@@ -13,6 +13,9 @@ import concurrent.futures
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, Field
+
 from fusiongraph.tools.corpus import SCHEME as CORPUS_SCHEME
 from fusiongraph.tools.fetch import FetchedPage, FetchError, fetch_page
 from fusiongraph.tools.search import (
@@ -22,8 +25,6 @@ from fusiongraph.tools.search import (
 )
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 from fusiongraph.tools.untrusted import delimit_untrusted
-from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 SNIPPET_CHARS = 1500

@@ -29,35 +29,62 @@ def upstream() -> Iterator[UpstreamServer]:
 
 def cli_env(upstream: UpstreamServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TAVILY_"))}
-    env.update(OPENROUTER_API_KEY="test-key", OPENROUTER_BASE_URL=upstream.base_url,
-               COLUMNS="120")
+    env.update(OPENROUTER_API_KEY="test-key", OPENROUTER_BASE_URL=upstream.base_url, COLUMNS="120")
     return env
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_ask_json_prints_panel_analysis_and_answer(upstream: UpstreamServer) -> None:
-    out = run_cli("ask", "Why is the sky blue?", "--preset", "quality", "--tool-mode", "off",
-                  "--json", env=cli_env(upstream))
+    out = run_cli(
+        "ask",
+        "Why is the sky blue?",
+        "--preset",
+        "quality",
+        "--tool-mode",
+        "off",
+        "--json",
+        env=cli_env(upstream),
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["answer"].strip()
     fusion = result["fusion"]
     assert len(fusion["panel"]) == 3 and fusion["failed_models"] == []
-    assert set(fusion["analysis"]) == {"consensus", "contradictions", "partial_coverage",
-                                       "unique_insights", "blind_spots"}
+    assert set(fusion["analysis"]) == {
+        "consensus",
+        "contradictions",
+        "partial_coverage",
+        "unique_insights",
+        "blind_spots",
+    }
     assert fusion["cost_usd"]["total"] > 0  # preset models have default prices
 
 
 def test_ask_shows_sections_in_rich_output(upstream: UpstreamServer) -> None:
-    out = run_cli("ask", "Why is the sky blue?", "--preset", "quality", "--tool-mode", "off",
-                  env=cli_env(upstream))
+    out = run_cli(
+        "ask",
+        "Why is the sky blue?",
+        "--preset",
+        "quality",
+        "--tool-mode",
+        "off",
+        env=cli_env(upstream),
+    )
     assert out.returncode == 0, out.stderr
-    for title in ("p1", "consensus", "contradictions", "partial coverage", "unique insights",
-                  "blind spots", "final answer"):
+    for title in (
+        "p1",
+        "consensus",
+        "contradictions",
+        "partial coverage",
+        "unique insights",
+        "blind spots",
+        "final answer",
+    ):
         assert title in out.stdout, title
 
 
@@ -67,19 +94,36 @@ def test_ask_bad_configuration_exits_2_naming_the_field(upstream: UpstreamServer
     assert "panel[0]" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_ask_with_checkpointer_prints_a_resumable_thread(upstream: UpstreamServer,
-                                                          tmp_path: Path) -> None:
+def test_ask_with_checkpointer_prints_a_resumable_thread(
+    upstream: UpstreamServer, tmp_path: Path
+) -> None:
     db = tmp_path / "runs.db"
-    out = run_cli("ask", "Why is the sky blue?", "--preset", "quality", "--tool-mode", "off",
-                  "--checkpointer", f"sqlite:///{db}", "--thread", "t-1", "--json",
-                  env=cli_env(upstream))
+    out = run_cli(
+        "ask",
+        "Why is the sky blue?",
+        "--preset",
+        "quality",
+        "--tool-mode",
+        "off",
+        "--checkpointer",
+        f"sqlite:///{db}",
+        "--thread",
+        "t-1",
+        "--json",
+        env=cli_env(upstream),
+    )
     assert out.returncode == 0, out.stderr
     assert "thread: t-1" in out.stderr and db.exists()
 
 
 def test_presets_and_help() -> None:
-    out = subprocess.run([*CLI, "presets"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "COLUMNS": "200"})
+    out = subprocess.run(
+        [*CLI, "presets"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     for name in ("local", "quality", "budget", "claude-opus-4.8", "smollm2-135m"):
         assert name in out.stdout
     for command in (["--help"], ["ask", "--help"], ["serve", "--help"], ["local", "--help"]):

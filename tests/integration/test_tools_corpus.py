@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from fusiongraph.tools import corpus as corpus_mod
 from fusiongraph.tools.corpus import load_index, split_paragraph_chunks
 from fusiongraph.tools.fetch import FetchError, fetch_page

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, ClassVar
 
 import pytest
+
 from fusiongraph.tools import search as search_mod
 from fusiongraph.tools.search import (
     CorpusSearchProvider,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+
 from fusiongraph.tools.fetch import FetchError, is_allowed, is_blocked_ip, vet_url
 from fusiongraph.tools.settings import FetchSettings
 

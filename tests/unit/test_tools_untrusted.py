@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fusiongraph.tools.untrusted import CLOSE_MARKER, OPEN_MARKER, delimit_untrusted
 
 
