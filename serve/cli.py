@@ -219,7 +219,7 @@ def ask(
     checkpointer: Annotated[
         str | None,
         typer.Option(
-            help="Durable runs: sqlite:///runs.db or postgresql://... (env FUSIONGRAPH_CHECKPOINTER)",
+            help="Durable runs: sqlite:///runs.db or postgresql://...",
             envvar="FUSIONGRAPH_CHECKPOINTER",
         ),
     ] = None,
