@@ -159,6 +159,8 @@ def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionC
     preset = ctx.preset or os.environ.get("FUSIONGRAPH_PRESET") or "local"
     if preset not in PRESETS:
         raise FusionConfigError("preset", f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    if ctx.panel is not None and not isinstance(ctx.panel, list | tuple):
+        raise FusionConfigError("panel", "must be a list of model specs")
     if ctx.panel is not None and not 1 <= len(ctx.panel) <= MAX_PANEL:
         raise FusionConfigError("panel", f"needs 1 to {MAX_PANEL} models, got {len(ctx.panel)}")
     raw = {k: v for k, v in PRESETS[preset].items() if k != "description"}

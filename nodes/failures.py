@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 
+from fusiongraph.graph.models import ResponseTooLarge
 from fusiongraph.nodes.panel_clock import PanelDeadline
 
 
 def failure_reason(exc: BaseException) -> str:
-    """timeout | deadline | rate_limited | auth | bad_request | upstream_error | connection_error
-    | error. Works on openai/anthropic SDK errors without importing them (status_code duck-typing).
+    """timeout | deadline | rate_limited | auth | bad_request | recursion | upstream_error |
+    connection_error | invalid_response | response_too_large | error. Works on openai/anthropic
+    SDK errors without importing them (status_code duck-typing).
     """
     if isinstance(exc, PanelDeadline):
         return "deadline"
+    if isinstance(exc, ResponseTooLarge):
+        return "response_too_large"
+    if isinstance(exc, json.JSONDecodeError):
+        return "invalid_response"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | httpx.TimeoutException):
         return "timeout"
     name = type(exc).__name__
@@ -28,6 +35,10 @@ def failure_reason(exc: BaseException) -> str:
             return "auth"
         if status >= 500:
             return "upstream_error"
+        if status < 400:  # a 2xx whose body the SDK could not read as a completion
+            return "invalid_response"
+        if getattr(exc, "code", None) == "recursion":  # a fusion server refused our inner call
+            return "recursion"
         return "bad_request"
     if isinstance(exc, httpx.TransportError) or "Connection" in name:
         return "connection_error"

@@ -8,7 +8,9 @@ inside a run or, worse, an error event after a stream has already started.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, fields
 from typing import Any
 
 from langchain_core.messages import (
@@ -20,8 +22,8 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fusiongraph.graph.config import FusionContext
-from fusiongraph.serve.openai_errors import bad_request
+from fusiongraph.graph.config import MAX_PANEL, FusionContext
+from fusiongraph.serve.openai_errors import OpenAIError, bad_request
 
 # What a request's `fusion` object may set. Left out on purpose: settings that would let a caller
 # reach the server's files or network (corpus_dir, searxng_url, fetch_allow_private) and the
@@ -51,6 +53,140 @@ REQUEST_OPTIONS = frozenset({"progress"})
 # A model spec object from a request may not choose the endpoint or the key: the server's keys
 # would otherwise go wherever the caller points them.
 _SPEC_FORBIDDEN = ("base_url", "api_key_env")
+# Time limits below this can never be met by any model; refusing them (400) beats a certain 504.
+MIN_TIMEOUT_S = 1.0
+LIMIT_CODE = "limit_exceeded"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the server; each breach is a 400 naming the limit.
+
+    Defaults, each overridable by `create_app(limits=...)` or the environment variable
+    FUSIONGRAPH_<NAME IN CAPITALS> (e.g. FUSIONGRAPH_MAX_BODY_BYTES). Settings the operator put
+    in an alias are trusted; only what the request itself sends is checked.
+    """
+
+    max_body_bytes: int = 1024 * 1024
+    max_messages: int = 512
+    max_panel: int = MAX_PANEL
+    max_tokens: int = 32_768
+    max_tool_calls: int = 16
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            if getattr(self, item.name) < 1:
+                raise ValueError(f"limit {item.name} must be at least 1")
+        if self.max_panel > MAX_PANEL:
+            raise ValueError(f"max_panel cannot exceed {MAX_PANEL}, the graph's own limit")
+        if self.max_tool_calls > 16:
+            raise ValueError("max_tool_calls cannot exceed 16, the graph's own limit")
+
+    @classmethod
+    def from_env(cls) -> RequestLimits:
+        values = {}
+        for item in fields(cls):
+            raw = os.environ.get(f"FUSIONGRAPH_{item.name.upper()}", "").strip()
+            if raw:
+                if not raw.isdigit():
+                    raise ValueError(f"FUSIONGRAPH_{item.name.upper()} must be a whole number")
+                values[item.name] = int(raw)
+        return cls(**values)
+
+
+def limit_error(param: str | None, what: str, limit: str, value: int | float) -> OpenAIError:
+    """A 400 that names the limit, its value and the offending parameter."""
+    return OpenAIError(
+        400,
+        f"{what} is over the server's limit {limit} = {value}",
+        param=param,
+        code=LIMIT_CODE,
+        extra={"limit": limit, "limit_value": value},
+    )
+
+
+async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
+    """The request body, refused as soon as it (or its announced length) passes `limit` bytes."""
+    if content_length and content_length.isdigit() and int(content_length) > limit:
+        raise limit_error(
+            None, f"the request body ({content_length} bytes)", "max_body_bytes", limit
+        )
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise limit_error(None, "the request body", "max_body_bytes", limit)
+    return bytes(body)
+
+
+def _number(value: Any) -> float | None:
+    """A numeric setting as the configuration will read it (pydantic accepts "16" too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _check_spec_limits(spec: Any, param: str, limits: RequestLimits) -> None:
+    if not isinstance(spec, dict):
+        return
+    for key, limit in (
+        ("max_tokens", limits.max_tokens),
+        ("max_tool_calls", limits.max_tool_calls),
+    ):
+        value = _number(spec.get(key))
+        if value is not None and value > limit:
+            raise limit_error(f"{param}.{key}", key, key, limit)
+    timeout = _number(spec.get("timeout_s"))
+    if timeout is not None and timeout < MIN_TIMEOUT_S:
+        raise bad_request(
+            f"timeout_s must be at least {MIN_TIMEOUT_S} s", f"{param}.timeout_s", LIMIT_CODE
+        )
+
+
+def check_limits(
+    request: ChatCompletionRequest, overrides: dict[str, Any], limits: RequestLimits
+) -> None:
+    """Message count, panel size, max_tokens and tool steps of one request."""
+    if len(request.messages) > limits.max_messages:
+        raise limit_error(
+            "messages", f"{len(request.messages)} messages", "max_messages", limits.max_messages
+        )
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(request, name)
+        if value is not None and value > limits.max_tokens:
+            raise limit_error(name, name, "max_tokens", limits.max_tokens)
+    panel = overrides.get("panel")
+    if isinstance(panel, list):
+        if len(panel) > limits.max_panel:
+            raise limit_error(
+                "fusion.panel", f"a panel of {len(panel)}", "max_panel", limits.max_panel
+            )
+        for i, spec in enumerate(panel):
+            _check_spec_limits(spec, f"fusion.panel[{i}]", limits)
+    for key in ("judge", "synthesizer"):
+        _check_spec_limits(overrides.get(key), f"fusion.{key}", limits)
+    for key, limit, name in (
+        ("panel_max_tokens", limits.max_tokens, "max_tokens"),
+        ("max_tool_calls", limits.max_tool_calls, "max_tool_calls"),
+    ):
+        value = _number(overrides.get(key))
+        if value is not None and value > limit:
+            raise limit_error(f"fusion.{key}", key, name, limit)
+    for key in ("panel_timeout_s", "deadline_s"):
+        value = _number(overrides.get(key))
+        if value is not None and value < MIN_TIMEOUT_S:
+            raise bad_request(
+                f"{key} must be at least {MIN_TIMEOUT_S} s: no model answers sooner",
+                f"fusion.{key}",
+                LIMIT_CODE,
+            )
 
 
 class StreamOptions(BaseModel):
@@ -76,6 +212,12 @@ class ChatCompletionRequest(BaseModel):
     fusion: dict[str, Any] | None = None
 
 
+def _union_tag(part: Any) -> bool:
+    """pydantic names the member of a union it tried (`tool_choice.str`): not a parameter."""
+    text = str(part)
+    return text.startswith("function-") or "[" in text or text in ("str", "int", "float", "bool")
+
+
 def parse_request(raw: bytes) -> ChatCompletionRequest:
     """Malformed JSON and wrong types are 400s with `param` set, like OpenAI's own."""
     try:
@@ -90,7 +232,7 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or None
+        param = ".".join(str(p) for p in err["loc"] if not _union_tag(p)) or None
         raise bad_request(f"{param}: {err['msg']}", param) from None
     if request.n not in (None, 1):
         raise bad_request("only n=1 is supported", "n")
@@ -295,10 +437,15 @@ class RunRequest:
     progress: bool
 
 
-def build_run(request: ChatCompletionRequest, base_context: dict[str, Any]) -> RunRequest:
+def build_run(
+    request: ChatCompletionRequest,
+    base_context: dict[str, Any],
+    limits: RequestLimits | None = None,
+) -> RunRequest:
     """Combine the model's configuration, the `fusion` overrides and the OpenAI parameters."""
-    messages = convert_messages(request.messages)
     overrides, options = fusion_overrides(request.fusion or {})
+    check_limits(request, overrides, limits or RequestLimits())
+    messages = convert_messages(request.messages)
     context = {**base_context, **overrides}
     if request.tools:
         context["synthesis_tools"] = _check_tools(request.tools)
@@ -318,3 +465,229 @@ def build_run(request: ChatCompletionRequest, base_context: dict[str, Any]) -> R
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
         progress=options.get("progress", False),
     )
+
+
+# ------------------------------------------------------------------------- the OpenAPI schema
+
+
+def _spec_schema(limits: RequestLimits) -> dict[str, Any]:
+    """A model spec a request may send: a string, or an object without base_url/api_key_env."""
+    optional = {
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "seed": {"type": "integer"},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": limits.max_tokens},
+        "timeout_s": {"type": "number", "minimum": MIN_TIMEOUT_S},
+        "tool_mode": {"type": "string", "enum": ["agentic", "prefetch", "off"]},
+        "max_tool_calls": {"type": "integer", "minimum": 1, "maximum": limits.max_tool_calls},
+        "structured_output": {
+            "type": "string",
+            "enum": ["json_schema", "json_object_schema", "function_calling", "prompt"],
+        },
+        "price": {
+            "type": "object",
+            "required": ["input", "output"],
+            "properties": {
+                "input": {"type": "number", "minimum": 0},
+                "output": {"type": "number", "minimum": 0},
+            },
+        },
+    }
+    return {
+        "anyOf": [
+            {"type": "string", "description": "provider:model, e.g. openai:gpt-5.5"},
+            {
+                "type": "object",
+                "required": ["model"],
+                "properties": {
+                    "model": {"type": "string", "minLength": 1},
+                    "provider": {
+                        "type": "string",
+                        "enum": ["openai", "openrouter", "anthropic", "local", "openai_compatible"],
+                    },
+                    **{key: _nullable(value) for key, value in optional.items()},
+                },
+            },
+        ]
+    }
+
+
+def request_body_schema(models: list[str], limits: RequestLimits) -> dict[str, Any]:
+    """The JSON schema of a chat-completions request as this server reads it (for OpenAPI)."""
+    spec = _spec_schema(limits)
+    text_part = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    }
+    text = {"type": "string", "pattern": "\\S", "description": "not empty"}
+    content = {"anyOf": [text, {"type": "array", "minItems": 1, "items": text_part}]}
+    tool_call = {
+        "type": "object",
+        "required": ["id", "type", "function"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {
+                "type": "object",
+                "required": ["name", "arguments"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "arguments": {"type": "string", "description": "a JSON object, as a string"},
+                },
+            },
+        },
+    }
+
+    def role(names: list[str], required: list[str], **properties: Any) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["role", *required],
+            "properties": {
+                "role": {"type": "string", "enum": names},
+                "name": {"type": "string"},
+                **properties,
+            },
+        }
+
+    message = {
+        "description": "The conversation must hold a user message and end with a user or tool "
+        "message.",
+        "anyOf": [
+            role(["system", "developer", "user"], ["content"], content=content),
+            role(
+                ["assistant"],
+                [],
+                content={"anyOf": [text, {"type": "null"}]},
+                tool_calls={"type": "array", "items": tool_call},
+            ),
+            role(
+                ["tool"],
+                ["tool_call_id"],
+                tool_call_id={"type": "string"},
+                content={"type": "string"},
+            ),
+        ],
+    }
+    tool = {
+        "type": "object",
+        "required": ["type", "function"],
+        "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object"},
+                },
+            },
+        },
+    }
+    tokens = {"type": "integer", "minimum": 1, "maximum": limits.max_tokens}
+    positive = {"type": "number", "exclusiveMinimum": 0}
+    fusion = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Per-request fusion settings (see the README's configuration table).",
+        "properties": {
+            "panel": {"type": "array", "minItems": 1, "maxItems": limits.max_panel, "items": spec},
+            "judge": spec,
+            "synthesizer": spec,
+            "tool_mode": {"type": "string", "enum": ["agentic", "prefetch", "off"]},
+            "max_tool_calls": {"type": "integer", "minimum": 1, "maximum": limits.max_tool_calls},
+            "panel_max_tokens": tokens,
+            "panel_timeout_s": {"type": "number", "minimum": MIN_TIMEOUT_S},
+            "quorum": {"type": "integer", "minimum": 1, "maximum": limits.max_panel},
+            "straggler_grace_s": {"type": "number", "minimum": 0},
+            "deadline_s": {"type": "number", "minimum": MIN_TIMEOUT_S},
+            "judge_input_chars": {"type": "integer", "minimum": 200},
+            "include_raw_answers": {"type": "boolean"},
+            "search_provider": {
+                "type": "string",
+                "enum": ["auto", "tavily", "duckduckgo", "searxng", "corpus", "none"],
+            },
+            "max_cost_usd": positive,
+            "prices": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["input", "output"],
+                    "properties": {
+                        "input": {"type": "number", "minimum": 0},
+                        "output": {"type": "number", "minimum": 0},
+                    },
+                },
+            },
+            "progress": {"type": "boolean"},
+        },
+    }
+    body: dict[str, Any] = {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "enum": models},
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits.max_messages,
+                "items": message,
+            },
+            "stream": {"type": "boolean"},
+            "stream_options": {
+                "type": "object",
+                "properties": {"include_usage": {"type": "boolean"}},
+            },
+            "tools": {"type": "array", "items": tool},
+            "tool_choice": {
+                "anyOf": [
+                    {"type": "string", "enum": ["none", "auto", "required"]},
+                    {
+                        "type": "object",
+                        "required": ["type", "function"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["function"]},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}},
+                            },
+                        },
+                    },
+                ]
+            },
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "max_tokens": tokens,
+            "max_completion_tokens": tokens,
+            "n": {"type": "integer", "enum": [1]},
+            "response_format": {
+                "type": "object",
+                "properties": {"type": {"type": "string", "enum": ["text"]}},
+            },
+            "fusion": fusion,
+        },
+    }
+    # Optional parameters may be sent as null (SDKs do), which means "not set".
+    for key in _NULLABLE:
+        body["properties"][key] = _nullable(body["properties"][key])
+    for key, value in fusion["properties"].items():
+        if key != "progress":
+            fusion["properties"][key] = _nullable(value)
+    return body
+
+
+_NULLABLE = (
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "response_format",
+    "fusion",
+)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}

@@ -38,7 +38,14 @@ from fusiongraph.serve.openai_errors import (
     internal_error,
     logger,
 )
-from fusiongraph.serve.openai_request import RunRequest, build_run, parse_request
+from fusiongraph.serve.openai_request import (
+    RequestLimits,
+    RunRequest,
+    build_run,
+    parse_request,
+    read_body,
+    request_body_schema,
+)
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
 from fusiongraph.serve.runner import RunEvent, stream_run
 
@@ -51,6 +58,92 @@ CANCEL_WAIT_S = 10.0
 CLIENT_CLOSED = 499
 
 _DONE = object()
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+_COMPLETION_RESPONSE: dict[str, Any] = {
+    "description": "A chat.completion (JSON), or with `stream` chat.completion.chunk events "
+    "(SSE) ending in `data: [DONE]`; a failure after the stream opened is an error event",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["id", "object", "created", "model", "choices"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"type": "string", "enum": ["chat.completion"]},
+                    "created": {"type": "integer"},
+                    "model": {"type": "string"},
+                    "choices": {"type": "array", "items": {"type": "object"}},
+                    "usage": {"type": "object"},
+                    "fusion": {"type": "object", "description": "the run's full record"},
+                },
+            }
+        },
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "a chat.completion.chunk or an error, as JSON; or [DONE]",
+                    }
+                },
+            }
+        },
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all in OpenAI's error shape."""
+    text = {
+        400: "Invalid request, configuration or input; over a limit; recursion",
+        401: "Missing or wrong API key",
+        404: "No such model",
+        429: "Every panelist was rate limited upstream",
+        502: "Upstream failure: nothing usable came back",
+        504: "The run's deadline passed",
+    }
+    return {
+        status: {
+            "description": text[status],
+            "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+        }
+        for status in statuses
+    }
+
+
+def _without_422(app: FastAPI) -> None:
+    """FastAPI documents 422 for validation errors; this server answers those with 400."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = default_openapi()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _env_api_keys() -> list[str]:
@@ -140,9 +233,11 @@ def create_app(
     api_keys: list[str] | None = None,
     aliases: dict[str, dict[str, Any]] | None = None,
     default_preset: str | None = None,
+    limits: RequestLimits | None = None,
 ) -> FastAPI:
     """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
-    (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`."""
+    (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`, request
+    limits from the environment (`RequestLimits.from_env`)."""
     if graph is None:
         from fusiongraph.graph.builder import graph as default_graph
 
@@ -154,10 +249,12 @@ def create_app(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     models = model_table(preset, aliases)
+    limits = limits or RequestLimits.from_env()
     started = int(time.time())
 
     app = FastAPI(title="fusiongraph", summary="Multi-model deliberation behind the OpenAI API.")
     install_error_handlers(app)
+    _without_422(app)
 
     def authorize(request: Request) -> None:
         if not keys:
@@ -190,12 +287,12 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_errors(401))
     async def list_models(request: Request) -> dict[str, Any]:
         authorize(request)
         return {"object": "list", "data": [model_card(name) for name in models]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses=_errors(401, 404))
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         authorize(request)
         if model_id not in models:
@@ -204,8 +301,27 @@ def create_app(
             )
         return model_card(model_id)
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": request_body_schema(sorted(models), limits),
+                        "example": {
+                            "model": DEFAULT_MODEL,
+                            "messages": [{"role": "user", "content": "What is TCP?"}],
+                            "fusion": {"quorum": 2, "max_tool_calls": 4},
+                        },
+                    }
+                },
+            }
+        },
+        responses={200: _COMPLETION_RESPONSE, **_errors(400, 401, 429, 502, 504)},
+    )
     async def chat_completions(request: Request) -> Response:
+        """A fusion run as an OpenAI chat completion (JSON, or SSE with `stream`)."""
         authorize(request)
         if FUSION_DEPTH_HEADER.lower() in request.headers:
             raise OpenAIError(
@@ -215,7 +331,10 @@ def create_app(
                 param="model",
                 code="recursion",
             )
-        body = parse_request(await request.body())
+        raw = await read_body(
+            request.stream(), request.headers.get("content-length"), limits.max_body_bytes
+        )
+        body = parse_request(raw)
         if body.model not in models:
             raise OpenAIError(
                 400,
@@ -223,7 +342,7 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        run = build_run(body, models[body.model])
+        run = build_run(body, models[body.model], limits)
         check_conversation(run.messages)
         resolve_config(run.context)  # a bad configuration is a 400 before anything runs
         if run.stream:

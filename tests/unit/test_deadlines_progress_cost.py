@@ -19,8 +19,9 @@ def factory(delays: dict[str, float], judge_delay: float = 0.0) -> FakeFactory:
     scripts: dict[str, Any] = {
         name: Script([f"answer of {name}"], delay_s=delay) for name, delay in delays.items()
     }
-    scripts["judge"] = Script([judge_json(consensus=["blue light scatters more"])],
-                              delay_s=judge_delay)
+    scripts["judge"] = Script(
+        [judge_json(consensus=["blue light scatters more"])], delay_s=judge_delay
+    )
     scripts["synth"] = ["Rayleigh scattering."]
     return FakeFactory(scripts)
 
@@ -43,7 +44,8 @@ def fusion_of(result: dict[str, Any]) -> dict[str, Any]:
 async def test_quorum_cuts_off_and_cancels_the_straggler() -> None:
     fake = factory({"a": 0.0, "b": 0.05, "hang": 3600.0})
     result = await build_graph(fake).ainvoke(
-        ASK, context=ctx(["a", "b", "hang"], quorum=2, straggler_grace_s=0.05))
+        ASK, context=ctx(["a", "b", "hang"], quorum=2, straggler_grace_s=0.05)
+    )
     fusion = fusion_of(result)
     assert sorted(p["panelist"] for p in fusion["panel"]) == ["p1", "p2"]
     assert [(f["panelist"], f["reason"]) for f in fusion["failed_models"]] == [("p3", "deadline")]
@@ -53,7 +55,8 @@ async def test_quorum_cuts_off_and_cancels_the_straggler() -> None:
 async def test_grace_lets_a_close_straggler_finish() -> None:
     fake = factory({"a": 0.0, "b": 0.0, "late": 0.1})
     result = await build_graph(fake).ainvoke(
-        ASK, context=ctx(["a", "b", "late"], quorum=2, straggler_grace_s=5.0))
+        ASK, context=ctx(["a", "b", "late"], quorum=2, straggler_grace_s=5.0)
+    )
     assert len(fusion_of(result)["panel"]) == 3
 
 
@@ -102,24 +105,34 @@ async def test_progress_events_arrive_in_order() -> None:
     fake.scripts["b"] = Script([RuntimeError("boom")])
     events = [
         chunk["event"]
-        async for chunk in build_graph(fake).astream(ASK, context=ctx(["a", "b"]),
-                                                     stream_mode="custom")
+        async for chunk in build_graph(fake).astream(
+            ASK, context=ctx(["a", "b"]), stream_mode="custom"
+        )
     ]
     assert events[0] == "run_started"
     assert events.count("panelist_started") == 2
     assert "panelist_finished" in events and "panelist_failed" in events
-    assert events[-4:] == ["judge_started", "judge_finished", "synthesis_started",
-                           "synthesis_finished"]
+    assert events[-4:] == [
+        "judge_started",
+        "judge_finished",
+        "synthesis_started",
+        "synthesis_finished",
+    ]
 
 
 async def test_cost_is_reported_per_node_from_the_price_table() -> None:
     fake = factory({"a": 0.0})
-    prices = {"openai:a": {"input": 1.0, "output": 2.0}, "openai:judge": {"input": 0, "output": 0},
-              "openai:synth": {"input": 10.0, "output": 10.0}}
+    prices = {
+        "openai:a": {"input": 1.0, "output": 2.0},
+        "openai:judge": {"input": 0, "output": 0},
+        "openai:synth": {"input": 10.0, "output": 10.0},
+    }
     result = await build_graph(fake).ainvoke(ASK, context=ctx(["a"], prices=prices))
     fusion = fusion_of(result)
     usage, cost = fusion["usage"], fusion["cost_usd"]
-    expected_panel = (usage["panel"]["input_tokens"] * 1 + usage["panel"]["output_tokens"] * 2) / 1e6
+    expected_panel = (
+        usage["panel"]["input_tokens"] * 1 + usage["panel"]["output_tokens"] * 2
+    ) / 1e6
     assert cost["panel"] == pytest.approx(expected_panel)
     assert cost["judge"] == 0
     assert cost["total"] == pytest.approx(cost["panel"] + cost["synthesis"])
@@ -133,17 +146,25 @@ async def test_unknown_price_gives_unknown_cost_not_a_guess() -> None:
 
 async def test_budget_cap_refuses_an_expensive_plan_before_any_call() -> None:
     fake = factory({"a": 0.0, "b": 0.0})
-    prices = {"openai:a": {"input": 5, "output": 25}, "openai:b": {"input": 5, "output": 25},
-              "openai:judge": {"input": 5, "output": 25}, "openai:synth": {"input": 5, "output": 25}}
+    prices = {
+        "openai:a": {"input": 5, "output": 25},
+        "openai:b": {"input": 5, "output": 25},
+        "openai:judge": {"input": 5, "output": 25},
+        "openai:synth": {"input": 5, "output": 25},
+    }
     with pytest.raises(FusionError) as info:
         await build_graph(fake).ainvoke(
-            ASK, context=ctx(["a", "b"], prices=prices, max_cost_usd=0.01, tool_mode="agentic"))
+            ASK, context=ctx(["a", "b"], prices=prices, max_cost_usd=0.01, tool_mode="agentic")
+        )
     assert info.value.reason == "budget_exceeded" and info.value.details["worst_case_usd"] > 0.01
     assert fake.built == []
     # the same plan with a budget above its worst case runs
     result = await build_graph(fake).ainvoke(
-        ASK, context=ctx(["a", "b"], prices=prices, max_cost_usd=5.0, panel_max_tokens=500,
-                         max_tokens=500))
+        ASK,
+        context=ctx(
+            ["a", "b"], prices=prices, max_cost_usd=5.0, panel_max_tokens=500, max_tokens=500
+        ),
+    )
     assert result["messages"][-1].content == "Rayleigh scattering."
 
 
@@ -160,7 +181,9 @@ def test_openrouter_reported_cost_wins_over_the_price_table() -> None:
     from fusiongraph.graph.specs import Price
     from fusiongraph.graph.state import usage_of
 
-    message = AIMessage(content="x", usage_metadata={"input_tokens": 10, "output_tokens": 5,
-                                                     "total_tokens": 15},
-                        response_metadata={"token_usage": {"cost": 0.0123}})
+    message = AIMessage(
+        content="x",
+        usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
+        response_metadata={"token_usage": {"cost": 0.0123}},
+    )
     assert cost_of(usage_of(message), Price(input=1, output=1)) == 0.0123

@@ -209,8 +209,8 @@ def test_too_many_panelists_is_400_naming_panel(client: openai.OpenAI) -> None:
             messages=USER,
             extra_body={"fusion": {"panel": [f"openai:m{i}" for i in range(1, 10)]}},
         )
-    assert info.value.param == "panel" and info.value.code == "invalid_config"
-    assert "1 to 8" in info.value.message
+    assert info.value.param == "fusion.panel" and info.value.code == "limit_exceeded"
+    assert "max_panel = 8" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -340,7 +340,7 @@ def test_synthesis_failure_is_502_and_deadline_is_504() -> None:
         factory.scripts["synth"] = Script([ANSWER], delay_s=5)
         with pytest.raises(openai.InternalServerError) as info:
             client.chat.completions.create(
-                model=MODEL, messages=USER, extra_body={"fusion": {"deadline_s": 0.5}}
+                model=MODEL, messages=USER, extra_body={"fusion": {"deadline_s": 1.0}}
             )
         assert info.value.status_code == 504 and info.value.code == "synthesis_failed"
 
