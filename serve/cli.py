@@ -282,6 +282,14 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    checkpointer: Annotated[
+        str | None,
+        typer.Option(
+            help="Durable runs: sqlite:///runs.db or postgresql://...",
+            envvar="FUSIONGRAPH_CHECKPOINTER",
+        ),
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")] = False,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/models) with uvicorn.
 
@@ -294,7 +302,9 @@ def serve(
 
     try:
         alias_map = json.loads(aliases.read_text()) if aliases else None
-        server_app = create_app(aliases=alias_map, default_preset=preset)
+        server_app = create_app(
+            aliases=alias_map, default_preset=preset, checkpointer_url=checkpointer, cache=cache
+        )
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]cannot start the server:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -12,23 +12,28 @@ with it the graph's node tasks and their upstream HTTP calls. Error mapping: see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages.tool import tool_call_chunk
 from langgraph.graph.state import CompiledStateGraph
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import FUSION_DEPTH_HEADER
+from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
 from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.serve.openai_errors import (
@@ -52,6 +57,9 @@ from fusiongraph.serve.runner import RunEvent, stream_run
 API_KEYS_ENV = "FUSIONGRAPH_API_KEYS"
 PRESET_ENV = "FUSIONGRAPH_PRESET"
 DEFAULT_MODEL = "fusion"
+# Names the checkpointed thread of a request (durable servers): sent by clients to resume or
+# replay a run, returned on every response.
+THREAD_HEADER = "X-Fusion-Thread-Id"
 # How long a cancelled run may take to unwind (close its HTTP clients) before we stop waiting.
 CANCEL_WAIT_S = 10.0
 # Status logged for a request whose client went away (nginx's convention; never sent).
@@ -234,14 +242,23 @@ def create_app(
     aliases: dict[str, dict[str, Any]] | None = None,
     default_preset: str | None = None,
     limits: RequestLimits | None = None,
+    checkpointer_url: str | None = None,
+    cache: bool = False,
 ) -> FastAPI:
     """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
     (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`, request
-    limits from the environment (`RequestLimits.from_env`)."""
-    if graph is None:
+    limits from the environment (`RequestLimits.from_env`).
+
+    With `checkpointer_url` (sqlite:///… or postgresql://…) or `cache`, the graph is compiled at
+    start-up with that checkpointer and panel-answer cache, and runs are durable (see
+    `_thread_plan`)."""
+    holder: dict[str, CompiledStateGraph] = {}
+    if graph is not None:
+        holder["graph"] = graph
+    elif not checkpointer_url and not cache:
         from fusiongraph.graph.builder import graph as default_graph
 
-        graph = default_graph
+        holder["graph"] = default_graph
     keys = _env_api_keys() if api_keys is None else [k for k in api_keys if k]
     aliases = dict(aliases or {})
     _check_aliases(aliases)
@@ -252,7 +269,20 @@ def create_app(
     limits = limits or RequestLimits.from_env()
     started = int(time.time())
 
-    app = FastAPI(title="fusiongraph", summary="Multi-model deliberation behind the OpenAI API.")
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if "graph" in holder:
+            yield
+            return
+        async with open_graph(checkpointer_url, cache=cache or None) as durable:
+            holder["graph"] = durable
+            yield
+
+    app = FastAPI(
+        title="fusiongraph",
+        summary="Multi-model deliberation behind the OpenAI API.",
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
     _without_422(app)
 
@@ -345,15 +375,87 @@ def create_app(
         run = build_run(body, models[body.model], limits)
         check_conversation(run.messages)
         resolve_config(run.context)  # a bad configuration is a 400 before anything runs
+        graph = holder["graph"]
+        plan = await _thread_plan(graph, request.headers.get(THREAD_HEADER))
         if run.stream:
-            return await _stream(graph, run, request)
-        return await _complete(graph, run, request)
+            if plan.replay is not None:
+                events = _replay(plan.replay)
+            else:
+                messages = None if plan.resume else run.messages
+                events = stream_run(graph, messages, run.context, plan.config)
+            response = await _stream(Run(events), run, request)
+        elif plan.replay is not None:
+            response = _completion(plan.replay, run)
+        else:
+            response = await _complete(graph, run, request, plan)
+        if plan.thread_id:
+            response.headers[THREAD_HEADER] = plan.thread_id
+        return response
 
     return app
 
 
-async def _complete(graph: CompiledStateGraph, run: RunRequest, request: Request) -> Response:
-    task = asyncio.ensure_future(graph.ainvoke({"messages": run.messages}, context=run.context))
+@dataclass
+class ThreadPlan:
+    """How a request meets the checkpointer: a fresh run, a resume, or a replay of the answer."""
+
+    thread_id: str | None = None
+    config: dict[str, Any] | None = None
+    resume: bool = False
+    replay: AIMessage | None = None
+
+
+async def _thread_plan(graph: CompiledStateGraph, thread_id: str | None) -> ThreadPlan:
+    """With a checkpointer every run has a thread (the client's X-Fusion-Thread-Id, or a new one,
+    returned in that header). Retrying a request on the same thread never pays twice: a run that
+    stopped midway (crash, restart, disconnect) resumes without re-calling finished panelists,
+    and a finished one returns its stored answer. OpenAI clients resend the whole history, so a
+    thread holds exactly one request."""
+    if graph.checkpointer is None:
+        return ThreadPlan()
+    thread_id = thread_id or uuid.uuid4().hex
+    config = {"configurable": {"thread_id": thread_id}}
+    state = await graph.aget_state(config)
+    if state.next:
+        return ThreadPlan(thread_id, config, resume=True)
+    messages = (state.values or {}).get("messages") or []
+    if (
+        messages
+        and isinstance(messages[-1], AIMessage)
+        and "fusion" in messages[-1].response_metadata
+    ):
+        return ThreadPlan(thread_id, config, replay=messages[-1])
+    return ThreadPlan(thread_id, config)
+
+
+async def _replay(final: AIMessage) -> AsyncIterator[RunEvent]:
+    """A finished thread's answer as the events of a run: its text, then the final message."""
+    yield RunEvent(
+        "token",
+        chunk=AIMessageChunk(
+            content=final.content, id=final.id, tool_call_chunks=_tool_chunks(final)
+        ),
+    )
+    yield RunEvent("final", message=final)
+
+
+def _tool_chunks(message: AIMessage) -> list[Any]:
+    return [
+        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+        for i, c in enumerate(message.tool_calls)
+    ]
+
+
+def _completion(final: AIMessage, run: RunRequest) -> Response:
+    body = completion_body(final, model=run.model, cid=completion_id(), created=int(time.time()))
+    return JSONResponse(body)
+
+
+async def _complete(
+    graph: CompiledStateGraph, run: RunRequest, request: Request, plan: ThreadPlan
+) -> Response:
+    inputs = None if plan.resume else {"messages": run.messages}
+    task = asyncio.ensure_future(graph.ainvoke(inputs, config=plan.config, context=run.context))
     try:
         gone = await _race_disconnect(request, task)
     finally:
@@ -364,18 +466,15 @@ async def _complete(graph: CompiledStateGraph, run: RunRequest, request: Request
     if gone:
         logger.info("client disconnected; run cancelled")
         return Response(status_code=CLIENT_CLOSED)
-    final = task.result()["messages"][-1]  # FusionError goes to its handler
-    body = completion_body(final, model=run.model, cid=completion_id(), created=int(time.time()))
-    return JSONResponse(body)
+    return _completion(task.result()["messages"][-1], run)  # FusionError goes to its handler
 
 
-async def _stream(graph: CompiledStateGraph, run: RunRequest, request: Request) -> Response:
+async def _stream(handle: Run, run: RunRequest, request: Request) -> Response:
     """Start the run and hold the response until its first answer token, so that every failure
     before the synthesis writes (config, budget, all panelists failing, rate limits, the local
     server not starting) is still a proper status code for a standard client. A request with
     `fusion.progress` wants to watch the panel, so its stream opens at the first progress event.
     """
-    handle = Run(stream_run(graph, run.messages, run.context))
     first = asyncio.ensure_future(_first_event(handle, run.progress))
     try:
         gone = await _race_disconnect(request, first)
