@@ -1,0 +1,1 @@
+"""Benchmarks for fusiongraph: a fake OpenAI-compatible upstream and the overhead measurements."""

@@ -1,0 +1,581 @@
+"""A fake OpenAI-compatible upstream for the benchmark: known latencies, real HTTP, full records.
+
+It speaks /v1/chat/completions (JSON, and SSE streaming with `data: {chunk}` lines, a usage chunk
+when `stream_options.include_usage` is set, then `data: [DONE]`) and /v1/models, on 127.0.0.1.
+
+Latency per model: an explicit `Behaviour` per model name, or encoded in the name:
+`<anything>-<seconds>s` (e.g. `p1-0.300s`) takes that long in total; a name containing `never`
+never answers and holds the request until the client disconnects. Streaming answers come in
+`chunks` pieces `chunk_delay_s` apart; the first content chunk leaves at
+`total - (chunks - 1) * chunk_delay_s` after arrival, so streamed and non-streamed calls of one
+model take equally long.
+
+Every request is recorded (`RequestRecord`): arrival, first content chunk sent, completion, and
+whether the client went away first (so a benchmark can check that stragglers are cancelled).
+Times are `time.monotonic()`, which on Linux is the system-wide CLOCK_MONOTONIC and so comparable
+with the benchmark's own clock across processes. A `[bench:<tag>]` marker anywhere in the
+messages tags the request so concurrent runs can be told apart. Judge calls (detected by
+`response_format` or the judge's system prompt) get a valid analysis JSON.
+
+Run it in-process (`UpstreamServer`, a uvicorn thread), or as a process:
+`python -m bench.fake_upstream --port 0` prints `FAKE_UPSTREAM_URL=http://127.0.0.1:PORT/v1`;
+GET /_bench/requests?since=ID returns the records, DELETE /_bench/requests clears them
+(`UpstreamProcess` wraps both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import uvicorn
+
+from fusiongraph.nodes import prompts
+
+_LATENCY_RE = re.compile(r"(\d+(?:\.\d+)?)s$")
+_TAG_RE = re.compile(r"\[bench:([\w.-]+)\]")
+_LABEL_RE = re.compile(r"Response ([A-Z]):")
+_JUDGE_MARK = prompts.JUDGE[:48]
+_SYNTHESIS_MARK = prompts.SYNTHESIS[:48]
+
+PANEL_TEXT = (
+    "Water boils at a lower temperature at high altitude because the air pressure is lower, so "
+    "the vapour pressure of water reaches the surrounding pressure sooner. At about 3,000 m it "
+    "boils near 90 °C, which is why cooking takes longer there and pressure cookers help. "
+)
+SYNTHESIS_TEXT = (
+    "At altitude the atmospheric pressure drops, so water reaches its boiling point at a lower "
+    "temperature: roughly 1 °C less for every 300 m of climb, about 90 °C at 3,000 m. Food "
+    "therefore cooks more slowly, and a pressure cooker restores the higher temperature."
+)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How one model answers: time to its first content chunk, then `chunks` pieces."""
+
+    ttft_s: float
+    chunks: int = 10
+    chunk_delay_s: float = 0.01
+    never: bool = False
+
+    @property
+    def total_s(self) -> float:
+        return self.ttft_s + (self.chunks - 1) * self.chunk_delay_s
+
+
+@dataclass
+class RequestRecord:
+    """What the upstream saw of one request (monotonic seconds)."""
+
+    id: int
+    model: str
+    role: str  # panel | judge | synthesis
+    tag: str | None
+    stream: bool
+    arrival: float
+    first_chunk: float | None = None  # first content chunk sent (non-streamed: the body)
+    done: float | None = None  # response finished, or the client left
+    disconnected: bool = False  # the client went away before the response was complete
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.done is None else self.done - self.arrival
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_chunk is None else self.first_chunk - self.arrival
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def classify(body: dict[str, Any]) -> str:
+    """panel, judge or synthesis, from the request the fusion graph sent."""
+    messages = body.get("messages") or []
+    system = " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
+    fmt = (body.get("response_format") or {}).get("type")
+    if fmt in ("json_schema", "json_object") or _JUDGE_MARK in system:
+        return "judge"
+    if _SYNTHESIS_MARK in system:
+        return "synthesis"
+    return "panel"
+
+
+def judge_json(body: dict[str, Any]) -> str:
+    """A valid analysis for the labels the judge prompt shows (Response A, B, ...)."""
+    text = " ".join(_text(m.get("content")) for m in body.get("messages") or [])
+    labels = sorted(set(_LABEL_RE.findall(text))) or ["A"]
+    analysis = {
+        "consensus": ["Water boils at a lower temperature at altitude because pressure is lower."],
+        "contradictions": [
+            {
+                "topic": "The boiling point at 3,000 m",
+                "stances": [
+                    {"panelist": x, "stance": f"about {89 + i} °C"}
+                    for i, x in enumerate(labels[:2])
+                ],
+            }
+        ]
+        if len(labels) > 1
+        else [],
+        "partial_coverage": [{"point": "Cooking takes longer", "panelists": labels[:1]}],
+        "unique_insights": [{"panelist": labels[-1], "insight": "Pressure cookers compensate."}],
+        "blind_spots": ["Dissolved salt raises the boiling point only slightly."],
+    }
+    return json.dumps(analysis)
+
+
+class _Connection:
+    """Watches one request's ASGI `receive` for the client going away."""
+
+    def __init__(self, receive: Any) -> None:
+        self.gone = asyncio.Event()
+        self.finished = False
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.gone.set()
+                return
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless the client leaves first; False when it did."""
+        if self.gone.is_set():
+            return False
+        if seconds <= 0:
+            return True
+        if math.isinf(seconds):
+            await self.gone.wait()
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self.gone.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.finished = True
+        self._task.cancel()
+
+
+class FakeUpstream:
+    """The ASGI app. `models` maps names to behaviours; other names are parsed (see module doc)."""
+
+    def __init__(
+        self,
+        models: dict[str, Behaviour] | None = None,
+        *,
+        chunks: int = 10,
+        chunk_delay_s: float = 0.01,
+        default_latency_s: float = 0.0,
+    ) -> None:
+        self.models = dict(models or {})
+        self.chunks = chunks
+        self.chunk_delay_s = chunk_delay_s
+        self.default_latency_s = default_latency_s
+        self.records: list[RequestRecord] = []
+        self._next_id = 1
+
+    def behaviour(self, model: str) -> Behaviour:
+        if model in self.models:
+            return self.models[model]
+        if "never" in model:
+            return Behaviour(ttft_s=float("inf"), never=True)
+        match = _LATENCY_RE.search(model)
+        total = float(match.group(1)) if match else self.default_latency_s
+        spread = (self.chunks - 1) * self.chunk_delay_s
+        if total < spread:
+            return Behaviour(ttft_s=total, chunks=self.chunks, chunk_delay_s=0.0)
+        return Behaviour(
+            ttft_s=total - spread, chunks=self.chunks, chunk_delay_s=self.chunk_delay_s
+        )
+
+    def records_since(self, since: int = 0) -> list[RequestRecord]:
+        return [r for r in list(self.records) if r.id > since]
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if path == "/v1/chat/completions" and method == "POST":
+            await self._chat(scope, receive, send)
+        elif path == "/v1/models" and method == "GET":
+            data = [
+                {"id": name, "object": "model", "created": 0, "owned_by": "bench"}
+                for name in self.models
+            ]
+            await _json(send, 200, {"object": "list", "data": data})
+        elif path == "/_bench/requests" and method == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode())
+            since = int(query.get("since", ["0"])[0])
+            await _json(send, 200, [_record_dict(r) for r in self.records_since(since)])
+        elif path == "/_bench/requests" and method == "DELETE":
+            self.clear()
+            await _json(send, 200, {"cleared": True})
+        elif path == "/health":
+            await _json(send, 200, {"status": "ok"})
+        else:
+            await _json(send, 404, {"error": {"message": f"no route {method} {path}"}})
+
+    async def _chat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        arrival = time.monotonic()
+        raw = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            await _json(send, 400, {"error": {"message": "invalid JSON", "type": "bad_request"}})
+            return
+        model = str(body.get("model", ""))
+        text = " ".join(_text(m.get("content")) for m in body.get("messages") or [])
+        tag = _TAG_RE.search(text)
+        record = RequestRecord(
+            id=self._next_id,
+            model=model,
+            role=classify(body),
+            tag=tag.group(1) if tag else None,
+            stream=bool(body.get("stream")),
+            arrival=arrival,
+            prompt_tokens=max(1, len(text) // 4),
+        )
+        self._next_id += 1
+        self.records.append(record)
+        if record.role == "judge":
+            content = judge_json(body)
+        elif record.role == "synthesis":
+            content = SYNTHESIS_TEXT
+        else:
+            content = f"[{model}] {PANEL_TEXT}"
+        record.completion_tokens = max(1, len(content) // 4)
+        conn = _Connection(receive)
+        try:
+            if record.stream:
+                await self._stream(send, conn, record, body, content)
+            else:
+                await self._complete(send, conn, record, content)
+        finally:
+            conn.close()
+            if record.done is None:
+                record.done = time.monotonic()
+
+    async def _complete(
+        self, send: Any, conn: _Connection, record: RequestRecord, content: str
+    ) -> None:
+        behaviour = self.behaviour(record.model)
+        if not await conn.sleep(behaviour.total_s):
+            record.disconnected = True
+            return
+        body = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": record.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(record),
+        }
+        conn.finished = True
+        record.first_chunk = time.monotonic()
+        await _json(send, 200, body)
+        record.done = time.monotonic()
+
+    async def _stream(
+        self,
+        send: Any,
+        conn: _Connection,
+        record: RequestRecord,
+        body: dict[str, Any],
+        content: str,
+    ) -> None:
+        behaviour = self.behaviour(record.model)
+        if not await conn.sleep(behaviour.ttft_s):
+            record.disconnected = True
+            return
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            payload = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": record.model,
+                "system_fingerprint": None,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        pieces = _split(content, behaviour.chunks)
+        await _body(send, chunk({"role": "assistant", "content": "", "refusal": None}))
+        for i, piece in enumerate(pieces):
+            if i and not await conn.sleep(behaviour.chunk_delay_s):
+                record.disconnected = True
+                return
+            await _body(send, chunk({"content": piece}))
+            if i == 0:
+                record.first_chunk = time.monotonic()
+        tail = chunk({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": record.model,
+                "choices": [],
+                "usage": _usage(record),
+            }
+            tail += b"data: " + json.dumps(usage).encode() + b"\n\n"
+        conn.finished = True
+        await _body(send, tail + b"data: [DONE]\n\n", more=False)
+        record.done = time.monotonic()
+
+
+def _split(text: str, parts: int) -> list[str]:
+    parts = max(1, parts)
+    size = -(-len(text) // parts)
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _usage(record: RequestRecord) -> dict[str, int]:
+    return {
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "total_tokens": record.prompt_tokens + record.completion_tokens,
+    }
+
+
+def _record_dict(record: RequestRecord) -> dict[str, Any]:
+    return asdict(record)
+
+
+async def _body(send: Any, data: bytes, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def _json(send: Any, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn(app: Any) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        backlog=2048,
+        timeout_keep_alive=30,
+    )
+    return uvicorn.Server(config)
+
+
+class UpstreamServer:
+    """Serve a FakeUpstream from a background thread (its own event loop) on 127.0.0.1."""
+
+    def __init__(self, app: FakeUpstream | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.app = app or FakeUpstream()
+        self._sock = _bind(host, port)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._server = _uvicorn(self.app)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self, timeout_s: float = 10.0) -> UpstreamServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> UpstreamServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class UpstreamProcess:
+    """The fake upstream in its own process, so its CPU never competes for our GIL."""
+
+    def __init__(self, chunks: int = 10, chunk_delay_s: float = 0.01) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.fake_upstream",
+                "--port",
+                "0",
+                "--chunks",
+                str(chunks),
+                "--chunk-delay",
+                str(chunk_delay_s),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("FAKE_UPSTREAM_URL="):
+            self.proc.kill()
+            raise RuntimeError(f"the fake upstream did not start: {line!r}")
+        self.base_url = line.split("=", 1)[1]
+        self._root = self.base_url.removesuffix("/v1")
+        self._client = httpx.Client(timeout=30)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def records(self, since: int = 0) -> list[RequestRecord]:
+        rows = self._client.get(f"{self._root}/_bench/requests", params={"since": since}).json()
+        return [RequestRecord(**row) for row in rows]
+
+    def clear(self) -> None:
+        self._client.delete(f"{self._root}/_bench/requests").raise_for_status()
+
+    def stop(self) -> None:
+        self._client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def __enter__(self) -> UpstreamProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--chunks", type=int, default=10, help="content chunks per streamed answer")
+    parser.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between chunks")
+    parser.add_argument(
+        "--default-latency", type=float, default=0.0, help="for names without a latency"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=TTFT[:CHUNKS:DELAY]",
+        help="an explicit behaviour; repeat",
+    )
+    args = parser.parse_args(argv)
+    models = {}
+    for item in args.model:
+        name, _, spec = item.partition("=")
+        ttft, chunks, delay = ([*spec.split(":"), None, None])[:3]
+        models[name] = Behaviour(
+            ttft_s=float(ttft),
+            chunks=int(chunks) if chunks else args.chunks,
+            chunk_delay_s=float(delay) if delay else args.chunk_delay,
+        )
+    app = FakeUpstream(
+        models,
+        chunks=args.chunks,
+        chunk_delay_s=args.chunk_delay,
+        default_latency_s=args.default_latency,
+    )
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    print(f"FAKE_UPSTREAM_URL=http://{host}:{port}/v1", flush=True)
+    _uvicorn(app).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
