@@ -18,11 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from bench.fake_upstream import UpstreamProcess
+from bench.run import ServerProcess
 
 RESULTS_DIR = Path(__file__).parent / "results"
 ALIAS = "bench-load"
@@ -42,84 +38,22 @@ MAX_GROWTH = 1.10
 CHECKPOINT = 100
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`fusiongraph serve` in a subprocess with one alias on the fake upstream."""
-
-    def __init__(self, upstream_url: str, call_s: float, workdir: Path) -> None:
-        lat = f"{call_s:.3f}s"
-        alias = {
-            ALIAS: {
-                "preset": "quality",
-                "panel": [f"openai:load{i}-{lat}" for i in (1, 2, 3)],
-                "judge": f"openai:judge-{lat}",
-                "synthesizer": f"openai:synth-{lat}",
-                "tool_mode": "off",
-                "search_provider": "none",
-            }
+def start_server(upstream_url: str, call_s: float, workdir: Path) -> ServerProcess:
+    """`fusiongraph serve` in a subprocess with one alias: a panel of 3 on the fake upstream."""
+    lat = f"{call_s:.3f}s"
+    alias = {
+        ALIAS: {
+            "preset": "quality",
+            "panel": [f"openai:load{i}-{lat}" for i in (1, 2, 3)],
+            "judge": f"openai:judge-{lat}",
+            "synthesizer": f"openai:synth-{lat}",
+            "tool_mode": "off",
+            "search_provider": "none",
         }
-        aliases = workdir / "aliases.json"
-        aliases.write_text(json.dumps(alias))
-        self.port = _free_port()
-        self.log_path = workdir / "server.log"
-        self._log = self.log_path.open("w")
-        env = {
-            **os.environ,
-            "OPENAI_BASE_URL": upstream_url,
-            "OPENAI_API_KEY": "bench",
-            "FUSIONGRAPH_API_KEYS": "",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fusiongraph.serve.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--aliases",
-                str(aliases),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        self.ps = psutil.Process(self.proc.pid)
-        self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                health = httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1)
-                if health.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not start within 60 s")
-            time.sleep(0.1)
-
-    def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+    }
+    aliases = workdir / "aliases.json"
+    aliases.write_text(json.dumps(alias))
+    return ServerProcess(upstream_url, extra_args=["--aliases", str(aliases)])
 
 
 @dataclass
@@ -188,14 +122,15 @@ class Report:
 async def load(args: argparse.Namespace) -> Report:
     report = Report(args.requests, args.concurrency, args.call_s)
     with tempfile.TemporaryDirectory() as tmp, UpstreamProcess(chunks=5, chunk_delay_s=0.002) as up:
-        server = Server(up.base_url, args.call_s, Path(tmp))
+        server = start_server(up.base_url, args.call_s, Path(tmp))
+        completions_url = f"{server.base_url}/chat/completions"
         limits = httpx.Limits(
             max_connections=args.concurrency, max_keepalive_connections=args.concurrency
         )
         try:
             async with httpx.AsyncClient(timeout=120, limits=limits) as client:
                 for i in range(4):  # warm-up: imports, first clients, both response kinds
-                    warm = await one_request(client, server.url, stream=bool(i % 2))
+                    warm = await one_request(client, completions_url, stream=bool(i % 2))
                     if not warm.ok:
                         raise RuntimeError(f"warm-up request failed: {warm.error}")
                 report.rss_start_mb = server.rss_mb()
@@ -218,7 +153,7 @@ async def load(args: argparse.Namespace) -> Report:
 
 
 async def _drive(
-    client: httpx.AsyncClient, server: Server, args: argparse.Namespace, report: Report
+    client: httpx.AsyncClient, server: ServerProcess, args: argparse.Namespace, report: Report
 ) -> list[Outcome]:
     """Keep `concurrency` requests in flight until `requests` are done; sample RSS meanwhile."""
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -232,7 +167,9 @@ async def _drive(
         while not queue.empty():
             i = queue.get_nowait()
             stream = args.stream_every > 0 and i % args.stream_every == 0
-            outcomes.append(await one_request(client, server.url, stream))
+            outcomes.append(
+                await one_request(client, f"{server.base_url}/chat/completions", stream)
+            )
             if len(outcomes) == min(CHECKPOINT, args.requests):
                 report.rss_100_mb = server.rss_mb()
 

@@ -282,7 +282,7 @@ class HttpDriver:
 class ServerProcess:
     """`fusiongraph serve` in a subprocess, so its RSS and CPU are its own."""
 
-    def __init__(self, upstream_url: str) -> None:
+    def __init__(self, upstream_url: str, extra_args: Sequence[str] = ()) -> None:
         self.port = _free_port()
         RESULTS_DIR.mkdir(exist_ok=True)
         self.log_path = RESULTS_DIR / f"server-{self.port}.log"
@@ -304,6 +304,7 @@ class ServerProcess:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *extra_args,
             ],
             env=env,
             stdout=subprocess.DEVNULL,
