@@ -19,6 +19,7 @@ from bench.fake_upstream import UpstreamServer
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "fusiongraph.serve.cli"]
+ASK = ("ask", "Why is the sky blue?", "--preset", "quality", "--tool-mode", "off")
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 def test_ask_json_prints_panel_analysis_and_answer(upstream: UpstreamServer) -> None:
     out = run_cli(
-        "ask",
-        "Why is the sky blue?",
-        "--preset",
-        "quality",
-        "--tool-mode",
-        "off",
+        *ASK,
         "--json",
         env=cli_env(upstream),
     )
@@ -67,12 +63,7 @@ def test_ask_json_prints_panel_analysis_and_answer(upstream: UpstreamServer) -> 
 
 def test_ask_shows_sections_in_rich_output(upstream: UpstreamServer) -> None:
     out = run_cli(
-        "ask",
-        "Why is the sky blue?",
-        "--preset",
-        "quality",
-        "--tool-mode",
-        "off",
+        *ASK,
         env=cli_env(upstream),
     )
     assert out.returncode == 0, out.stderr
@@ -99,12 +90,7 @@ def test_ask_with_checkpointer_prints_a_resumable_thread(
 ) -> None:
     db = tmp_path / "runs.db"
     out = run_cli(
-        "ask",
-        "Why is the sky blue?",
-        "--preset",
-        "quality",
-        "--tool-mode",
-        "off",
+        *ASK,
         "--checkpointer",
         f"sqlite:///{db}",
         "--thread",
