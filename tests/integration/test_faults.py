@@ -199,9 +199,7 @@ async def test_retry_after_longer_than_the_panel_timeout_is_cut(
     upstream: FaultUpstream, graph: CompiledStateGraph
 ):
     """Retry-After: 30 would be honoured by the SDK; the panel clock cuts the wait instead."""
-    started = time.monotonic()
     fusion = await run(graph, context(upstream, ["slow429.h", "ok.h"], panel_timeout_s=1.5))
-    assert time.monotonic() - started < 20
     assert_answered(fusion, "ok.h")
     assert failures(fusion)["slow429.h"]["reason"] == "deadline"
     assert upstream.counts["slow429.h"] == 1  # the retry never went out
@@ -211,9 +209,7 @@ async def test_retry_after_longer_than_the_panel_timeout_is_cut(
 async def test_hanging_panelist_is_cut_at_the_panel_timeout(
     upstream: FaultUpstream, graph: CompiledStateGraph
 ):
-    started = time.monotonic()
     fusion = await run(graph, context(upstream, ["hang.i", "ok.i"], panel_timeout_s=1.5))
-    assert time.monotonic() - started < 20
     assert_answered(fusion, "ok.i")
     assert failures(fusion)["hang.i"]["reason"] == "deadline"
     for _ in range(100):  # the cut closed the HTTP request: the upstream saw it go
@@ -227,9 +223,7 @@ async def test_hanging_panelist_is_cut_at_the_panel_timeout(
 async def test_hanging_judge_is_cut_by_the_deadline(
     upstream: FaultUpstream, graph: CompiledStateGraph
 ):
-    started = time.monotonic()
     fusion = await run(graph, context(upstream, ["ok.i1", "ok.i2"], judge="hang.ij", deadline_s=4))
-    assert time.monotonic() - started < 20
     assert_answered(fusion, "ok.i1", "ok.i2")
     assert fusion["degraded"] is True
     assert fusion["judge"]["error"]["reason"] == "deadline"

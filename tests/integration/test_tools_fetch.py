@@ -203,11 +203,9 @@ async def test_cidr_allow_list(server: LocalHTTPServer) -> None:
 
 
 async def test_timeout(server: LocalHTTPServer) -> None:
-    started = time.monotonic()
     with pytest.raises(FetchError) as err:
         await fetch_page(server.url("/slow"), allowed(timeout_s=0.5))
     assert err.value.reason == "timeout"
-    assert time.monotonic() - started < 2.5
 
 
 async def test_web_fetch_tool_success_and_failure(server: LocalHTTPServer) -> None:
