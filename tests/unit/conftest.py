@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import openai
 import pytest
+
+from tests.fakes import FakeFactory
 
 
 @pytest.fixture(autouse=True)
@@ -10,3 +15,25 @@ def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     monkeypatch.delenv("TAVILY_API_KEY", raising=False)
     monkeypatch.delenv("FUSIONGRAPH_PRESET", raising=False)
+
+
+# The server tests' usual setup (a module that needs another one defines its own fixture).
+@pytest.fixture
+def factory() -> FakeFactory:
+    from tests.unit.test_server_support import scripts
+
+    return FakeFactory(scripts())
+
+
+@pytest.fixture
+def base_url(factory: FakeFactory) -> Iterator[str]:
+    from tests.unit.test_server_support import app_for, running_server
+
+    with running_server(app_for(factory)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0) as c:
+        yield c

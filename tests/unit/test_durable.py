@@ -391,4 +391,4 @@ async def test_unreachable_postgres_fails_at_once_with_the_reason() -> None:
 
     with pytest.raises(psycopg.OperationalError, match="refused"):
         async with open_checkpointer("postgresql://u:p@127.0.0.1:1/db"):
-            pass
+            pytest.fail("a checkpointer opened on a port where nothing listens")

@@ -6,7 +6,6 @@ The real app runs under uvicorn on 127.0.0.1 with a graph of scripted fake model
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from tests.fakes import FakeFactory, Script
 from tests.unit.test_server_support import (
     ANSWER,
     MODEL,
+    USER,
     WEATHER_TOOL,
     app_for,
     running_server,
@@ -26,25 +26,6 @@ from tests.unit.test_server_support import (
     served,
     tool_call_reply,
 )
-
-USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-def factory() -> FakeFactory:
-    return FakeFactory(scripts())
-
-
-@pytest.fixture
-def base_url(factory: FakeFactory) -> Iterator[str]:
-    with running_server(app_for(factory)) as url:
-        yield url
-
-
-@pytest.fixture
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
 
 
 class Sized(BaseModel):

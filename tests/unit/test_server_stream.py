@@ -5,7 +5,6 @@ errors after the stream opened, and a client disconnect cancelling the run.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from tests.fakes import FakeFactory, Script
 from tests.unit.test_server_support import (
     ANSWER,
     MODEL,
+    USER,
     WEATHER_TOOL,
     CancelAwareFactory,
     app_for,
@@ -25,25 +25,6 @@ from tests.unit.test_server_support import (
     tool_call_reply,
     wait_for,
 )
-
-USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-def factory() -> FakeFactory:
-    return FakeFactory(scripts())
-
-
-@pytest.fixture
-def base_url(factory: FakeFactory) -> Iterator[str]:
-    with running_server(app_for(factory)) as url:
-        yield url
-
-
-@pytest.fixture
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0) as c:
-        yield c
 
 
 def sse_lines(base_url: str, body: dict[str, Any]) -> list[str]:

@@ -184,3 +184,6 @@ __all__ = [
     "tool_call_reply",
     "wait_for",
 ]
+
+
+USER = [{"role": "user", "content": "What is the capital of France?"}]
