@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
@@ -21,14 +19,8 @@ from tests.unit.test_server_support import (
 
 
 @pytest.fixture
-def factory() -> FakeFactory:
-    return FakeFactory(scripts())
-
-
-@pytest.fixture
-def llm(factory: FakeFactory) -> Iterator[ChatOpenAI]:
-    with running_server(app_for(factory)) as url:
-        yield ChatOpenAI(base_url=f"{url}/v1", api_key="x", model=MODEL, max_retries=0)
+def llm(base_url: str) -> ChatOpenAI:
+    return ChatOpenAI(base_url=f"{base_url}/v1", api_key="x", model=MODEL, max_retries=0)
 
 
 def test_invoke(llm: ChatOpenAI) -> None:
