@@ -9,14 +9,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from langchain_core.runnables import RunnableLambda
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.cache.base import BaseCache
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import CachePolicy
 
 from fusiongraph.graph.config import FusionContext
-from fusiongraph.graph.models import ModelFactory, default_model_factory
+from fusiongraph.graph.models import ModelFactory, aclose_models, default_model_factory
 from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, panel_cache
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
 from fusiongraph.nodes.dispatch import dispatch, fan_out, panel_cache_key
@@ -25,26 +25,32 @@ from fusiongraph.nodes.panel import make_panelist
 from fusiongraph.nodes.synthesis import make_synthesis
 
 
-def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableLambda:
+def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableCallable:
     """Run an async node from `graph.invoke` too (each sync branch gets its own event loop).
 
     The nodes are async so that a cancelled run cancels its HTTP calls; this keeps the plain
     synchronous `invoke` working as well.
     """
 
+    async def run_once(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await node(*args, **kwargs)
+        finally:
+            await aclose_models()  # this loop ends with the node: close its connections now
+
     @functools.wraps(node)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(node(*args, **kwargs))
+            return asyncio.run(run_once(*args, **kwargs))
         # Called from a thread that already runs a loop (a notebook): use a fresh thread, carrying
         # the context so LangGraph's runtime and stream writer are still found.
         context = contextvars.copy_context()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(context.run, asyncio.run, node(*args, **kwargs)).result()
+            return pool.submit(context.run, asyncio.run, run_once(*args, **kwargs)).result()
 
-    return RunnableLambda(run_sync, afunc=node, name=node.__name__)
+    return RunnableCallable(run_sync, node, name=node.__name__, trace=False)
 
 
 def build_graph(

@@ -2,8 +2,12 @@
 
 Every OpenAI-compatible endpoint (OpenAI, OpenRouter, the bundled llama.cpp server, any gateway)
 goes through ChatOpenAI(base_url=...); Anthropic through ChatAnthropic (langchain-anthropic).
-Each model gets its own async HTTP client, closed by `close_model`, so a cancelled run closes its
-connections and sync callers (one event loop per thread) never share a client across loops.
+Models are built once per event loop and reused (`LoopModels`): every call on a loop shares one
+httpx client and its keep-alive connections. Building a ChatOpenAI and opening a connection cost
+several milliseconds of CPU per call, which sat on the run's critical path three times over.
+Cancelling a call still closes its own connection (httpcore drops a connection whose request was
+interrupted), so a cut straggler is really disconnected. A loop's models die with the loop;
+`aclose_models()` closes them early, and sync node runs (one short-lived loop each) call it.
 
 Retries are the openai SDK's (max_retries=2, so at most three attempts): 408/409/429/5xx,
 connection errors and timeouts, with exponential backoff from 0.5 s (capped at 8 s, minus up to
@@ -16,9 +20,12 @@ an upstream that sends more fails that call with `ResponseTooLarge` instead of f
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import ssl
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -83,10 +90,92 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+class LoopModels:
+    """The chat models of one event loop and the one HTTP client they share."""
+
+    MAX_MODELS = 64  # distinct specs kept per loop (per-request overrides could vary them freely)
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+        self._models: OrderedDict[tuple[str, str], BaseChatModel] = OrderedDict()
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = _http_client(DEFAULT_CALL_TIMEOUT_S)
+        return self._client
+
+    def get(self, spec: ModelSpec) -> BaseChatModel:
+        key = (spec.model_dump_json(), _api_key(spec))
+        model = self._models.get(key)
+        if model is None:
+            model = _build_model(spec, self.client())
+            self._models[key] = model
+            if len(self._models) > self.MAX_MODELS:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(key)
+        return model
+
+    def owns(self, client: object) -> bool:
+        return client is not None and client is self._client
+
+    async def aclose(self) -> None:
+        self._models.clear()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+_LOOP_MODELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopModels] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def loop_models() -> LoopModels | None:
+    """The model cache of the running event loop (None outside one)."""
+    loop = _running_loop()
+    if loop is None:
+        return None
+    models = _LOOP_MODELS.get(loop)
+    if models is None:
+        models = _LOOP_MODELS[loop] = LoopModels()
+    return models
+
+
+async def aclose_models() -> None:
+    """Close the running loop's shared HTTP client and forget its models (before a loop ends)."""
+    loop = _running_loop()
+    models = _LOOP_MODELS.pop(loop, None) if loop is not None else None
+    if models is not None:
+        await models.aclose()
+
+
+def _http_client(timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=timeout,
+        verify=_tls_context(),
+        # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
+        # calls behind each other, so connections are unbounded and idle ones are kept.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        event_hooks={"response": [_cap_response]},
+    )
+
+
+def _api_key(spec: ModelSpec) -> str:
+    key_env = spec.resolved_key_env()
+    return (os.environ.get(key_env, "") if key_env else "") or "not-needed"
+
+
 def default_model_factory(spec: ModelSpec) -> BaseChatModel:
-    """Build the real chat model for a spec (keys are read from the environment here)."""
-    default = LOCAL_CALL_TIMEOUT_S if spec.provider == "local" else DEFAULT_CALL_TIMEOUT_S
-    timeout = spec.timeout_s or default
+    """The real chat model for a spec, reused on the running event loop (keys are read from the
+    environment on every call, so a changed key builds a new model)."""
     if spec.provider == "anthropic":
         from langchain_anthropic import ChatAnthropic
 
@@ -94,13 +183,24 @@ def default_model_factory(spec: ModelSpec) -> BaseChatModel:
             model=spec.model,
             temperature=spec.temperature,
             max_tokens=spec.max_tokens or 4096,
-            timeout=timeout,
+            timeout=_timeout(spec),
             max_retries=2,
         )
+    models = loop_models()
+    if models is None:  # no loop yet: a model of its own, closed by close_model
+        return _build_model(spec, _http_client(_timeout(spec)))
+    return models.get(spec)
+
+
+def _timeout(spec: ModelSpec) -> float:
+    default = LOCAL_CALL_TIMEOUT_S if spec.provider == "local" else DEFAULT_CALL_TIMEOUT_S
+    return spec.timeout_s or default
+
+
+def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
-    key_env = spec.resolved_key_env()
-    api_key = os.environ.get(key_env, "") if key_env else ""
+    timeout = _timeout(spec)
     kwargs: dict[str, Any] = {}
     if spec.seed is not None:
         kwargs["seed"] = spec.seed
@@ -110,7 +210,7 @@ def default_model_factory(spec: ModelSpec) -> BaseChatModel:
     return ChatOpenAI(
         model=spec.model,
         base_url=spec.resolved_base_url(),
-        api_key=api_key or "not-needed",
+        api_key=_api_key(spec),
         temperature=spec.temperature,
         max_tokens=spec.max_tokens,
         timeout=timeout,
@@ -118,24 +218,20 @@ def default_model_factory(spec: ModelSpec) -> BaseChatModel:
         stream_usage=True,
         stream_chunk_timeout=timeout,
         default_headers={FUSION_DEPTH_HEADER: "1", "X-Title": "fusiongraph"},
-        http_async_client=httpx.AsyncClient(
-            timeout=timeout,
-            verify=_tls_context(),
-            event_hooks={"response": [_cap_response]},
-        ),
+        http_async_client=client,
         **kwargs,
     )
 
 
 def quiet(model: BaseChatModel) -> BaseChatModel:
     """Never stream this model's calls (panel, judge): one response, no per-chunk timeouts, and
-    no tokens of it can reach the caller's answer stream."""
-    model.disable_streaming = True
-    return model
+    no tokens of it can reach the caller's answer stream. A copy: the model may be shared."""
+    return model.model_copy(update={"disable_streaming": True})
 
 
 async def close_model(model: Any) -> None:
-    """Close the HTTP client a model owns (a no-op for fakes and wrappers)."""
+    """Close the HTTP client a model owns (a no-op for shared clients, fakes and wrappers)."""
     client = getattr(model, "http_async_client", None)
-    if isinstance(client, httpx.AsyncClient):
+    models = _LOOP_MODELS.get(_running_loop()) if _running_loop() else None
+    if isinstance(client, httpx.AsyncClient) and not (models and models.owns(client)):
         await client.aclose()

@@ -32,7 +32,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
-from fusiongraph.graph.models import FUSION_DEPTH_HEADER
+from fusiongraph.graph.models import FUSION_DEPTH_HEADER, aclose_models
 from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
 from fusiongraph.nodes.messages import check_conversation
@@ -271,12 +271,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if "graph" in holder:
-            yield
-            return
-        async with open_graph(checkpointer_url, cache=cache or None) as durable:
-            holder["graph"] = durable
-            yield
+        try:
+            if "graph" in holder:
+                yield
+                return
+            async with open_graph(checkpointer_url, cache=cache or None) as durable:
+                holder["graph"] = durable
+                yield
+        finally:
+            await aclose_models()
 
     app = FastAPI(
         title="fusiongraph",
