@@ -5,6 +5,7 @@ The judge sees anonymous labels (A, B, ...); `map_labels` turns them back into p
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -69,8 +70,10 @@ def _bound(schema: Any) -> Any:
     return schema
 
 
+@functools.cache
 def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
-    """A self-contained schema (no $ref), which every grammar converter accepts.
+    """A self-contained schema (no $ref), which every grammar converter accepts. Built once;
+    callers must not mutate it.
 
     `grammar=True` adds tight length bounds for grammar-constrained decoding (llama.cpp).
     """
@@ -96,6 +99,30 @@ def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
     # one point of agreement, which every panel has.
     bounded["properties"]["consensus"]["minItems"] = 1
     return bounded
+
+
+@functools.cache
+def _strict_schema() -> dict[str, Any]:
+    def close(schema: Any) -> Any:
+        if isinstance(schema, dict):
+            closed = {k: close(v) for k, v in schema.items()}
+            if closed.get("type") == "object":
+                closed["additionalProperties"] = False
+            return closed
+        if isinstance(schema, list):
+            return [close(v) for v in schema]
+        return schema
+
+    return close(analysis_json_schema())
+
+
+def json_schema_response_format() -> dict[str, Any]:
+    """OpenAI's strict `response_format` for the analysis, built once: the same schema the SDK
+    derives from the pydantic model, without regenerating it on every judge call (4-5 ms)."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "Analysis", "schema": _strict_schema(), "strict": True},
+    }
 
 
 def parse_analysis(text: str) -> Analysis:

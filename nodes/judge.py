@@ -33,7 +33,13 @@ from fusiongraph.graph.state import (
     usage_of,
 )
 from fusiongraph.nodes import prompts
-from fusiongraph.nodes.analysis import Analysis, analysis_json_schema, map_labels, parse_analysis
+from fusiongraph.nodes.analysis import (
+    Analysis,
+    analysis_json_schema,
+    json_schema_response_format,
+    map_labels,
+    parse_analysis,
+)
 from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.messages import last_user_text, text_of
 from fusiongraph.nodes.metadata import failed_entry
@@ -80,18 +86,24 @@ async def structured_call(
     The usage of every reply is appended to `spent` before parsing: a reply that fails to parse
     was still paid for.
     """
-    if method in ("json_schema", "function_calling"):
+    if method == "function_calling":
         runnable = model.with_structured_output(Analysis, method=method, include_raw=True)
         out = await runnable.ainvoke(messages, NOSTREAM)
         spent.append(usage_of(out["raw"]))
         if out.get("parsed") is not None:
             return out["parsed"]
         return parse_analysis(text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else "")
-    if method == "json_object_schema":
-        # Sent as a raw body field: llama.cpp turns the schema into a grammar, and LangChain's own
-        # response_format handling (which raises on a truncated reply) stays out of the way.
-        fmt = {"type": "json_object", "schema": analysis_json_schema(grammar=True)}
-        reply = await model.bind(extra_body={"response_format": fmt}).ainvoke(messages, NOSTREAM)
+    if method in ("json_schema", "json_object_schema"):
+        # A raw body field, so the reply takes the plain completion path and our parser: for
+        # json_schema the strict format is precomputed (LangChain's route rebuilds it per call);
+        # for llama.cpp the schema becomes a grammar, and a truncated reply is still parsed.
+        fmt = (
+            json_schema_response_format()
+            if method == "json_schema"
+            else {"type": "json_object", "schema": analysis_json_schema(grammar=True)}
+        )
+        extra_body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt}
+        reply = await model.bind(extra_body=extra_body).ainvoke(messages, NOSTREAM)
     else:
         reply = await model.ainvoke(messages, NOSTREAM)
     spent.append(usage_of(reply))
