@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -50,6 +50,7 @@ _TAG_RE = re.compile(r"\[bench:([\w.-]+)\]")
 _LABEL_RE = re.compile(r"Response ([A-Z]):")
 _JUDGE_MARK = prompts.JUDGE[:48]
 _SYNTHESIS_MARK = prompts.SYNTHESIS[:48]
+RECORDED_OPTIONS = ("response_format", "usage", "tools", "tool_choice")
 
 PANEL_TEXT = (
     "Water boils at a lower temperature at high altitude because the air pressure is lower, so "
@@ -92,6 +93,8 @@ class RequestRecord:
     disconnected: bool = False  # the client went away before the response was complete
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Body fields beyond the messages that a caller may want to check (response_format, ...).
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def duration(self) -> float | None:
@@ -279,6 +282,7 @@ class FakeUpstream:
             stream=bool(body.get("stream")),
             arrival=arrival,
             prompt_tokens=max(1, len(text) // 4),
+            options={k: body[k] for k in RECORDED_OPTIONS if k in body},
         )
         self._next_id += 1
         self.records.append(record)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import os
 import ssl
 import weakref
@@ -98,6 +99,7 @@ class LoopModels:
     def __init__(self) -> None:
         self._client: httpx.AsyncClient | None = None
         self._models: OrderedDict[tuple[str, str], BaseChatModel] = OrderedDict()
+        self._quiet: dict[int, BaseChatModel] = {}  # id(model) -> its non-streaming copy
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -111,16 +113,27 @@ class LoopModels:
             model = _build_model(spec, self.client())
             self._models[key] = model
             if len(self._models) > self.MAX_MODELS:
-                self._models.popitem(last=False)
+                _, evicted = self._models.popitem(last=False)
+                self._quiet.pop(id(evicted), None)
         else:
             self._models.move_to_end(key)
         return model
+
+    def quiet(self, model: BaseChatModel) -> BaseChatModel | None:
+        """The cached non-streaming copy of a model of this loop (None for a foreign model)."""
+        if not any(m is model for m in self._models.values()):
+            return None
+        copy = self._quiet.get(id(model))
+        if copy is None:
+            copy = self._quiet[id(model)] = model.model_copy(update={"disable_streaming": True})
+        return copy
 
     def owns(self, client: object) -> bool:
         return client is not None and client is self._client
 
     async def aclose(self) -> None:
         self._models.clear()
+        self._quiet.clear()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -165,7 +178,19 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         # calls behind each other, so connections are unbounded and idle ones are kept.
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
         event_hooks={"response": [_cap_response]},
+        cookies=_NoCookies(),
     )
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A shared client keeps no cookies: one upstream's cookies must never ride along on another
+    run's (or another tenant's) requests. It also skips cookie parsing on every response."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: Any) -> None:
+        return None
 
 
 def _api_key(spec: ModelSpec) -> str:
@@ -226,7 +251,9 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
 def quiet(model: BaseChatModel) -> BaseChatModel:
     """Never stream this model's calls (panel, judge): one response, no per-chunk timeouts, and
     no tokens of it can reach the caller's answer stream. A copy: the model may be shared."""
-    return model.model_copy(update={"disable_streaming": True})
+    models = loop_models()
+    copy = models.quiet(model) if models is not None else None
+    return copy or model.model_copy(update={"disable_streaming": True})
 
 
 async def close_model(model: Any) -> None:

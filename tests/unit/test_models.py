@@ -1,0 +1,148 @@
+"""Real chat models: reused per event loop, one shared client, and cancellation still disconnects.
+
+Runs the real default model factory (ChatOpenAI + the openai SDK) against the benchmark's fake
+upstream on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+from openai.lib._pydantic import to_strict_json_schema
+
+from bench.fake_upstream import FakeUpstream, UpstreamServer
+from fusiongraph.graph import models
+from fusiongraph.graph.builder import build_graph, sync_and_async
+from fusiongraph.graph.models import close_model, default_model_factory, quiet
+from fusiongraph.graph.specs import ModelSpec
+from fusiongraph.nodes.analysis import Analysis, json_schema_response_format
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(FakeUpstream(chunks=3, chunk_delay_s=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def openai_env(upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    return upstream.base_url
+
+
+def spec(name: str, **extra: Any) -> ModelSpec:
+    return ModelSpec.model_validate({"provider": "openai", "model": name, **extra})
+
+
+async def test_models_are_reused_on_a_loop_and_share_one_client(openai_env: str) -> None:
+    first, again = default_model_factory(spec("a")), default_model_factory(spec("a"))
+    other = default_model_factory(spec("b", temperature=0.3))
+    assert first is again and other is not first
+    assert first.http_async_client is other.http_async_client  # type: ignore[attr-defined]
+
+    silent = quiet(first)
+    assert silent.disable_streaming is True and first.disable_streaming is False
+    assert quiet(first) is silent  # built once per model
+
+    await close_model(first)  # a shared client is not the caller's to close
+    assert not first.http_async_client.is_closed  # type: ignore[attr-defined]
+    reply = await first.ainvoke("[bench:m1] hello")
+    assert reply.text
+
+
+async def test_a_changed_api_key_builds_a_new_model(
+    openai_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = default_model_factory(spec("k"))
+    monkeypatch.setenv("OPENAI_API_KEY", "rotated-key")
+    after = default_model_factory(spec("k"))
+    assert after is not before
+    assert after.openai_api_key.get_secret_value() == "rotated-key"  # type: ignore[attr-defined]
+
+
+def test_each_sync_node_run_closes_its_loop_models(openai_env: str) -> None:
+    seen: list[Any] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def node(_: Any) -> str:
+        model = default_model_factory(spec("s"))
+        seen.append(model.http_async_client)  # type: ignore[attr-defined]
+        loops.append(asyncio.get_running_loop())
+        return (await model.ainvoke("[bench:m2] hi")).text
+
+    runnable = sync_and_async(node)
+    assert runnable.invoke({}) and runnable.invoke({})
+    assert seen[0] is not seen[1]  # one short-lived loop per sync run
+    assert all(client.is_closed for client in seen)
+    assert not any(loop in models._LOOP_MODELS for loop in loops)
+
+
+def test_a_strict_json_schema_format_equal_to_the_sdks() -> None:
+    """The judge's precomputed format says what openai's own pydantic path would send."""
+
+    def inline(schema: Any, defs: dict[str, Any]) -> Any:
+        if isinstance(schema, dict):
+            if "$ref" in schema:
+                return inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+            return {k: inline(v, defs) for k, v in schema.items() if k not in ("$defs", "title")}
+        if isinstance(schema, list):
+            return [inline(v, defs) for v in schema]
+        return schema
+
+    sdk = to_strict_json_schema(Analysis)
+    fmt = json_schema_response_format()
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"] == inline(sdk, sdk.get("$defs", {}))
+
+
+async def test_judge_sends_the_format_and_keeps_the_models_extra_body(
+    upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENROUTER_BASE_URL", upstream.base_url)
+    monkeypatch.setenv("OPENROUTER_API_KEY", "test-key")
+    graph = build_graph()
+    ctx = {
+        "panel": ["openrouter:p1-0.01s", "openrouter:p2-0.01s"],
+        "judge": "openrouter:judge-0.01s",
+        "synthesizer": "openrouter:synth-0.01s",
+        "tool_mode": "off",
+    }
+    out = await graph.ainvoke({"messages": [HumanMessage("[bench:m3] why?")]}, context=ctx)
+    fusion = out["messages"][-1].response_metadata["fusion"]
+    assert fusion["judge"]["ok"] and fusion["analysis"]["consensus"]
+    judge = next(r for r in upstream.app.records if r.tag == "m3" and r.role == "judge")
+    assert judge.options["response_format"] == json_schema_response_format()
+    assert judge.options["usage"] == {"include": True}  # OpenRouter's cost report still asked for
+
+
+async def test_a_cancelled_call_on_the_shared_client_disconnects_upstream(
+    openai_env: str, upstream: UpstreamServer
+) -> None:
+    """Quorum cuts a straggler: its request on the shared pool is really closed, and the pool
+    keeps serving the next run."""
+    graph = build_graph()
+    ctx = {
+        "panel": ["openai:q1-0.01s", "openai:q2-0.02s", "openai:never"],
+        "judge": "openai:judge-0.01s",
+        "synthesizer": "openai:synth-0.01s",
+        "tool_mode": "off",
+        "quorum": 2,
+        "straggler_grace_s": 0.05,
+    }
+    for tag in ("m4", "m5"):
+        out = await graph.ainvoke({"messages": [HumanMessage(f"[bench:{tag}] why?")]}, context=ctx)
+        failed = out["messages"][-1].response_metadata["fusion"]["failed_models"]
+        assert [(f["model"], f["reason"]) for f in failed] == [("openai:never", "deadline")]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            never = [r for r in upstream.app.records if r.tag == tag and r.model == "never"]
+            if never and never[0].done is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert never and never[0].disconnected
