@@ -176,7 +176,7 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         verify=_tls_context(),
         # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
         # calls behind each other, so connections are unbounded and idle ones are kept.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         event_hooks={"response": [_cap_response]},
         cookies=_NoCookies(),
     )
@@ -259,6 +259,7 @@ def quiet(model: BaseChatModel) -> BaseChatModel:
 async def close_model(model: Any) -> None:
     """Close the HTTP client a model owns (a no-op for shared clients, fakes and wrappers)."""
     client = getattr(model, "http_async_client", None)
-    models = _LOOP_MODELS.get(_running_loop()) if _running_loop() else None
-    if isinstance(client, httpx.AsyncClient) and not (models and models.owns(client)):
+    loop = _running_loop()
+    shared = loop is not None and loop in _LOOP_MODELS and _LOOP_MODELS[loop].owns(client)
+    if isinstance(client, httpx.AsyncClient) and not shared:
         await client.aclose()
