@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -57,16 +58,38 @@ GRAMMAR_MAX_ITEMS = 4
 GRAMMAR_MAX_CHARS = 160
 
 
-def _bound(schema: Any) -> Any:
+def _map_dicts(schema: Any, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """A copy of a JSON schema with `change` applied to every object in it, innermost first."""
     if isinstance(schema, dict):
-        bounded = {k: _bound(v) for k, v in schema.items()}
-        if bounded.get("type") == "array":
-            bounded["maxItems"] = min(bounded.get("maxItems", GRAMMAR_MAX_ITEMS), GRAMMAR_MAX_ITEMS)
-        if bounded.get("type") == "string":
-            bounded["maxLength"] = GRAMMAR_MAX_CHARS
-        return bounded
+        return change({k: _map_dicts(v, change) for k, v in schema.items()})
     if isinstance(schema, list):
-        return [_bound(v) for v in schema]
+        return [_map_dicts(v, change) for v in schema]
+    return schema
+
+
+def _bound(node: dict[str, Any]) -> dict[str, Any]:
+    if node.get("type") == "array":
+        node["maxItems"] = min(node.get("maxItems", GRAMMAR_MAX_ITEMS), GRAMMAR_MAX_ITEMS)
+    if node.get("type") == "string":
+        node["maxLength"] = GRAMMAR_MAX_CHARS
+    return node
+
+
+def _closed(node: dict[str, Any]) -> dict[str, Any]:
+    if node.get("type") == "object":
+        node["additionalProperties"] = False
+    return node
+
+
+def inline_refs(schema: Any, defs: dict[str, Any] | None = None) -> Any:
+    """A pydantic JSON schema with every $ref replaced by its definition, titles dropped."""
+    defs = schema.get("$defs", {}) if defs is None and isinstance(schema, dict) else defs or {}
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return inline_refs(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: inline_refs(v, defs) for k, v in schema.items() if k not in ("$defs", "title")}
+    if isinstance(schema, list):
+        return [inline_refs(v, defs) for v in schema]
     return schema
 
 
@@ -77,24 +100,13 @@ def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
 
     `grammar=True` adds tight length bounds for grammar-constrained decoding (llama.cpp).
     """
-
-    def inline(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
-        if isinstance(schema, dict):
-            if "$ref" in schema:
-                return inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-            return {k: inline(v, defs) for k, v in schema.items() if k not in ("$defs", "title")}
-        if isinstance(schema, list):
-            return [inline(v, defs) for v in schema]
-        return schema
-
-    raw = Analysis.model_json_schema()
-    schema = inline(raw, raw.get("$defs", {}))
+    schema = inline_refs(Analysis.model_json_schema())
     schema["required"] = list(SECTIONS)
     for prop in schema["properties"].values():
         prop.pop("default", None)
     if not grammar:
         return schema
-    bounded = _bound(schema)
+    bounded = _map_dicts(schema, _bound)
     # Under a grammar a small model takes the shortest way out: five empty lists. Ask for at least
     # one point of agreement, which every panel has.
     bounded["properties"]["consensus"]["minItems"] = 1
@@ -103,17 +115,7 @@ def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
 
 @functools.cache
 def _strict_schema() -> dict[str, Any]:
-    def close(schema: Any) -> Any:
-        if isinstance(schema, dict):
-            closed = {k: close(v) for k, v in schema.items()}
-            if closed.get("type") == "object":
-                closed["additionalProperties"] = False
-            return closed
-        if isinstance(schema, list):
-            return [close(v) for v in schema]
-        return schema
-
-    return close(analysis_json_schema())
+    return _map_dicts(analysis_json_schema(), _closed)
 
 
 def json_schema_response_format() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.messages import HumanMessage
 from openai.lib._pydantic import to_strict_json_schema
@@ -20,7 +21,7 @@ from fusiongraph.graph import models
 from fusiongraph.graph.builder import build_graph, sync_and_async
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.nodes.analysis import Analysis, json_schema_response_format
+from fusiongraph.nodes.analysis import Analysis, inline_refs, json_schema_response_format
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,15 @@ async def test_models_are_reused_on_a_loop_and_share_one_client(openai_env: str)
     assert reply.text
 
 
+async def test_the_shared_client_keeps_no_cookies(openai_env: str) -> None:
+    client = default_model_factory(spec("c")).http_async_client  # type: ignore[attr-defined]
+    request = httpx.Request("GET", f"{openai_env}/models")
+    client.cookies.extract_cookies(
+        httpx.Response(200, headers={"set-cookie": "session=tenant-a; Path=/"}, request=request)
+    )
+    assert not client.cookies
+
+
 async def test_a_changed_api_key_builds_a_new_model(
     openai_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,19 +96,10 @@ def test_each_sync_node_run_closes_its_loop_models(openai_env: str) -> None:
 def test_a_strict_json_schema_format_equal_to_the_sdks() -> None:
     """The judge's precomputed format says what openai's own pydantic path would send."""
 
-    def inline(schema: Any, defs: dict[str, Any]) -> Any:
-        if isinstance(schema, dict):
-            if "$ref" in schema:
-                return inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-            return {k: inline(v, defs) for k, v in schema.items() if k not in ("$defs", "title")}
-        if isinstance(schema, list):
-            return [inline(v, defs) for v in schema]
-        return schema
-
     sdk = to_strict_json_schema(Analysis)
     fmt = json_schema_response_format()
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
-    assert fmt["json_schema"]["schema"] == inline(sdk, sdk.get("$defs", {}))
+    assert fmt["json_schema"]["schema"] == inline_refs(sdk)
 
 
 async def test_judge_sends_the_format_and_keeps_the_models_extra_body(
