@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import os
@@ -235,6 +236,14 @@ async def _race_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
     return not work.done()
 
 
+def freeze_startup_heap() -> None:
+    """Move everything alive at start-up (modules, schemas, the compiled graph) out of the cyclic
+    GC's reach. It lives as long as the server; re-scanning it in every full collection stalled
+    the event loop for 60-75 ms about once every 50 runs, which is what the p95 latency showed."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
     graph: CompiledStateGraph | None = None,
     *,
@@ -273,10 +282,12 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             if "graph" in holder:
+                freeze_startup_heap()
                 yield
                 return
             async with open_graph(checkpointer_url, cache=cache or None) as durable:
                 holder["graph"] = durable
+                freeze_startup_heap()
                 yield
         finally:
             await aclose_models()
