@@ -29,7 +29,10 @@ def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableCallable:
     """Run an async node from `graph.invoke` too (each sync branch gets its own event loop).
 
     The nodes are async so that a cancelled run cancels its HTTP calls; this keeps the plain
-    synchronous `invoke` working as well.
+    synchronous `invoke` working as well. The pair is LangGraph's own RunnableCallable (what
+    `add_node` builds from a plain function), untraced like a plain node: a RunnableLambda here
+    re-inspected signatures and opened a nested chain run on every node call (1-2 ms a run).
+    It lives in `langgraph._internal`, hence langgraph is pinned to 1.2.x.
     """
 
     async def run_once(*args: Any, **kwargs: Any) -> Any:
