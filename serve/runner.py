@@ -28,17 +28,20 @@ class RunEvent:
 
 async def stream_run(
     graph: CompiledStateGraph,
-    messages: Sequence[AnyMessage],
+    messages: Sequence[AnyMessage] | None,
     context: FusionContext | dict[str, Any],
     config: dict[str, Any] | None = None,
+    *,
+    progress: bool = True,
 ) -> AsyncIterator[RunEvent]:
-    """Stream one run: progress (custom mode), synthesis tokens (messages mode), then the result."""
+    """Stream one run: progress (custom mode, unless `progress` is off: nobody watches it),
+    synthesis tokens (messages mode), then the result. `messages=None` resumes the unfinished
+    run of the checkpointed thread in `config`."""
     final: AIMessage | None = None
+    inputs = None if messages is None else {"messages": list(messages)}
+    modes = ["custom", "messages", "updates"] if progress else ["messages", "updates"]
     async for mode, data in graph.astream(
-        {"messages": list(messages)},
-        config=config,
-        context=context,
-        stream_mode=["custom", "messages", "updates"],
+        inputs, config=config, context=context, stream_mode=modes
     ):
         if mode == "custom":
             yield RunEvent("progress", progress=data)

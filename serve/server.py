@@ -396,7 +396,9 @@ def create_app(
                 events = _replay(plan.replay)
             else:
                 messages = None if plan.resume else run.messages
-                events = stream_run(graph, messages, run.context, plan.config)
+                events = stream_run(
+                    graph, messages, run.context, plan.config, progress=run.progress
+                )
             response = await _stream(Run(events), run, request)
         elif plan.replay is not None:
             response = _completion(plan.replay, run)

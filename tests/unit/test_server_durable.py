@@ -50,19 +50,26 @@ def test_every_durable_response_names_its_thread() -> None:
     assert panel_calls(factory) == [2, 2, 2]
 
 
-def test_a_request_cut_off_midway_resumes_without_recalling_finished_panelists() -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_cut_off_midway_resumes_without_recalling_finished_panelists(
+    stream: bool,
+) -> None:
     factory = FakeFactory(scripts(m3=Script(["Panelist 3 says Paris."], delay_s=3600)))
+    body = {**BODY, "stream": stream}
     with running_server(durable_app(factory)) as url:
         with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=url, timeout=1.0) as client:
-            client.post("/v1/chat/completions", json=BODY, headers={THREAD_HEADER: "t-2"})
+            client.post("/v1/chat/completions", json=body, headers={THREAD_HEADER: "t-2"})
         assert wait_for(lambda: factory.scripts["m3"].cancelled == 1)
         assert panel_calls(factory) == [1, 1, 0]
         factory.scripts["m3"].delay_s = 0
         with httpx.Client(base_url=url) as client:
-            resumed = client.post("/v1/chat/completions", json=BODY, headers={THREAD_HEADER: "t-2"})
+            resumed = client.post("/v1/chat/completions", json=body, headers={THREAD_HEADER: "t-2"})
     assert resumed.status_code == 200
-    assert resumed.json()["choices"][0]["message"]["content"] == ANSWER
     assert panel_calls(factory) == [1, 1, 1]
+    if stream:
+        assert ANSWER.split()[0] in resumed.text and "[DONE]" in resumed.text
+        return
+    assert resumed.json()["choices"][0]["message"]["content"] == ANSWER
     assert len(resumed.json()["fusion"]["panel"]) == 3
 
 
