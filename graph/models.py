@@ -94,7 +94,7 @@ def _tls_context() -> ssl.SSLContext:
 class LoopModels:
     """The chat models of one event loop and the one HTTP client they share."""
 
-    MAX_MODELS = 64  # distinct specs kept per loop (per-request overrides could vary them freely)
+    MAX_MODELS = 256  # distinct specs kept per loop (about 8 KiB each; requests may vary them)
 
     def __init__(self) -> None:
         self._client: httpx.AsyncClient | None = None
