@@ -8,6 +8,8 @@ several milliseconds of CPU per call, which sat on the run's critical path three
 Cancelling a call still closes its own connection (httpcore drops a connection whose request was
 interrupted), so a cut straggler is really disconnected. A loop's models die with the loop;
 `aclose_models()` closes them early, and sync node runs (one short-lived loop each) call it.
+Their chat completion calls skip the SDK's per-call parameter transform (`DirectCompletions`),
+another 0.5 ms of CPU before each call.
 
 Retries are the openai SDK's (max_retries=2, so at most three attempts): 408/409/429/5xx,
 connection errors and timeouts, with exponential backoff from 0.5 s (capped at 8 s, minus up to
@@ -225,6 +227,8 @@ def _timeout(spec: ModelSpec) -> float:
 def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
+    from fusiongraph.graph.completions import DirectCompletions
+
     timeout = _timeout(spec)
     kwargs: dict[str, Any] = {}
     if spec.seed is not None:
@@ -232,7 +236,7 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
     if spec.provider == "openrouter":
         # Ask OpenRouter to report the real cost of each call in `usage.cost`.
         kwargs["extra_body"] = {"usage": {"include": True}}
-    return ChatOpenAI(
+    model = ChatOpenAI(
         model=spec.model,
         base_url=spec.resolved_base_url(),
         api_key=_api_key(spec),
@@ -246,6 +250,8 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         http_async_client=client,
         **kwargs,
     )
+    model.async_client = DirectCompletions(model.root_async_client)
+    return model
 
 
 def quiet(model: BaseChatModel) -> BaseChatModel:

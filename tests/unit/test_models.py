@@ -13,12 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+from openai._utils import async_maybe_transform
 from openai.lib._pydantic import to_strict_json_schema
+from openai.types.chat import completion_create_params
 
 from bench.fake_upstream import FakeUpstream, UpstreamServer
 from fusiongraph.graph import models
 from fusiongraph.graph.builder import build_graph, sync_and_async
+from fusiongraph.graph.completions import DirectCompletions
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.analysis import Analysis, inline_refs, json_schema_response_format
@@ -147,3 +151,67 @@ async def test_a_cancelled_call_on_the_shared_client_disconnects_upstream(
                 break
             await asyncio.sleep(0.02)
         assert never and never[0].disconnected
+
+
+def _payloads() -> list[dict[str, Any]]:
+    """Request bodies as langchain-openai builds them, one per message and option shape."""
+    model = ChatOpenAI(model="m", api_key="k", base_url="http://127.0.0.1:9/v1", max_tokens=64)
+    tool = {
+        "type": "function",
+        "function": {"name": "web_search", "parameters": {"type": "object", "properties": {}}},
+    }
+    calls = [{"name": "web_search", "args": {"query": "q"}, "id": "c1", "type": "tool_call"}]
+    turns = [
+        SystemMessage("be brief"),
+        HumanMessage(
+            [
+                {"type": "text", "text": "see"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+            ]
+        ),
+        AIMessage("", tool_calls=calls),
+        ToolMessage("result", tool_call_id="c1"),
+    ]
+    return [
+        model._get_request_payload([HumanMessage("hello")]),
+        model._get_request_payload(turns, tools=[tool], tool_choice="auto"),
+        model._get_request_payload(
+            [HumanMessage("judge")],
+            stream=True,
+            stream_options={"include_usage": True},
+            response_format=json_schema_response_format(),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("payload", _payloads(), ids=["plain", "tools", "streamed-format"])
+async def test_the_sdks_transform_leaves_chat_requests_as_built(payload: dict[str, Any]) -> None:
+    """What lets DirectCompletions skip it: on the installed SDK the transform is an identity."""
+    params = (
+        completion_create_params.CompletionCreateParamsStreaming
+        if payload.get("stream")
+        else completion_create_params.CompletionCreateParamsNonStreaming
+    )
+    assert await async_maybe_transform(payload, params) == payload
+
+
+async def test_model_calls_send_their_body_as_built(
+    openai_env: str, upstream: UpstreamServer
+) -> None:
+    model = default_model_factory(spec("direct"))
+    assert isinstance(model.async_client, DirectCompletions)  # type: ignore[attr-defined]
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    bound = quiet(model).bind_tools([tool], tool_choice="none")
+    assert (await bound.ainvoke("[bench:m6] hello")).text
+    streamed = [c async for c in model.astream("[bench:m7] hello")]
+    assert "".join(c.text for c in streamed) and any(c.usage_metadata for c in streamed)
+    sent = {r.tag: r for r in upstream.app.records if r.tag in ("m6", "m7")}
+    assert sent["m6"].options["tool_choice"] == "none"
+    assert sent["m6"].options["tools"][0]["function"]["name"] == "lookup"
+    assert sent["m7"].options.get("tools") is None
+
+
+async def test_direct_completions_refuse_a_request_without_messages(openai_env: str) -> None:
+    model = default_model_factory(spec("direct"))
+    with pytest.raises(TypeError, match="messages"):
+        await model.async_client.create(model="m")  # type: ignore[attr-defined]
