@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
+from pydantic import ValidationError
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.config import FusionContext, resolve_config
@@ -88,6 +89,23 @@ def test_missing_key_is_refused_naming_the_model() -> None:
     with pytest.raises(FusionConfigError) as info:
         resolve_config({"preset": "quality"})
     assert info.value.field == "panel[0]" and "OPENROUTER_API_KEY" in str(info.value)
+
+
+def test_a_resolved_plan_is_shared_but_keys_and_environment_are_read_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "k")
+    ctx = {"preset": "quality", "quorum": 2}
+    first = resolve_config(ctx)
+    assert resolve_config(dict(ctx)) is first  # every node of a run resolves the same context
+    with pytest.raises(ValidationError):
+        first.quorum = 3  # type: ignore[misc]  # shared, so frozen
+
+    monkeypatch.setenv("FUSIONGRAPH_SEARCH_PROVIDER", "duckduckgo")
+    assert resolve_config(ctx).search.provider == "duckduckgo"
+    monkeypatch.delenv("OPENROUTER_API_KEY")
+    with pytest.raises(FusionConfigError, match="OPENROUTER_API_KEY"):
+        resolve_config(ctx)
 
 
 async def test_bad_configuration_fails_before_any_model_call() -> None:
