@@ -420,7 +420,8 @@ def _fmt(value: float | None, metric: str) -> str:
         return "-"
     if metric == "succeeded":
         return f"{value:.0f}"
-    return f"{value:.1f}" if metric.endswith("ms") or metric.startswith("MB") else f"{value:.3f}"
+    in_ms = "ms" in metric.replace(",", " ").split() or metric.startswith("MB")
+    return f"{value:.1f}" if in_ms else f"{value:.3f}"
 
 
 def table(rows: Sequence[Row]) -> str:
