@@ -133,7 +133,9 @@ def parse_analysis(text: str) -> Analysis:
     if not match:
         raise ValueError("no JSON object in the judge output")
     try:
-        data = json.loads(match.group(0))
+        # strict=False: a raw tab or newline inside a string (small local models write them
+        # even under a JSON grammar) is kept, not a reason to lose the analysis.
+        data = json.loads(match.group(0), strict=False)
     except json.JSONDecodeError as exc:
         raise ValueError(f"judge output is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

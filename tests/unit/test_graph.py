@@ -150,6 +150,19 @@ async def test_judge_structured_method_failure_falls_back_to_tolerant_parse() ->
     assert sent_format["schema"]["properties"]["consensus"]["maxItems"] == 4
 
 
+async def test_judge_output_with_raw_control_characters_in_strings_is_kept() -> None:
+    """Small local models write raw tabs and newlines inside JSON strings, even under a grammar."""
+    raw = judge_json(blind_spots=["nobody\tcited\na source"]).replace("\\t", "\t")
+    raw = raw.replace("\\n", "\n")
+    assert "\t" in raw and "\n" in raw  # really raw, as the model wrote it
+    factory = factory_for(2, judge=[raw])
+    result = await build_graph(factory).ainvoke(ask(), context=context(2))
+    fusion = result["messages"][-1].response_metadata["fusion"]
+    assert fusion["judge"]["ok"] and fusion["analysis"]["blind_spots"] == [
+        "nobody\tcited\na source"
+    ]
+
+
 async def test_failing_panelist_is_listed_and_run_succeeds() -> None:
     factory = factory_for(3)
     factory.scripts["m2"] = Script([RuntimeError("upstream exploded")])
