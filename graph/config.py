@@ -149,6 +149,12 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return name or "config"
 
 
+# Every node of a run resolves the same context (N+3 times a run): validated plans are kept by
+# what they were built from. 0.3 ms each, before every panel request. FusionConfig is frozen.
+MAX_RESOLVED = 256
+_RESOLVED: dict[tuple[str, str, str], FusionConfig] = {}
+
+
 def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionConfig:
     """Expand the preset, apply overrides and validate; raise FusionConfigError naming the field."""
     if ctx is None:
@@ -181,12 +187,6 @@ def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionC
         _RESOLVED[key] = config
     _check_runnable(config)  # every time: it reads API keys from the environment
     return config
-
-
-# Every node of a run resolves the same context (N+3 times a run): validated plans are kept by
-# what they were built from. 0.3 ms each, before every panel request. FusionConfig is frozen.
-MAX_RESOLVED = 256
-_RESOLVED: dict[tuple[str, str, str], FusionConfig] = {}
 
 
 def _check_runnable(config: FusionConfig) -> None:
