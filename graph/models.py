@@ -23,13 +23,15 @@ an upstream that sends more fails that call with `ResponseTooLarge` instead of f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.cookiejar
 import os
 import ssl
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -84,6 +86,37 @@ async def _cap_response(response: httpx.Response) -> None:
         raise ResponseTooLarge(f"the response announces {length} bytes, over the cap of {limit}")
     if isinstance(response.stream, httpx.AsyncByteStream):
         response.stream = _CappedStream(response.stream, limit)
+
+
+# What to call when the current task's next request leaves (nodes/send_order.py).
+_REQUEST_SENT: ContextVar[Callable[[], None] | None] = ContextVar(
+    "fusion_request_sent", default=None
+)
+
+
+@contextlib.contextmanager
+def on_request_sent(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` when a request of this task (or of tasks it starts) is handed to httpx."""
+    token = _REQUEST_SENT.set(callback)
+    try:
+        yield
+    finally:
+        _REQUEST_SENT.reset(token)
+
+
+async def _note_request_sent(request: httpx.Request) -> None:
+    """httpx request hook: the request is built and about to go out."""
+    callback = _REQUEST_SENT.get()
+    if callback is not None:
+        callback()
+
+
+def reports_sends(model: Any) -> bool:
+    """Whether this model's HTTP client calls `on_request_sent` callbacks (ours do)."""
+    client = getattr(model, "http_async_client", None)
+    return isinstance(client, httpx.AsyncClient) and any(
+        hook is _note_request_sent for hook in client.event_hooks["request"]
+    )
 
 
 @functools.cache
@@ -179,7 +212,7 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
         # calls behind each other, so connections are unbounded and idle ones are kept.
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
-        event_hooks={"response": [_cap_response]},
+        event_hooks={"request": [_note_request_sent], "response": [_cap_response]},
         cookies=_NoCookies(),
     )
 

@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMes
 from langgraph.runtime import get_runtime
 
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
-from fusiongraph.graph.models import ModelFactory, close_model, quiet
+from fusiongraph.graph.models import ModelFactory, close_model, quiet, reports_sends
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import PanelResult, PanelTask, Source, add_usage, empty_usage, usage_of
 from fusiongraph.nodes import prompts
@@ -154,6 +154,8 @@ def make_panelist(model_factory: ModelFactory):
                 work = answer_prefetch(model, messages, config, out)
             else:
                 work = answer_off(model, messages, out)
+            if mode != "prefetch" and reports_sends(model):  # its first step is a model request
+                work = clock.sends.run(work)
             await clock.run(work)
             if not out.content.strip():
                 error = {"reason": "empty", "message": "the model returned no text"}

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from fusiongraph.nodes.send_order import SendOrder
+
 T = TypeVar("T")
 
 _CLOCK_TTL_S = 3600.0
@@ -33,6 +35,7 @@ class PanelClock:
         self.created = time.monotonic()
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self.sends = SendOrder()  # the branches' requests leave in turn (send_order.py)
 
     def remaining(self) -> float:
         return self.cutoff - time.monotonic()

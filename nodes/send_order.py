@@ -1,0 +1,71 @@
+"""Panel requests leave in turn, each as soon as it is built.
+
+A run's panel branches start together on one event loop. Building a model request costs a few
+milliseconds of CPU (callbacks, payload, SDK, connection pool) with several awaits on the way.
+Left alone, the branches interleave at every await and their requests all leave together, once
+the last one is built. Taking turns, the first request leaves after one branch's work, the second
+after two: the last leaves no later than before and every other one earlier, so a slow panelist
+starts sooner on average (about 10 ms at N=8). A turn ends when the branch's request is handed to
+the HTTP client (`graph.models.on_request_sent`), when its call ends, or after `MAX_TURN_S`.
+Branches on different loops (sync invocation, one thread each) never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from fusiongraph.graph.models import on_request_sent
+
+T = TypeVar("T")
+
+# A safety net: a request is built in a few milliseconds, so a turn never blocks the others long.
+MAX_TURN_S = 0.05
+
+
+class SendOrder:
+    """The turn of one run's branches on each event loop."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._guard = threading.Lock()
+
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            lock = self._locks.get(loop)
+            if lock is None:
+                lock = self._locks[loop] = asyncio.Lock()
+            return lock
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for this branch's turn; hold it until its first request leaves."""
+        lock = self._lock()
+        await lock.acquire()
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                timer.cancel()
+                lock.release()
+
+        timer = asyncio.get_running_loop().call_later(MAX_TURN_S, end)
+        try:
+            with on_request_sent(end):
+                yield
+        finally:
+            end()
+
+    async def run(self, work: Awaitable[T]) -> T:
+        """Await `work` (a panelist's answer), its first request sent in this branch's turn."""
+        async with self.turn():
+            return await work

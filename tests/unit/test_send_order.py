@@ -1,0 +1,134 @@
+"""Panel requests leave in turn (nodes/send_order.py): each turn ends as its request leaves,
+a branch that never sends cannot hold up the others, and the calls still run together."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+
+from bench.fake_upstream import FakeUpstream, UpstreamServer
+from fusiongraph.graph.builder import build_graph
+from fusiongraph.graph.models import default_model_factory, quiet, reports_sends
+from fusiongraph.graph.specs import ModelSpec
+from fusiongraph.nodes import send_order
+from fusiongraph.nodes.send_order import SendOrder
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(FakeUpstream(chunks=3, chunk_delay_s=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def openai_env(upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    return upstream.base_url
+
+
+def model(name: str):
+    return quiet(default_model_factory(ModelSpec(provider="openai", model=name)))
+
+
+async def test_a_turn_ends_as_its_request_leaves_not_when_the_answer_comes(
+    openai_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(send_order, "MAX_TURN_S", 30.0)  # only the request can end this turn
+    order, events = SendOrder(), []
+    slow = model("turn-0.300s")
+    assert reports_sends(slow)
+
+    async def first() -> None:
+        async with order.turn():
+            await slow.ainvoke("[bench:so1] hello")
+            events.append("first answered")
+
+    async def second() -> None:
+        await asyncio.sleep(0)  # the first branch asks for its turn first
+        async with order.turn():
+            events.append("second's turn")
+
+    await asyncio.wait_for(asyncio.gather(first(), second()), 10)
+    assert events == ["second's turn", "first answered"]
+
+
+async def test_a_branch_that_never_sends_holds_its_turn_only_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(send_order, "MAX_TURN_S", 0.02)
+    order, events, release = SendOrder(), [], asyncio.Event()
+
+    async def stuck() -> None:
+        async with order.turn():
+            await release.wait()  # builds no request: its turn must still end
+            events.append("stuck done")
+
+    async def other() -> None:
+        await asyncio.sleep(0)
+        async with order.turn():
+            events.append("other's turn")
+            release.set()
+
+    await asyncio.wait_for(asyncio.gather(stuck(), other()), 5)
+    assert events == ["other's turn", "stuck done"]
+
+
+async def test_a_failing_branch_passes_its_turn_on() -> None:
+    order = SendOrder()
+
+    async def fails() -> None:
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError):
+        await order.run(fails())
+    assert await asyncio.wait_for(order.run(asyncio.sleep(0, "next")), 1) == "next"
+
+
+def test_branches_on_different_loops_never_wait_for_each_other() -> None:
+    """Sync invocation runs each branch on its own loop and thread."""
+    order, inside, seen = SendOrder(), threading.Event(), []
+
+    async def holder() -> None:
+        async with order.turn():
+            inside.set()
+            for _ in range(200):  # hold the turn while the other loop takes its own
+                if seen:
+                    return
+                await asyncio.sleep(0.01)
+
+    async def other() -> None:
+        inside.wait(5)
+        async with order.turn():
+            seen.append("other")
+
+    thread = threading.Thread(target=lambda: asyncio.run(holder()))
+    thread.start()
+    asyncio.run(asyncio.wait_for(other(), 1))
+    thread.join(5)
+    assert seen == ["other"]
+
+
+def test_only_our_http_clients_report_their_sends(openai_env: str) -> None:
+    assert not reports_sends(GenericFakeChatModel(messages=iter([AIMessage("x")])))
+
+
+async def test_panel_calls_still_run_together(openai_env: str, upstream: UpstreamServer) -> None:
+    """Turns order the sending, never the waiting: every panel request is out before any
+    answer comes back."""
+    graph = build_graph()
+    ctx = {
+        "panel": [f"openai:p{i}-0.300s" for i in range(1, 5)],
+        "judge": "openai:judge-0.01s",
+        "synthesizer": "openai:synth-0.01s",
+        "tool_mode": "off",
+    }
+    await graph.ainvoke({"messages": [HumanMessage("[bench:so2] why?")]}, context=ctx)
+    panel = [r for r in upstream.app.records if r.tag == "so2" and r.role == "panel"]
+    assert len(panel) == 4
+    assert max(r.arrival for r in panel) < min(r.done for r in panel if r.done)
