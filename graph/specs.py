@@ -104,6 +104,10 @@ class ModelSpec(BaseModel):
             return local_base_url()
         return defaults["base_url"]
 
+    def latency_key(self) -> str:
+        """Which model at which endpoint: what a remembered panel latency belongs to."""
+        return f"{self.name}@{self.resolved_base_url() or ''}"
+
     def resolved_key_env(self) -> str | None:
         return self.api_key_env or PROVIDER_DEFAULTS[self.provider]["api_key_env"]
 

@@ -54,10 +54,11 @@ class PanelTask(TypedDict):
 
 
 def reduce_panel(current: list[PanelResult] | None, update: list[PanelResult] | None):
-    """Append panel results; `None` clears them, so each new turn on a thread starts empty."""
+    """Add panel results, kept in panel order (p1, p2, ...) whatever order the branches ran in;
+    `None` clears them, so each new turn on a thread starts empty."""
     if update is None:
         return []
-    return [*(current or []), *update]
+    return sorted([*(current or []), *update], key=lambda r: int(r["panelist"].removeprefix("p")))
 
 
 class FusionInput(TypedDict):

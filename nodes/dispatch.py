@@ -18,6 +18,7 @@ from fusiongraph.graph.pricing import worst_case_cost
 from fusiongraph.graph.state import FusionState, PanelTask
 from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.send_order import slowest_first
 
 
 async def dispatch(state: FusionState) -> dict[str, Any]:
@@ -61,7 +62,8 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
 
 
 def fan_out(state: FusionState) -> list[Send]:
-    """One `Send` per panelist: the branches run in parallel and join at the judge."""
+    """One `Send` per panelist: the branches run in parallel and join at the judge. The
+    slowest-expected panelist is sent first (its request leaves first: nodes/send_order.py)."""
     config = resolve_config(get_runtime(FusionContext).context)
     tasks: list[PanelTask] = [
         {
@@ -74,7 +76,8 @@ def fan_out(state: FusionState) -> list[Send]:
         }
         for i in range(len(config.panel))
     ]
-    return [Send("panelist", task) for task in tasks]
+    order = slowest_first([spec.latency_key() for spec in config.panel])
+    return [Send("panelist", tasks[i]) for i in order]
 
 
 def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:

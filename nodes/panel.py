@@ -23,6 +23,7 @@ from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, text_of, with_system
 from fusiongraph.nodes.panel_clock import clock_for, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.send_order import remember_latency
 from fusiongraph.tools.web import make_web_tools, prefetch_context
 
 NOSTREAM = {"tags": ["nostream", "fusion:panel"]}
@@ -166,6 +167,7 @@ def make_panelist(model_factory: ModelFactory):
         latency = round(time.monotonic() - started, 3)
         if error is None:
             clock.record_success()
+            remember_latency(spec.latency_key(), latency)
             emit(
                 "panelist_finished",
                 panelist=panelist_id,

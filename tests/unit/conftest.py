@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import openai
 import pytest
 
+from fusiongraph.nodes import send_order
 from tests.fakes import FakeFactory
 
 
@@ -15,6 +17,12 @@ def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     monkeypatch.delenv("TAVILY_API_KEY", raising=False)
     monkeypatch.delenv("FUSIONGRAPH_PRESET", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_latency_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no remembered panel latencies (they set the send order)."""
+    monkeypatch.setattr(send_order, "_latencies", OrderedDict())
 
 
 # The server tests' usual setup (a module that needs another one defines its own fixture).

@@ -1,5 +1,6 @@
-"""Panel requests leave in turn (nodes/send_order.py): each turn ends as its request leaves,
-a branch that never sends cannot hold up the others, and the calls still run together."""
+"""Panel requests leave in turn, slowest-expected first (nodes/send_order.py): each turn ends as
+its request leaves, a branch that never sends cannot hold up the others, the calls still run
+together, and the panelist that took longest last time is sent first."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.models import default_model_factory, quiet, reports_sends
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes import send_order
-from fusiongraph.nodes.send_order import SendOrder
+from fusiongraph.nodes.send_order import SendOrder, remember_latency, slowest_first
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,48 @@ async def test_panel_calls_still_run_together(openai_env: str, upstream: Upstrea
     panel = [r for r in upstream.app.records if r.tag == "so2" and r.role == "panel"]
     assert len(panel) == 4
     assert max(r.arrival for r in panel) < min(r.done for r in panel if r.done)
+
+
+def test_unseen_models_go_first_then_the_slowest() -> None:
+    remember_latency("fast", 0.5)
+    remember_latency("slow", 2.0)
+    assert slowest_first(["fast", "new", "slow", "other new"]) == [1, 3, 2, 0]
+
+
+def test_a_remembered_latency_follows_the_model_smoothly() -> None:
+    remember_latency("a", 1.0)
+    remember_latency("b", 2.0)
+    remember_latency("a", 4.0)  # one slow answer: a = 1.0 + 0.3 * 3.0 = 1.9, still below b
+    assert slowest_first(["a", "b"]) == [1, 0]
+    remember_latency("a", 4.0)  # slow again: a = 2.53, now the slowest
+    assert slowest_first(["a", "b"]) == [0, 1]
+
+
+async def test_the_panelist_that_took_longest_is_sent_first_next_time(openai_env: str) -> None:
+    graph = build_graph()
+    ctx = {
+        "panel": ["openai:fast-0.02s", "openai:slow-0.30s", "openai:mid-0.10s"],
+        "judge": "openai:judge-0.01s",
+        "synthesizer": "openai:synth-0.01s",
+        "tool_mode": "off",
+    }
+
+    async def run(tag: str, context: dict) -> tuple[list[str], list[str]]:
+        started, final = [], None
+        inputs = {"messages": [HumanMessage(f"[bench:{tag}] why?")]}
+        async for mode, data in graph.astream(
+            inputs, context=context, stream_mode=["custom", "values"]
+        ):
+            if mode == "custom" and data["event"] == "panelist_started":
+                started.append(data["model"])
+            elif mode == "values":
+                final = data["messages"][-1]
+        reported = [e["panelist"] for e in final.response_metadata["fusion"]["panel"]]
+        return started, reported
+
+    await run("so3", {**ctx, "panel": ["openai:warm-0.01s"]})  # a first call is slow (imports)
+    first, _ = await run("so4", ctx)
+    assert first == ["openai:fast-0.02s", "openai:slow-0.30s", "openai:mid-0.10s"]  # unseen
+    again, reported = await run("so5", ctx)
+    assert again == ["openai:slow-0.30s", "openai:mid-0.10s", "openai:fast-0.02s"]
+    assert reported == ["p1", "p2", "p3"]  # results stay in panel order
