@@ -4,9 +4,10 @@ A run's panel branches start together on one event loop. Building a model reques
 milliseconds of CPU (callbacks, payload, SDK, connection pool) with several awaits on the way.
 Left alone, the branches interleave at every await and their requests all leave together, once
 the last one is built. Taking turns, the first request leaves after one branch's work, the second
-after two: the last leaves no later than before and every other one earlier, so a slow panelist
-starts sooner on average (about 10 ms at N=8). A turn ends when the branch's request is handed to
-the HTTP client (`graph.models.on_request_sent`), when its call ends, or after `MAX_TURN_S`.
+after two: the last leaves about when it did before and every other one earlier, so a slow
+panelist starts sooner on average (about 5 ms at N=8; bench/RESULTS.md has the A/B). A turn
+ends when the branch's request is handed to the HTTP client (`graph.models.on_request_sent`),
+when its call ends, or after `MAX_TURN_S`.
 Branches on different loops (sync invocation, one thread each) never wait for each other.
 
 The turns follow the order of the fan-out's `Send`s, and `slowest_first` puts the panelist whose

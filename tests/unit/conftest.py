@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from bench.fake_upstream import FakeUpstream, UpstreamServer
 from fusiongraph.nodes import send_order
 from tests.fakes import FakeFactory
 
@@ -23,6 +24,21 @@ def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def _fresh_latency_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no remembered panel latencies (they set the send order)."""
     monkeypatch.setattr(send_order, "_latencies", OrderedDict())
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    """The benchmark's fake OpenAI-compatible upstream: real HTTP, latency from the model name."""
+    with UpstreamServer(FakeUpstream(chunks=3, chunk_delay_s=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def openai_env(upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Real ChatOpenAI clients of the default factory, pointed at the fake upstream."""
+    monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    return upstream.base_url
 
 
 # The server tests' usual setup (a module that needs another one defines its own fixture).

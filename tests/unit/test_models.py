@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,26 +18,13 @@ from openai._utils import async_maybe_transform
 from openai.lib._pydantic import to_strict_json_schema
 from openai.types.chat import completion_create_params
 
-from bench.fake_upstream import FakeUpstream, UpstreamServer
+from bench.fake_upstream import UpstreamServer
 from fusiongraph.graph import models
 from fusiongraph.graph.builder import build_graph, sync_and_async
 from fusiongraph.graph.completions import DirectCompletions
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.analysis import Analysis, inline_refs, json_schema_response_format
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(FakeUpstream(chunks=3, chunk_delay_s=0.0)) as server:
-        yield server
-
-
-@pytest.fixture
-def openai_env(upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    return upstream.base_url
 
 
 def spec(name: str, **extra: Any) -> ModelSpec:

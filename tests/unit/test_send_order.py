@@ -6,31 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 
 import pytest
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 
-from bench.fake_upstream import FakeUpstream, UpstreamServer
+from bench.fake_upstream import UpstreamServer
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.models import default_model_factory, quiet, reports_sends
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes import send_order
 from fusiongraph.nodes.send_order import SendOrder, remember_latency, slowest_first
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(FakeUpstream(chunks=3, chunk_delay_s=0.0)) as server:
-        yield server
-
-
-@pytest.fixture
-def openai_env(upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    return upstream.base_url
 
 
 def model(name: str):
