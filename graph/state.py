@@ -53,12 +53,17 @@ class PanelTask(TypedDict):
     tools: NotRequired[dict[str, Any]]
 
 
+def panel_index(result: PanelResult) -> int:
+    """The panelist's position in the configured panel (p1 is 0)."""
+    return int(result["panelist"].removeprefix("p")) - 1
+
+
 def reduce_panel(current: list[PanelResult] | None, update: list[PanelResult] | None):
     """Add panel results, kept in panel order (p1, p2, ...) whatever order the branches ran in;
     `None` clears them, so each new turn on a thread starts empty."""
     if update is None:
         return []
-    return sorted([*(current or []), *update], key=lambda r: int(r["panelist"].removeprefix("p")))
+    return sorted([*(current or []), *update], key=panel_index)
 
 
 class FusionInput(TypedDict):

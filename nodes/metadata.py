@@ -7,7 +7,14 @@ from typing import Any
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import FusionState, PanelResult, Usage, add_usage, empty_usage
+from fusiongraph.graph.state import (
+    FusionState,
+    PanelResult,
+    Usage,
+    add_usage,
+    empty_usage,
+    panel_index,
+)
 
 
 def failed_entry(result: PanelResult) -> dict[str, Any]:
@@ -21,7 +28,7 @@ def _sum(costs: list[float | None]) -> float | None:
 
 
 def _panel_spec(result: PanelResult, config: FusionConfig) -> ModelSpec:
-    return config.panel[int(result["panelist"].removeprefix("p")) - 1]
+    return config.panel[panel_index(result)]
 
 
 def fusion_metadata(

@@ -19,6 +19,16 @@ from fusiongraph.nodes import send_order
 from fusiongraph.nodes.send_order import SendOrder, remember_latency, slowest_first
 
 
+def fusion_context(panel: list[str]) -> dict:
+    """A run on the fake upstream: the given panel, a quick judge and synthesizer, no tools."""
+    return {
+        "panel": panel,
+        "judge": "openai:judge-0.01s",
+        "synthesizer": "openai:synth-0.01s",
+        "tool_mode": "off",
+    }
+
+
 def model(name: str):
     return quiet(default_model_factory(ModelSpec(provider="openai", model=name)))
 
@@ -77,8 +87,11 @@ async def test_a_failing_branch_passes_its_turn_on() -> None:
     assert await asyncio.wait_for(order.run(asyncio.sleep(0, "next")), 1) == "next"
 
 
-def test_branches_on_different_loops_never_wait_for_each_other() -> None:
+def test_branches_on_different_loops_never_wait_for_each_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Sync invocation runs each branch on its own loop and thread."""
+    monkeypatch.setattr(send_order, "MAX_TURN_S", 30.0)  # no timer may end the holder's turn
     order, inside, seen = SendOrder(), threading.Event(), []
 
     async def holder() -> None:
@@ -109,12 +122,7 @@ async def test_panel_calls_still_run_together(openai_env: str, upstream: Upstrea
     """Turns order the sending, never the waiting: every panel request is out before any
     answer comes back."""
     graph = build_graph()
-    ctx = {
-        "panel": [f"openai:p{i}-0.300s" for i in range(1, 5)],
-        "judge": "openai:judge-0.01s",
-        "synthesizer": "openai:synth-0.01s",
-        "tool_mode": "off",
-    }
+    ctx = fusion_context([f"openai:p{i}-0.300s" for i in range(1, 5)])
     await graph.ainvoke({"messages": [HumanMessage("[bench:so2] why?")]}, context=ctx)
     panel = [r for r in upstream.app.records if r.tag == "so2" and r.role == "panel"]
     assert len(panel) == 4
@@ -138,12 +146,7 @@ def test_a_remembered_latency_follows_the_model_smoothly() -> None:
 
 async def test_the_panelist_that_took_longest_is_sent_first_next_time(openai_env: str) -> None:
     graph = build_graph()
-    ctx = {
-        "panel": ["openai:fast-0.02s", "openai:slow-0.30s", "openai:mid-0.10s"],
-        "judge": "openai:judge-0.01s",
-        "synthesizer": "openai:synth-0.01s",
-        "tool_mode": "off",
-    }
+    ctx = fusion_context(["openai:fast-0.02s", "openai:slow-0.30s", "openai:mid-0.10s"])
 
     async def run(tag: str, context: dict) -> tuple[list[str], list[str]]:
         started, final = [], None
@@ -158,7 +161,7 @@ async def test_the_panelist_that_took_longest_is_sent_first_next_time(openai_env
         reported = [e["panelist"] for e in final.response_metadata["fusion"]["panel"]]
         return started, reported
 
-    await run("so3", {**ctx, "panel": ["openai:warm-0.01s"]})  # a first call is slow (imports)
+    await run("so3", fusion_context(["openai:warm-0.01s"]))  # a first call is slow (imports)
     first, _ = await run("so4", ctx)
     assert first == ["openai:fast-0.02s", "openai:slow-0.30s", "openai:mid-0.10s"]  # unseen
     again, reported = await run("so5", ctx)
