@@ -20,6 +20,7 @@ marks the ones it serves (`cached: True`, zero usage: this run did not pay for t
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -42,6 +43,7 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # Concurrent runs each hold a connection only while they write a checkpoint.
 POSTGRES_POOL_MAX = 10
 CONNECT_TIMEOUT_S = 10
+SQLITE_CLOSE_WAIT_S = 10  # bounds the wait for writes a cancelled run left behind
 DEFAULT_CACHE_TTL_S = 3600  # panel answers go stale (news, prices): an hour unless told otherwise
 
 Kind = Literal["none", "memory", "sqlite", "postgres"]
@@ -80,6 +82,27 @@ def _sqlite_path(path: str) -> str:
     return str(target)
 
 
+async def _finish_sqlite_writes(saver: Any) -> None:
+    """Let checkpoint writes still in flight finish before the SQLite connection closes.
+
+    A cancelled run leaves its last checkpoint writes running: LangGraph stops waiting for them
+    when the run is cancelled. Closing the connection under one of them leaves its write
+    transaction open on a half-closed connection, and every later run on the same file, in this
+    process, fails with "database is locked". The saver serialises its statements on
+    `saver.lock`, so the writes are done once nobody holds it or waits for it.
+    """
+    try:
+        async with asyncio.timeout(SQLITE_CLOSE_WAIT_S):
+            while True:
+                async with saver.lock:
+                    pass
+                await asyncio.sleep(0)  # a write that was waiting takes the lock now
+                if not saver.lock.locked():
+                    return
+    except TimeoutError:
+        return
+
+
 def _postgres_kwargs() -> dict[str, Any]:
     """What langgraph's Postgres savers require of every connection."""
     from psycopg.rows import dict_row
@@ -112,7 +135,10 @@ async def open_checkpointer(url: str | None) -> AsyncIterator[BaseCheckpointSave
             raise _missing("SQLite", exc) from exc
         async with AsyncSqliteSaver.from_conn_string(_sqlite_path(target)) as saver:
             await saver.setup()
-            yield saver
+            try:
+                yield saver
+            finally:
+                await _finish_sqlite_writes(saver)
     else:
         try:
             from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver

@@ -10,6 +10,7 @@ finished panelists again. The scenario helpers here also run on PostgreSQL
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -236,6 +237,27 @@ def test_crashed_sync_run_resumes_without_calling_finished_panelists(tmp_path: P
 
 async def test_crash_in_async_run_also_resumes(tmp_path: Path) -> None:
     await crash_and_resume_async(f"sqlite:///{tmp_path / 'runs.db'}")
+
+
+async def test_sqlite_waits_for_writes_a_cancelled_run_left_behind(tmp_path: Path) -> None:
+    """A write still in flight at close (as a cancelled run leaves one) lands, and the lock goes.
+
+    Closing under it used to keep SQLite's write lock for the rest of the process: the resumed
+    run then failed with "database is locked".
+    """
+    path = tmp_path / "runs.db"
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "c1"}}
+    async with open_checkpointer(f"sqlite:///{path}") as saver:
+        assert saver is not None
+        await saver.lock.acquire()  # the write queues behind a statement in progress
+        write = asyncio.create_task(saver.aput_writes(config, [("panel", ["p1"])], "task-1"))
+        await asyncio.sleep(0.05)
+        saver.lock.release()
+    assert write.done() and write.exception() is None
+    with sqlite3.connect(path, timeout=0.5) as other:
+        other.execute("BEGIN IMMEDIATE")  # raises "database is locked" if the lock was kept
+        assert other.execute("SELECT count(*) FROM writes").fetchone() == (1,)
+        other.rollback()
 
 
 async def test_memory_checkpointer_keeps_threads_within_the_process() -> None:
