@@ -43,7 +43,7 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # Concurrent runs each hold a connection only while they write a checkpoint.
 POSTGRES_POOL_MAX = 10
 CONNECT_TIMEOUT_S = 10
-SQLITE_CLOSE_WAIT_S = 10  # bounds the wait for writes a cancelled run left behind
+CLOSE_WAIT_S = 10  # bounds the wait for checkpoint writes a cancelled run left behind
 DEFAULT_CACHE_TTL_S = 3600  # panel answers go stale (news, prices): an hour unless told otherwise
 
 Kind = Literal["none", "memory", "sqlite", "postgres"]
@@ -82,17 +82,17 @@ def _sqlite_path(path: str) -> str:
     return str(target)
 
 
-async def _finish_sqlite_writes(saver: Any) -> None:
-    """Let checkpoint writes still in flight finish before the SQLite connection closes.
+async def _finish_writes(saver: Any) -> None:
+    """Let checkpoint writes still in flight finish before the saver's connections close.
 
     A cancelled run leaves its last checkpoint writes running: LangGraph stops waiting for them
-    when the run is cancelled. Closing the connection under one of them leaves its write
-    transaction open on a half-closed connection, and every later run on the same file, in this
-    process, fails with "database is locked". The saver serialises its statements on
+    when the run is cancelled. Closed under them, a write is lost, and on SQLite its transaction
+    stays open on a half-closed connection, so every later run on the same file, in this
+    process, fails with "database is locked". Both savers serialise their statements on
     `saver.lock`, so the writes are done once nobody holds it or waits for it.
     """
     try:
-        async with asyncio.timeout(SQLITE_CLOSE_WAIT_S):
+        async with asyncio.timeout(CLOSE_WAIT_S):
             while True:
                 async with saver.lock:
                     pass
@@ -138,7 +138,7 @@ async def open_checkpointer(url: str | None) -> AsyncIterator[BaseCheckpointSave
             try:
                 yield saver
             finally:
-                await _finish_sqlite_writes(saver)
+                await _finish_writes(saver)
     else:
         try:
             from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -158,11 +158,12 @@ async def open_checkpointer(url: str | None) -> AsyncIterator[BaseCheckpointSave
             open=False,
         )
         await pool.open(wait=True, timeout=30)
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         try:
-            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
             await saver.setup()
             yield saver
         finally:
+            await _finish_writes(saver)
             await pool.close()
 
 

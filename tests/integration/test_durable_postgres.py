@@ -12,7 +12,12 @@ import pytest
 
 from fusiongraph.graph.persistence import open_checkpointer, parse_checkpointer_url
 from tests.integration.postgres import postgres_url
-from tests.unit.test_durable import cancel_and_resume, crash_and_resume_async, crash_and_resume_sync
+from tests.unit.test_durable import (
+    cancel_and_resume,
+    crash_and_resume_async,
+    crash_and_resume_sync,
+    write_in_flight_lands,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,3 +45,7 @@ async def test_crashed_async_run_resumes_on_postgres(pg_url: str) -> None:
 
 def test_crashed_sync_run_resumes_on_postgres(pg_url: str) -> None:
     crash_and_resume_sync(pg_url)
+
+
+async def test_postgres_keeps_the_writes_a_cancelled_run_left_in_flight(pg_url: str) -> None:
+    await write_in_flight_lands(pg_url)

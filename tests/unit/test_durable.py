@@ -10,7 +10,6 @@ finished panelists again. The scenario helpers here also run on PostgreSQL
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.cache.memory import InMemoryCache
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.persistence import (
@@ -224,6 +223,26 @@ async def crash_and_resume_async(url: str) -> None:
     assert calls(first, second) == {"m1": 1, "m2": 1, "m3": 1, "judge": 1, "synth": 1}
 
 
+async def write_in_flight_lands(url: str) -> None:
+    """A checkpoint write still in flight at close (a cancelled run leaves one) is not lost, and
+    the database takes writes afterwards. On SQLite, closing under it used to keep the write
+    lock for the rest of the process: the resumed run failed with "database is locked"."""
+    config = {"configurable": {**thread()["configurable"], "checkpoint_ns": ""}}
+    async with open_checkpointer(url) as saver:
+        assert saver is not None
+        saved = await saver.aput(config, empty_checkpoint(), {}, {})
+        await saver.lock.acquire()  # the write queues behind a statement in progress
+        write = asyncio.create_task(saver.aput_writes(saved, [("panel", ["p1"])], "task-1"))
+        await asyncio.sleep(0.05)
+        saver.lock.release()
+    assert write.done() and write.exception() is None
+    async with open_checkpointer(url) as saver:
+        assert saver is not None
+        async with asyncio.timeout(3):  # SQLite waits 5 s on a lock before it gives up
+            await saver.aput_writes(saved, [("panel", ["p2"])], "task-2")
+        assert await saved_panel_writes(saver, config) == 2
+
+
 # --- tests ----------------------------------------------------------------------------------
 
 
@@ -239,25 +258,8 @@ async def test_crash_in_async_run_also_resumes(tmp_path: Path) -> None:
     await crash_and_resume_async(f"sqlite:///{tmp_path / 'runs.db'}")
 
 
-async def test_sqlite_waits_for_writes_a_cancelled_run_left_behind(tmp_path: Path) -> None:
-    """A write still in flight at close (as a cancelled run leaves one) lands, and the lock goes.
-
-    Closing under it used to keep SQLite's write lock for the rest of the process: the resumed
-    run then failed with "database is locked".
-    """
-    path = tmp_path / "runs.db"
-    config = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "c1"}}
-    async with open_checkpointer(f"sqlite:///{path}") as saver:
-        assert saver is not None
-        await saver.lock.acquire()  # the write queues behind a statement in progress
-        write = asyncio.create_task(saver.aput_writes(config, [("panel", ["p1"])], "task-1"))
-        await asyncio.sleep(0.05)
-        saver.lock.release()
-    assert write.done() and write.exception() is None
-    with sqlite3.connect(path, timeout=0.5) as other:
-        other.execute("BEGIN IMMEDIATE")  # raises "database is locked" if the lock was kept
-        assert other.execute("SELECT count(*) FROM writes").fetchone() == (1,)
-        other.rollback()
+async def test_sqlite_keeps_the_writes_a_cancelled_run_left_in_flight(tmp_path: Path) -> None:
+    await write_in_flight_lands(f"sqlite:///{tmp_path / 'runs.db'}")
 
 
 async def test_memory_checkpointer_keeps_threads_within_the_process() -> None:
