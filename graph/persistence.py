@@ -21,6 +21,7 @@ marks the ones it serves (`cached: True`, zero usage: this run did not pay for t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -91,7 +92,7 @@ async def _finish_writes(saver: Any) -> None:
     process, fails with "database is locked". Both savers serialise their statements on
     `saver.lock`, so the writes are done once nobody holds it or waits for it.
     """
-    try:
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(CLOSE_WAIT_S):
             while True:
                 async with saver.lock:
@@ -99,8 +100,6 @@ async def _finish_writes(saver: Any) -> None:
                 await asyncio.sleep(0)  # a write that was waiting takes the lock now
                 if not saver.lock.locked():
                     return
-    except TimeoutError:
-        return
 
 
 def _postgres_kwargs() -> dict[str, Any]:
