@@ -23,7 +23,6 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -44,10 +43,8 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, model_validator
 
-from fusiongraph.graph.config import FusionContext
+from fusiongraph.graph.config import CONTEXT_FIELDS, PRESET_ENV, FusionContext
 
-# The caller's tools go in through bind_tools and per-call kwargs, never through `context`.
-_CONTEXT_FIELDS = {f.name for f in fields(FusionContext)}
 # Common constructor arguments of other chat models: accepted so FusionChatModel is a drop-in,
 # but every inner model reads its own key and retry settings from its model spec.
 _IGNORED_INIT_ARGS = {"api_key", "max_retries"}
@@ -255,19 +252,19 @@ class FusionChatModel(BaseChatModel):
             return values
         values = {k: v for k, v in values.items() if k not in _IGNORED_INIT_ARGS}
         context = dict(values.get("context") or {})
-        unknown = set(context) - _CONTEXT_FIELDS
+        unknown = set(context) - CONTEXT_FIELDS
         if unknown:
             raise ValueError(
                 f"unknown context setting(s) {sorted(unknown)}; "
-                f"known: {sorted(_CONTEXT_FIELDS - {'preset'})}"
+                f"known: {sorted(CONTEXT_FIELDS - {'preset'})}"
             )
         model = values.pop("model", None)
         preset = (
             values.get("preset")
             or (model and preset_from_model_name(model))
             or context.pop("preset", "")
-            or os.environ.get("FUSIONGRAPH_PRESET")
-            or "local"
+            or os.environ.get(PRESET_ENV)
+            or ("" if "panel" in context else "local")  # a custom panel brings no preset
         )
         context.pop("preset", None)
         extra = set(values) - set(cls.model_fields)
@@ -282,7 +279,7 @@ class FusionChatModel(BaseChatModel):
     @property
     def model_name(self) -> str:
         """The name usage and traces are keyed by: one fusion run is one "model"."""
-        return f"fusion:{self.preset}"
+        return f"fusion:{self.preset or 'custom'}"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

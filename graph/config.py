@@ -9,59 +9,134 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from fusiongraph.graph.errors import FusionConfigError
-from fusiongraph.graph.presets import PRESETS
+from fusiongraph.graph.presets import (
+    LOCAL_JUDGE_TUNING,
+    LOCAL_PANEL_TUNING,
+    LOCAL_SYNTHESIS_TUNING,
+    PRESETS,
+)
 from fusiongraph.graph.specs import ModelSpec, Price, ToolMode
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 
 MAX_PANEL = 8
+PRESET_ENV = "FUSIONGRAPH_PRESET"
+DEFAULT_PRESET = "local"
 
 
-@dataclass(kw_only=True)
-class FusionContext:
-    """Per-run settings (LangGraph `context_schema`). Unset fields come from the preset."""
-
-    preset: str = field(default="", metadata={"description": "local | quality | budget"})
-    panel: list[str | dict[str, Any]] | None = field(
-        default=None, metadata={"description": "1-8 model specs, e.g. openai:gpt-5.5"}
+def _spec_input(value: Any) -> Any:
+    """Model specs in the context are data (they travel to checkpoints, servers and Studio)."""
+    if value is None or isinstance(value, str | dict | ModelSpec):
+        return value
+    raise ValueError(
+        f"a model spec is a string such as 'openai:gpt-5.5' or an object with model and "
+        f"base_url, not a {type(value).__name__}: the run's settings must be plain data"
     )
-    judge: str | dict[str, Any] | None = None
-    synthesizer: str | dict[str, Any] | None = None
-    tool_mode: ToolMode | None = field(
-        default=None, metadata={"description": "agentic | prefetch | off, for every panelist"}
+
+
+SpecInput = Annotated[str | dict[str, Any] | ModelSpec, BeforeValidator(_spec_input)]
+
+
+class FusionContext(BaseModel):
+    """Per-run settings (LangGraph `context_schema`). Unset fields come from the preset; an
+    unknown or wrongly typed one raises FusionConfigError naming it, before any model is called.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    preset: str = Field(
+        default="",
+        description="local | quality | budget. Empty: FUSIONGRAPH_PRESET, else `local` - or, "
+        "when a panel is given, no preset (judge and synthesizer default to its first model)",
     )
-    max_tool_calls: int | None = field(default=None, metadata={"description": "1-16 tool steps"})
-    temperature: float | None = field(default=None, metadata={"description": "synthesis step"})
-    max_tokens: int | None = field(default=None, metadata={"description": "synthesis step"})
-    panel_max_tokens: int | None = None
-    panel_timeout_s: float | None = None
-    quorum: int | None = None
-    straggler_grace_s: float | None = None
-    deadline_s: float | None = None
-    judge_input_chars: int | None = None
-    include_raw_answers: bool | None = None
-    search_provider: str | None = None
-    corpus_dir: str | None = None
-    searxng_url: str | None = None
-    fetch_allow_private: list[str] | None = None
-    max_cost_usd: float | None = None
-    prices: dict[str, dict[str, float]] | None = None
-    # The caller's tools (OpenAI function format), bound on the synthesis step only.
-    synthesis_tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    panel: list[SpecInput] | None = Field(
+        default=None, description="1-8 model specs, e.g. openai:gpt-5.5"
+    )
+    judge: SpecInput | None = Field(default=None, description="model spec of the judge")
+    synthesizer: SpecInput | None = Field(default=None, description="model spec of the synthesizer")
+    tool_mode: ToolMode | None = Field(
+        default=None, description="agentic | prefetch | off, for every panelist"
+    )
+    max_tool_calls: int | None = Field(default=None, description="1-16 tool steps per panelist")
+    temperature: float | None = Field(default=None, description="of the synthesis step")
+    max_tokens: int | None = Field(default=None, description="of the synthesis step")
+    panel_max_tokens: int | None = Field(default=None, description="per panel answer")
+    panel_timeout_s: float | None = Field(default=None, description="hard cap per panelist")
+    quorum: int | None = Field(
+        default=None, description="answer once this many panelists are in (then the grace)"
+    )
+    straggler_grace_s: float | None = Field(
+        default=None, description="how long the rest may still finish once the quorum is in"
+    )
+    deadline_s: float | None = Field(default=None, description="deadline of the whole run")
+    judge_input_chars: int | None = Field(
+        default=None, description="how much of each answer the judge reads"
+    )
+    include_raw_answers: bool | None = Field(
+        default=None, description="give the synthesizer the raw answers, not only the analysis"
+    )
+    search_provider: str | None = Field(
+        default=None, description="auto | tavily | duckduckgo | searxng | corpus | none"
+    )
+    corpus_dir: str | None = Field(default=None, description="folder the corpus provider searches")
+    searxng_url: str | None = Field(default=None, description="base URL of a SearxNG instance")
+    fetch_allow_private: list[str] | None = Field(
+        default=None, description="hosts, IPs or CIDRs web_fetch may reach although private"
+    )
+    max_cost_usd: float | None = Field(
+        default=None, description="refuse a run whose worst case costs more"
+    )
+    prices: dict[str, dict[str, float]] | None = Field(
+        default=None, description="USD per million tokens by model name: {input, output}"
+    )
+    synthesis_tools: list[dict[str, Any]] | None = Field(
+        default=None, description="the caller's tools (OpenAI format), bound on synthesis only"
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="the caller's tool_choice for the synthesis step"
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc) from None
+
+    @field_validator("panel")
+    @classmethod
+    def _panel_size(cls, panel: list[Any] | None) -> list[Any] | None:
+        if panel is not None and not 1 <= len(panel) <= MAX_PANEL:
+            raise ValueError(f"needs 1 to {MAX_PANEL} models, got {len(panel)}")
+        return panel
+
+
+CONTEXT_FIELDS = frozenset(FusionContext.model_fields)
+
+
+def config_error(exc: ValidationError) -> FusionConfigError:
+    """The first validation error as a FusionConfigError naming the field."""
+    err = exc.errors()[0]
+    field_name = _field_name(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return FusionConfigError(
+            field_name, f"unknown setting; known: {', '.join(sorted(CONTEXT_FIELDS))}"
+        )
+    return FusionConfigError(field_name, err["msg"].removeprefix("Value error, "))
 
 
 class FusionConfig(BaseModel):
     """A validated, fully expanded plan for one run (frozen: runs with equal settings share it)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    preset: str
+    preset: str | None = Field(description="the preset applied; None: a custom panel")
+    local_tuning: tuple[str, ...] = Field(
+        default=(), description="where the local model's tuning applied: panel, judge, synthesizer"
+    )
     panel: list[ModelSpec] = Field(min_length=1, max_length=MAX_PANEL)
     judge: ModelSpec
     synthesizer: ModelSpec
@@ -83,12 +158,6 @@ class FusionConfig(BaseModel):
     synthesis_tools: list[dict[str, Any]] = Field(default_factory=list)
     tool_choice: str | dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> FusionConfig:
-        if self.quorum is not None and self.quorum > len(self.panel):
-            raise ValueError(f"quorum {self.quorum} exceeds the panel size {len(self.panel)}")
-        return self
-
     def panel_tool_mode(self, spec: ModelSpec) -> ToolMode:
         return spec.tool_mode or self.tool_mode
 
@@ -98,10 +167,35 @@ class FusionConfig(BaseModel):
     def all_specs(self) -> list[ModelSpec]:
         return [*self.panel, self.judge, self.synthesizer]
 
+    def settings_used(self) -> dict[str, Any]:
+        """What the run record says was in force, beside the models (nodes/metadata.py)."""
+        return {
+            "preset": self.preset,
+            "local_tuning": list(self.local_tuning),
+            **self.model_dump(
+                mode="json",
+                include={
+                    "tool_mode",
+                    "max_tool_calls",
+                    "temperature",
+                    "max_tokens",
+                    "panel_max_tokens",
+                    "panel_timeout_s",
+                    "quorum",
+                    "straggler_grace_s",
+                    "deadline_s",
+                    "judge_input_chars",
+                    "include_raw_answers",
+                    "max_cost_usd",
+                },
+            ),
+            "search_provider": self.search.provider,
+        }
+
 
 def _overrides(ctx: FusionContext) -> dict[str, Any]:
     """The fields the caller set, mapped onto FusionConfig's shape."""
-    values = {k: v for k, v in asdict(ctx).items() if v is not None and k != "preset"}
+    values = ctx.model_dump(exclude_none=True, exclude={"preset"})
     search = {}
     for key, target in (
         ("search_provider", "provider"),
@@ -110,6 +204,9 @@ def _overrides(ctx: FusionContext) -> dict[str, Any]:
     ):
         if key in values:
             search[target] = values.pop(key)
+    # A corpus folder or a SearxNG URL given without a provider chooses it: never ignored.
+    if "provider" not in search and len(search) == 1:
+        search["provider"] = {"corpus_dir": "corpus", "searxng_url": "searxng"}[next(iter(search))]
     fetch = {}
     if "fetch_allow_private" in values:
         fetch["allow_private"] = values.pop("fetch_allow_private")
@@ -142,11 +239,80 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif part in ("function-after[_check()]",) or str(part).startswith(("function-", "str")):
+        elif str(part).startswith(("function-", "str", "dict[", "ModelSpec")):
             continue
         else:
             name += f".{part}" if name else str(part)
     return name or "config"
+
+
+# A panelist's own settings: a custom panel's first model judges and writes without them.
+_PANEL_ONLY = ("temperature", "seed", "max_tokens", "tool_mode", "max_tool_calls")
+_ROLES = ("panel", "judge", "synthesizer")
+
+
+def _is_local(spec: Any) -> bool:
+    if isinstance(spec, ModelSpec):
+        return spec.provider == "local"
+    if isinstance(spec, str):
+        return spec.startswith("local:")
+    return isinstance(spec, dict) and spec.get("provider") == "local"
+
+
+def _without_panel_settings(spec: Any) -> Any:
+    if isinstance(spec, ModelSpec):
+        spec = spec.model_dump(exclude_none=True)
+    if isinstance(spec, dict):
+        return {k: v for k, v in spec.items() if k not in _PANEL_ONLY}
+    return spec
+
+
+def expand(preset: str | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The raw plan and where the local model's tuning applied.
+
+    Layers, each over the last: the preset (no preset: a custom panel, whose first model is
+    also judge and synthesizer unless they are set); the local model's tuning for each role the
+    local model actually plays; the environment's search fallbacks; the caller's overrides.
+    """
+    if preset is None:
+        first = _without_panel_settings(overrides["panel"][0])
+        base: dict[str, Any] = {"judge": first, "synthesizer": first}
+    else:
+        base = {k: v for k, v in PRESETS[preset].items() if k != "description"}
+    models = {**base, **{k: overrides[k] for k in _ROLES if k in overrides}}
+    tuning: dict[str, Any] = {}
+    tuned = []
+    for role, local, settings in (
+        ("panel", all(_is_local(s) for s in models["panel"]), LOCAL_PANEL_TUNING),
+        ("judge", _is_local(models["judge"]), LOCAL_JUDGE_TUNING),
+        ("synthesizer", _is_local(models["synthesizer"]), LOCAL_SYNTHESIS_TUNING),
+    ):
+        if local:
+            tuning = _merge(tuning, settings)
+            tuned.append(role)
+    return _merge(_merge(_merge(base, tuning), _env_fallbacks()), overrides), tuple(tuned)
+
+
+def _preset_of(ctx: FusionContext) -> str | None:
+    """The preset a context names (or the environment does); None for a custom panel."""
+    preset = ctx.preset or os.environ.get(PRESET_ENV, "")
+    if not preset and ctx.panel is None:
+        preset = DEFAULT_PRESET
+    if preset and preset not in PRESETS:
+        raise FusionConfigError("preset", f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    return preset or None
+
+
+def check_configurable(configurable: dict[str, Any] | None, context: Any) -> None:
+    """The older idiom `config={"configurable": {...}}` is not read: refuse it, rather than run
+    the default preset, when no fusion context came with it."""
+    keys = sorted(CONTEXT_FIELDS & set(configurable or {}))
+    if keys and not isinstance(context, FusionContext):
+        raise FusionConfigError(
+            f"configurable.{keys[0]}",
+            "fusion settings go in `context`, not config={'configurable': ...}: "
+            f"graph.invoke(inputs, context={{{keys[0]!r}: ...}})",
+        )
 
 
 # Every node of a run resolves the same context (N+3 times a run): validated plans are kept by
@@ -156,32 +322,29 @@ _RESOLVED: dict[tuple[str, str, str], FusionConfig] = {}
 
 
 def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionConfig:
-    """Expand the preset, apply overrides and validate; raise FusionConfigError naming the field."""
-    if ctx is None:
-        ctx = FusionContext()
-    elif isinstance(ctx, dict):
-        unknown = set(ctx) - set(FusionContext.__dataclass_fields__)
-        if unknown:
-            raise FusionConfigError(sorted(unknown)[0], "unknown setting")
+    """Expand the preset, apply overrides and validate; raise FusionConfigError naming the field.
+
+    A context of another type (a parent graph's, when fusion runs as its subgraph) carries no
+    fusion settings: the defaults apply.
+    """
+    if isinstance(ctx, dict):
         ctx = FusionContext(**ctx)
-    preset = ctx.preset or os.environ.get("FUSIONGRAPH_PRESET") or "local"
-    if preset not in PRESETS:
-        raise FusionConfigError("preset", f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    if ctx.panel is not None and not isinstance(ctx.panel, list | tuple):
-        raise FusionConfigError("panel", "must be a list of model specs")
-    if ctx.panel is not None and not 1 <= len(ctx.panel) <= MAX_PANEL:
-        raise FusionConfigError("panel", f"needs 1 to {MAX_PANEL} models, got {len(ctx.panel)}")
+    elif not isinstance(ctx, FusionContext):
+        ctx = FusionContext()
     fallbacks = _env_fallbacks()
-    key = (preset, repr(fallbacks), repr(ctx))
+    key = (os.environ.get(PRESET_ENV, ""), repr(fallbacks), repr(ctx))
     config = _RESOLVED.get(key)
     if config is None:
-        raw = {k: v for k, v in PRESETS[preset].items() if k != "description"}
-        raw = _merge(_merge(raw, fallbacks), _overrides(ctx))
+        preset = _preset_of(ctx)
+        raw, tuned = expand(preset, _overrides(ctx))
         try:
-            config = FusionConfig(preset=preset, **raw)
+            config = FusionConfig(preset=preset, local_tuning=tuned, **raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise FusionConfigError(_field_name(tuple(err["loc"])), err["msg"]) from None
+            raise config_error(exc) from None
+        if config.quorum is not None and config.quorum > len(config.panel):
+            raise FusionConfigError(
+                "quorum", f"{config.quorum} exceeds the panel size {len(config.panel)}"
+            )
         if len(_RESOLVED) >= MAX_RESOLVED:
             _RESOLVED.clear()
         _RESOLVED[key] = config

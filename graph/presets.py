@@ -1,4 +1,11 @@
-"""Named presets: each expands to a full configuration that any field can then override."""
+"""Named presets, and the tuning the bundled local model needs wherever it runs.
+
+A preset expands to a full configuration that any field can then override. The local model's
+tuning (prefetch instead of tool calls, short answers, a long panel timeout because llama.cpp
+answers one request at a time, a short judge input, the sample corpus as "web") is not part of
+any preset: `graph/config.py` applies each part only where the local model actually runs, so a
+real panel never inherits it.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +27,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "judge": _LOCAL,
         "synthesizer": _LOCAL,
-        "tool_mode": "prefetch",
-        "panel_max_tokens": 200,
-        "max_tokens": 320,
-        "temperature": 0.3,
-        # llama.cpp serves one request at a time here, so the panel is sequential in practice.
-        "panel_timeout_s": 300.0,
-        "judge_input_chars": 1200,
-        "search": {"provider": "corpus", "max_results": 3},
     },
     "quality": {
         "description": "Frontier panel on OpenRouter; Claude Opus judges and writes.",
@@ -56,3 +55,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {"provider": "auto"},
     },
 }
+
+
+# Applied when every panelist is the local model: it cannot call tools, so it reads prefetched
+# pages of the sample corpus (it ships with the package: no internet); llama.cpp serves one
+# request at a time here, so the panel is sequential in practice and needs a long timeout.
+LOCAL_PANEL_TUNING: dict[str, Any] = {
+    "tool_mode": "prefetch",
+    "panel_max_tokens": 200,
+    "panel_timeout_s": 300.0,
+    "search": {"provider": "corpus", "max_results": 3},
+}
+# Applied when the judge is the local model: its context window is small.
+LOCAL_JUDGE_TUNING: dict[str, Any] = {"judge_input_chars": 1200}
+# Applied when the synthesizer is the local model: short, less random answers.
+LOCAL_SYNTHESIS_TUNING: dict[str, Any] = {"max_tokens": 320, "temperature": 0.3}
