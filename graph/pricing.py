@@ -7,6 +7,8 @@ below. When OpenRouter reports the real cost of a call (`usage.cost`), that figu
 
 from __future__ import annotations
 
+import math
+
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.specs import ModelSpec, Price
 from fusiongraph.graph.state import Usage
@@ -48,12 +50,20 @@ def cost_of(usage: Usage, price: Price | None) -> float | None:
     """USD for a node's usage; the provider-reported cost when there is one."""
     reported = usage.get("reported_cost_usd")
     if reported:
-        return round(float(reported), 8)
+        return _finite(round(float(reported), 8))
     if price is None:
         return None
-    return round(
-        (usage["input_tokens"] * price.input + usage["output_tokens"] * price.output) / 1e6, 8
+    return _finite(
+        round(
+            (usage["input_tokens"] * price.input + usage["output_tokens"] * price.output) / 1e6, 8
+        )
     )
+
+
+def _finite(cost: float) -> float | None:
+    """An overflowed cost (or a provider's NaN) is unknown, not infinite: no bill is infinite,
+    and JSON cannot carry inf, so it would break the response after the run was paid for."""
+    return cost if math.isfinite(cost) else None
 
 
 def worst_case_cost(config: FusionConfig, prompt_chars: int) -> tuple[float, list[str]]:

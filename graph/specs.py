@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Provider = Literal["openai", "openrouter", "anthropic", "local", "openai_compatible"]
 ToolMode = Literal["agentic", "prefetch", "off"]
@@ -52,15 +52,26 @@ PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class Price(BaseModel):
-    """USD per million tokens."""
+# USD per million tokens. The dearest list prices are a few hundred; a price past this bound is
+# a typo or an attack, and multiplied by a run's tokens it overflowed the cost to infinity,
+# which JSON cannot carry (found after the run had been paid for).
+MAX_PRICE_PER_MTOK = 100_000.0
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+
+class Price(BaseModel):
+    """USD per million tokens: finite and bounded, so every cost computed from it is finite."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    input: float = Field(ge=0, le=MAX_PRICE_PER_MTOK)
+    output: float = Field(ge=0, le=MAX_PRICE_PER_MTOK)
 
 
 class ModelSpec(BaseModel):
     """One model call site: the panelist, the judge or the synthesizer."""
+
+    # inf/NaN pass `gt=0` (timeout_s) and reach the HTTP client or JSON, which cannot carry them.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     provider: Provider = "openai_compatible"

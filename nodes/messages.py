@@ -16,10 +16,29 @@ from langchain_core.messages import (
 
 from fusiongraph.graph.errors import FusionError
 
+# Content blocks (LangChain's and OpenAI's names) that no panelist is given: text_of() drops
+# them, so the panel would answer as if they had never been sent, a silent wrong answer. They
+# are refused until the panel can pass them on.
+MEDIA_BLOCKS = frozenset(
+    {"image", "image_url", "input_image", "audio", "input_audio", "video", "file", "input_file"}
+)
+
 
 def text_of(message: BaseMessage) -> str:
     """The plain text of a message, whatever its content blocks."""
     return message.text if isinstance(message.text, str) else str(message.content)
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding a lone surrogate (JSON's `"\\ud800"` escape): UTF-8 cannot encode
+    it, so every upstream request carrying it fails."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def last_user_text(messages: Sequence[AnyMessage]) -> str:
@@ -38,6 +57,27 @@ def check_conversation(messages: Sequence[AnyMessage]) -> None:
     if not isinstance(messages[-1], HumanMessage | ToolMessage):
         raise FusionError(
             "invalid_input", "the last message must come from the user (or be a tool result)"
+        )
+    for index, message in enumerate(messages):
+        _check_content(index, message)
+
+
+def _check_content(index: int, message: BaseMessage) -> None:
+    """Media blocks and text no encoder can send fail here, naming the message, not upstream."""
+    blocks = message.content if isinstance(message.content, list) else []
+    for block in blocks:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if isinstance(kind, str) and kind in MEDIA_BLOCKS:
+            raise FusionError(
+                "invalid_input",
+                f"message {index} holds a {kind!r} block: images, audio and files are not "
+                "supported yet, only text",
+            )
+    if not is_utf8(text_of(message)):
+        raise FusionError(
+            "invalid_input",
+            f"message {index} holds text that is not valid Unicode (a lone surrogate such as "
+            "\\ud800); no model can be sent it",
         )
 
 

@@ -7,7 +7,9 @@ inside a run or, worse, an error event after a stream has already started.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
@@ -22,7 +24,9 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fusiongraph.graph.config import MAX_PANEL, FusionContext
+from fusiongraph.graph.config import CONTEXT_FIELDS, MAX_PANEL
+from fusiongraph.graph.specs import MAX_PRICE_PER_MTOK
+from fusiongraph.nodes.messages import MEDIA_BLOCKS, is_utf8
 from fusiongraph.serve.openai_errors import OpenAIError, bad_request
 
 # What a request's `fusion` object may set. Left out on purpose: settings that would let a caller
@@ -56,11 +60,18 @@ _SPEC_FORBIDDEN = ("base_url", "api_key_env")
 # Time limits below this can never be met by any model; refusing them (400) beats a certain 504.
 MIN_TIMEOUT_S = 1.0
 LIMIT_CODE = "limit_exceeded"
+# How deeply a request's JSON may nest (a fixed limit, not an operator setting). json.loads only
+# stops near Python's recursion limit (~1000 levels), but the run walks the same values again with
+# recursive code (dataclasses.asdict, pydantic, copy.deepcopy, json.dumps to every upstream) from
+# deeper in the stack: 700 levels inside a tool's parameters were a 500. Real requests stay far
+# below: a tool's JSON schema is rarely 20 levels deep.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What one request may ask of the server; each breach is a 400 naming the limit.
+    """What one request may ask of the server; each breach is a 400 naming the limit (a 408 for
+    a body that does not arrive within body_timeout_s).
 
     Defaults, each overridable by `create_app(limits=...)` or the environment variable
     FUSIONGRAPH_<NAME IN CAPITALS> (e.g. FUSIONGRAPH_MAX_BODY_BYTES). Settings the operator put
@@ -72,6 +83,9 @@ class RequestLimits:
     max_panel: int = MAX_PANEL
     max_tokens: int = 32_768
     max_tool_calls: int = 16
+    # Seconds for the whole body to arrive: a client that announces more than it sends, or
+    # trickles it, would otherwise hold a connection (and its memory) for as long as it likes.
+    body_timeout_s: float = 10
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -105,17 +119,30 @@ def limit_error(param: str | None, what: str, limit: str, value: int | float) ->
     )
 
 
-async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
-    """The request body, refused as soon as it (or its announced length) passes `limit` bytes."""
+async def read_body(
+    chunks: AsyncIterator[bytes], content_length: str | None, limit: int, timeout_s: float
+) -> bytes:
+    """The request body, refused as soon as it (or its announced length) passes `limit` bytes,
+    and a 408 when all of it has not arrived within `timeout_s`."""
     if content_length and content_length.isdigit() and int(content_length) > limit:
         raise limit_error(
             None, f"the request body ({content_length} bytes)", "max_body_bytes", limit
         )
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise limit_error(None, "the request body", "max_body_bytes", limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit:
+                    raise limit_error(None, "the request body", "max_body_bytes", limit)
+    except TimeoutError:
+        raise OpenAIError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s "
+            f"(body_timeout_s; {len(body)} bytes came)",
+            code="body_timeout",
+            extra={"limit": "body_timeout_s", "limit_value": timeout_s},
+        ) from None
     return bytes(body)
 
 
@@ -218,14 +245,100 @@ def _union_tag(part: Any) -> bool:
     return text.startswith("function-") or "[" in text or text in ("str", "int", "float", "bool")
 
 
+class _NotJson:
+    """What `NaN`, `Infinity` and `-Infinity` parse to: Python's json module reads them, but they
+    are not JSON (RFC 8259), and no upstream or JSON response can carry them."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+# A place in a parsed body: (parent, key), linked, so the walker builds a name only on failure.
+_Path = tuple[Any, str | int] | None
+
+
+def _label(key: str | int) -> str | int:
+    """A key as an error may quote it: encodable, and short enough to read."""
+    if isinstance(key, int):
+        return key
+    text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _param(path: _Path) -> str | None:
+    """`tools[0].function.parameters` for a linked path; None for the body itself."""
+    keys: list[str | int] = []
+    while path is not None:
+        path, key = path
+        keys.append(_label(key))
+    name = ""
+    for key in reversed(keys):
+        name += f"[{key}]" if isinstance(key, int) else (f".{key}" if name else key)
+    return name or None
+
+
+def _leaf_problem(value: Any) -> str | None:
+    """What makes a leaf impossible to carry: a non-JSON number, or text UTF-8 refuses."""
+    if isinstance(value, _NotJson):
+        return f"{value.literal} is not a JSON number (RFC 8259)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "the number is too large (it reads as infinity)"
+    if isinstance(value, str) and not is_utf8(value):
+        return "text that is not valid Unicode (a lone surrogate such as \\ud800)"
+    return None
+
+
+def _invalid(path: _Path, problem: str) -> OpenAIError:
+    param = _param(path)
+    return bad_request(f"{param or 'the request body'}: {problem}", param, code="invalid_json")
+
+
+def check_json_values(value: Any, root: str | None = None) -> None:
+    """Walk a parsed JSON value once, iteratively (deep input cannot exhaust the stack here),
+    refusing nesting past MAX_JSON_DEPTH, non-finite numbers and lone surrogates in keys or text,
+    each a 400 naming where it was found, below `root` when given."""
+    stack: list[tuple[Any, _Path, int]] = [(value, None if root is None else (None, root), 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            problem = _leaf_problem(item)
+            if problem:
+                raise _invalid(path, problem)
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise limit_error(_param(path), "the JSON nesting", "max_json_depth", MAX_JSON_DEPTH)
+        for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+            if isinstance(key, str) and not is_utf8(key):
+                raise _invalid((path, key), "a key that is not valid Unicode (a lone surrogate)")
+            stack.append((child, (path, key), depth + 1))
+
+
+def load_json(raw: str | bytes, where: str | None = None) -> Any:
+    """json.loads, checked by check_json_values; every failure is a 400 naming `where` (the
+    parameter the text came from; None for the request body) or the offending path."""
+    what = where or "the request body"
+    try:
+        value = json.loads(raw, parse_constant=_NotJson)
+    except RecursionError:
+        raise limit_error(
+            where, f"the JSON nesting of {what}", "max_json_depth", MAX_JSON_DEPTH
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"{what} is not valid JSON: {exc}", where, code="invalid_json") from None
+    except ValueError as exc:  # an integer past Python's 4300-digit limit
+        reason = str(exc).split(";")[0]
+        raise bad_request(
+            f"{what} holds a number too long to read: {reason}", where, code="invalid_json"
+        ) from None
+    check_json_values(value, where)
+    return value
+
+
 def parse_request(raw: bytes) -> ChatCompletionRequest:
     """Malformed JSON and wrong types are 400s with `param` set, like OpenAI's own."""
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(
-            f"the request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
+    body = load_json(raw)
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:
@@ -244,37 +357,40 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
     return request
 
 
-def _text_parts(content: list[Any], param: str, *, allow_images: bool) -> str | list[Any]:
-    """Join text parts into a string (what every model accepts); keep images as OpenAI parts."""
-    parts: list[Any] = []
+def _text_parts(content: list[Any], param: str) -> str:
+    """Join text parts into a string, what every model accepts. Images, audio and files are
+    refused rather than dropped or forwarded: no panelist reads them yet, and forwarding an image
+    URL had every panelist's provider fetch wherever it pointed."""
+    parts: list[str] = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             parts.append(part["text"])
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             parts.append(part["refusal"])
-        elif kind == "image_url" and allow_images and isinstance(part.get("image_url"), dict):
-            parts.append(part)
+        elif isinstance(kind, str) and kind in MEDIA_BLOCKS:
+            raise bad_request(
+                f"{kind} content is not supported yet: images, audio and files cannot be sent, "
+                "only text",
+                f"{param}[{i}]",
+                code="unsupported_content",
+            )
         else:
             raise bad_request(f"unsupported content part {kind!r}", f"{param}[{i}]")
-    if all(isinstance(p, str) for p in parts):
-        return "\n".join(parts)
-    return [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]
+    return "\n".join(parts)
 
 
-def _content(
-    message: dict[str, Any], param: str, *, required: bool, allow_images: bool = False
-) -> str | list[Any]:
+def _content(message: dict[str, Any], param: str, *, required: bool) -> str:
     content = message.get("content")
     if content is None and not required:
         return ""
     if isinstance(content, str):
-        value: str | list[Any] = content
+        value = content
     elif isinstance(content, list):
-        value = _text_parts(content, f"{param}.content", allow_images=allow_images)
+        value = _text_parts(content, f"{param}.content")
     else:
         raise bad_request("content must be a string or a list of content parts", f"{param}.content")
-    if required and not (value.strip() if isinstance(value, str) else value):
+    if required and not value.strip():
         raise bad_request("content is empty", f"{param}.content")
     return value
 
@@ -291,15 +407,10 @@ def _tool_calls(raw: Any, param: str) -> list[dict[str, Any]]:
         if not isinstance(call.get("id"), str):
             raise bad_request("a tool call needs an id", f"{where}.id")
         arguments = function.get("arguments") or "{}"
-        try:
-            args = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except json.JSONDecodeError:
-            args = None
+        param_args = f"{where}.function.arguments"
+        args = load_json(arguments, param_args) if isinstance(arguments, str) else arguments
         if not isinstance(args, dict):
-            raise bad_request(
-                "function.arguments must be a JSON object (as a string)",
-                f"{where}.function.arguments",
-            )
+            raise bad_request("function.arguments must be a JSON object (as a string)", param_args)
         calls.append(
             {"name": function["name"], "args": args, "id": call["id"], "type": "tool_call"}
         )
@@ -322,11 +433,7 @@ def convert_messages(raw: list[Any]) -> list[AnyMessage]:
         if role in ("system", "developer"):
             out.append(SystemMessage(content=_content(message, param, required=True), name=name))
         elif role == "user":
-            out.append(
-                HumanMessage(
-                    content=_content(message, param, required=True, allow_images=True), name=name
-                )
-            )
+            out.append(HumanMessage(content=_content(message, param, required=True), name=name))
         elif role == "assistant":
             calls = (
                 _tool_calls(message["tool_calls"], f"{param}.tool_calls")
@@ -407,7 +514,7 @@ def fusion_overrides(fusion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             options[key] = value
         elif key in REQUEST_OVERRIDES:
             context[key] = value
-        elif key in FusionContext.__dataclass_fields__:
+        elif key in CONTEXT_FIELDS:
             raise bad_request(
                 f"{key} cannot be set per request", f"fusion.{key}", code="invalid_config"
             )
@@ -470,6 +577,15 @@ def build_run(
 # ------------------------------------------------------------------------- the OpenAPI schema
 
 
+_PRICE_PER_MTOK = {"type": "number", "minimum": 0, "maximum": MAX_PRICE_PER_MTOK}
+_PRICE_SCHEMA = {
+    "type": "object",
+    "required": ["input", "output"],
+    "description": "USD per million tokens",
+    "properties": {"input": _PRICE_PER_MTOK, "output": _PRICE_PER_MTOK},
+}
+
+
 def _spec_schema(limits: RequestLimits) -> dict[str, Any]:
     """A model spec a request may send: a string, or an object without base_url/api_key_env."""
     optional = {
@@ -483,14 +599,7 @@ def _spec_schema(limits: RequestLimits) -> dict[str, Any]:
             "type": "string",
             "enum": ["json_schema", "json_object_schema", "function_calling", "prompt"],
         },
-        "price": {
-            "type": "object",
-            "required": ["input", "output"],
-            "properties": {
-                "input": {"type": "number", "minimum": 0},
-                "output": {"type": "number", "minimum": 0},
-            },
-        },
+        "price": _PRICE_SCHEMA,
     }
     return {
         "anyOf": [
@@ -610,14 +719,7 @@ def request_body_schema(models: list[str], limits: RequestLimits) -> dict[str, A
             "max_cost_usd": positive,
             "prices": {
                 "type": "object",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["input", "output"],
-                    "properties": {
-                        "input": {"type": "number", "minimum": 0},
-                        "output": {"type": "number", "minimum": 0},
-                    },
-                },
+                "additionalProperties": _PRICE_SCHEMA,
             },
             "progress": {"type": "boolean"},
         },

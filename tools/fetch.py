@@ -88,11 +88,16 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+_IPV6_DOCUMENTATION = ipaddress.ip_network("3fff::/20")
+
+
 def is_blocked_ip(ip: str | IPAddress) -> bool:
     """True for any address a fetch must not reach without an explicit allow-list entry."""
     addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
     if isinstance(addr, ipaddress.IPv6Address):
-        if addr.scope_id:
+        # fec0::/10, site-local: deprecated by RFC 3879, never public; 3fff::/20, documentation
+        # (RFC 9637). Python 3.11's ipaddress counts both as global.
+        if addr.scope_id or addr.is_site_local or addr in _IPV6_DOCUMENTATION:
             return True
         inner = _embedded_ipv4(addr)
         if inner is not None:  # the tunnelled IPv4 address is the real destination

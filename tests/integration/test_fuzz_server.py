@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import CheckContext
 from schemathesis.core.transport import Response
@@ -34,6 +35,7 @@ from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.serve.openai_request import RequestLimits
 from fusiongraph.serve.server import create_app
 from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json
+from tests.unit.test_server_hostile import HOSTILE, Hostile, assert_refused
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +125,17 @@ def test_server_survives_fuzzing(case: Case) -> None:
             response_schema_conformance,
         ]
     )
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])
+def test_hostile_bodies_are_4xx(case: Hostile) -> None:
+    """Bodies the generator does not write (too deep, NaN, 5000-digit integers, lone surrogates,
+    images, overflowing prices): each must be its documented 4xx with an OpenAI error."""
+    client = TestClient(APP, raise_server_exceptions=False)
+    headers = {"content-type": "application/json"}
+    response = client.post("/v1/chat/completions", content=case.body, headers=headers)
+    assert 400 <= response.status_code < 500
+    assert_refused(response, case)
 
 
 def test_fuzzing_reached_whole_runs() -> None:

@@ -31,6 +31,9 @@ from fusiongraph.tools.settings import FetchSettings
         "::",
         "fe80::1",
         "fc00::1",
+        "fec0::1",  # site-local (RFC 3879), global to Python's ipaddress
+        "feff:ffff::1",
+        "3fff::1",  # documentation (RFC 9637), global to Python 3.11's ipaddress
         "ff02::1",
         "::ffff:127.0.0.1",
         "::ffff:10.0.0.1",
