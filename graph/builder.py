@@ -19,7 +19,7 @@ from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.models import ModelFactory, aclose_models, default_model_factory
 from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, panel_cache
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
-from fusiongraph.nodes.dispatch import dispatch, fan_out, panel_cache_key
+from fusiongraph.nodes.dispatch import fan_out, make_dispatch, panel_cache_key
 from fusiongraph.nodes.judge import make_judge
 from fusiongraph.nodes.panel import make_panelist
 from fusiongraph.nodes.synthesis import make_synthesis
@@ -81,7 +81,7 @@ def build_graph(
         input_schema=FusionInput,
         output_schema=FusionOutput,
     )
-    builder.add_node("dispatch", sync_and_async(dispatch))
+    builder.add_node("dispatch", sync_and_async(make_dispatch(model_factory)))
     builder.add_node(
         "panelist", sync_and_async(make_panelist(model_factory)), cache_policy=panel_policy
     )

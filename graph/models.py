@@ -15,7 +15,8 @@ Retries are the openai SDK's (max_retries=2, so at most three attempts): 408/409
 connection errors and timeouts, with exponential backoff from 0.5 s (capped at 8 s, minus up to
 25 % jitter), or exactly the server's Retry-After when it is at most 120 s (a longer Retry-After
 is not retried at all). Other 4xx are never retried. The panel clock and the run's deadline cut a
-call (and its pending retries) at their cutoff. Every response body is capped at
+call (and its pending retries) at their cutoff; one cut while retrying an HTTP error is reported
+as that error (`track_upstream_status`). Every response body is capped at
 `max_response_bytes()` (16 MiB, env FUSIONGRAPH_MAX_RESPONSE_BYTES), counted while it streams:
 an upstream that sends more fails that call with `ResponseTooLarge` instead of filling memory.
 """
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import http.cookiejar
+import importlib
 import os
 import ssl
 import weakref
@@ -109,6 +111,38 @@ async def _note_request_sent(request: httpx.Request) -> None:
     callback = _REQUEST_SENT.get()
     if callback is not None:
         callback()
+
+
+class UpstreamStatus:
+    """The HTTP status of the last upstream response a task got. A call cut off while the SDK
+    retries (after a 500 or a 429) is then reported as the error it was retrying after, not as
+    a slow upstream."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+
+
+_LAST_STATUS: ContextVar[UpstreamStatus | None] = ContextVar("fusion_last_status", default=None)
+
+
+@contextlib.contextmanager
+def track_upstream_status() -> Iterator[UpstreamStatus]:
+    """Record the status of every response of this task (and of tasks it starts) in the holder."""
+    seen = UpstreamStatus()
+    token = _LAST_STATUS.set(seen)
+    try:
+        yield seen
+    finally:
+        _LAST_STATUS.reset(token)
+
+
+async def _note_response(response: httpx.Response) -> None:
+    """httpx response hook: remember the status for `track_upstream_status`."""
+    seen = _LAST_STATUS.get()
+    if seen is not None:
+        seen.status = response.status_code
 
 
 def reports_sends(model: Any) -> bool:
@@ -212,7 +246,7 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
         # calls behind each other, so connections are unbounded and idle ones are kept.
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
-        event_hooks={"request": [_note_request_sent], "response": [_cap_response]},
+        event_hooks={"request": [_note_request_sent], "response": [_note_response, _cap_response]},
         cookies=_NoCookies(),
     )
 
@@ -257,11 +291,57 @@ def _timeout(spec: ModelSpec) -> float:
     return spec.timeout_s or default
 
 
+# A typical reply of each kind, parsed once to build the SDK's response types (see below).
+_SAMPLE_COMPLETION: dict[str, Any] = {
+    "id": "warm",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "warm",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "ok"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+_SAMPLE_CHUNK: dict[str, Any] = {
+    "id": "warm",
+    "object": "chat.completion.chunk",
+    "created": 0,
+    "model": "warm",
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+
+
+@functools.cache
+def warm_client_stack() -> None:
+    """Do once, when the process builds its first model (dispatch, before any panelist's clock
+    starts), what its first request would otherwise do lazily on a panelist's clock: httpcore
+    imports anyio's asyncio backend on its first connection, langchain-core its message block
+    translators on its first call, and the openai SDK builds each response type's pydantic
+    schema when it first parses one (its models defer their build): about 30 ms."""
+    for name in (
+        "httpcore._backends.anyio",
+        "anyio._backends._asyncio",
+        "langchain_core.messages.block_translators.langchain_v0",
+        "langchain_core.messages.block_translators.openai",
+    ):
+        importlib.import_module(name)
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    ChatCompletion.construct(**_SAMPLE_COMPLETION)
+    ChatCompletionChunk.construct(**_SAMPLE_CHUNK)
+
+
 def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
     from fusiongraph.graph.completions import DirectCompletions
 
+    warm_client_stack()
     timeout = _timeout(spec)
     kwargs: dict[str, Any] = {}
     if spec.seed is not None:

@@ -1,4 +1,9 @@
-"""The dispatch node: validates the run before any model is called, then fans out with Send."""
+"""The dispatch node: validates the run before any model is called, then fans out with Send.
+
+It also builds every model of the plan, so that what a process's first run does before its first
+request (importing the client libraries, about a second; setting up the clients) happens here,
+before any panelist's clock starts, and never counts against a panelist's timeout or latency.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +14,68 @@ import uuid
 from typing import Any
 
 from langchain_core.messages import AnyMessage
+from langgraph.config import get_config
 from langgraph.runtime import get_runtime
 from langgraph.types import Send
 
-from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
+from fusiongraph.graph.config import (
+    FusionConfig,
+    FusionContext,
+    check_configurable,
+    resolve_config,
+)
 from fusiongraph.graph.errors import FusionConfigError, FusionError
+from fusiongraph.graph.models import ModelFactory, close_model
 from fusiongraph.graph.pricing import worst_case_cost
+from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, PanelTask
+from fusiongraph.nodes.judge import judge_spec
 from fusiongraph.nodes.messages import check_conversation
+from fusiongraph.nodes.panel import panel_spec
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.send_order import slowest_first
+from fusiongraph.nodes.synthesis import synthesis_spec
 
 
-async def dispatch(state: FusionState) -> dict[str, Any]:
-    """Check config and input; start the bundled local model server when the plan needs it."""
-    config = resolve_config(get_runtime(FusionContext).context)
-    check_conversation(state.get("messages", []))
-    check_budget(config, state["messages"])
-    if any(spec.provider == "local" for spec in config.all_specs()):
-        from fusiongraph.serve.local_llm import ensure_local_server
+def make_dispatch(model_factory: ModelFactory):
+    """Build the dispatch node around the graph's model factory (which it warms)."""
 
-        await asyncio.to_thread(ensure_local_server)
-    emit("run_started", preset=config.preset, panel=[s.name for s in config.panel])
-    return {
-        "run_key": uuid.uuid4().hex,
-        "started_at": time.time(),
-        "panel": None,  # clears the previous turn's panel on a persistent thread
-        "analysis": None,
-        "judge": {},
-    }
+    async def dispatch(state: FusionState) -> dict[str, Any]:
+        """Check config and input; start the bundled local model server when the plan needs it;
+        build the plan's models."""
+        context = get_runtime(FusionContext).context
+        check_configurable(get_config().get("configurable"), context)
+        config = resolve_config(context)
+        check_conversation(state.get("messages", []))
+        check_budget(config, state["messages"])
+        if any(spec.provider == "local" for spec in config.all_specs()):
+            from fusiongraph.serve.local_llm import ensure_local_server
+
+            await asyncio.to_thread(ensure_local_server)
+        await warm_models(model_factory, plan_specs(config))
+        emit("run_started", preset=config.preset, panel=[s.name for s in config.panel])
+        return {
+            "run_key": uuid.uuid4().hex,
+            "started_at": time.time(),
+            "panel": None,  # clears the previous turn's panel on a persistent thread
+            "analysis": None,
+            "judge": {},
+        }
+
+    return dispatch
+
+
+def plan_specs(config: FusionConfig) -> list[ModelSpec]:
+    """Every model of the run, as its node will build it (so the build here is the one reused)."""
+    panel = [panel_spec(config, i) for i in range(len(config.panel))]
+    return [*panel, judge_spec(config), synthesis_spec(config)]
+
+
+async def warm_models(model_factory: ModelFactory, specs: list[ModelSpec]) -> None:
+    """Build each model once: a process's first build pays the imports and client set-up, and
+    the default factory keeps the models of the event loop, so the nodes reuse these."""
+    for spec in specs:
+        await close_model(model_factory(spec))
 
 
 def check_budget(config: FusionConfig, messages: list[Any]) -> None:

@@ -11,13 +11,21 @@ from fusiongraph.graph.models import ResponseTooLarge
 from fusiongraph.nodes.panel_clock import PanelDeadline
 
 
+class NamedFailure(Exception):
+    """A failure whose reason is already known (e.g. a judge whose every attempt failed)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def failure_reason(exc: BaseException) -> str:
-    """timeout | deadline | rate_limited | auth | bad_request | recursion | upstream_error |
-    connection_error | invalid_response | response_too_large | error. Works on openai/anthropic
-    SDK errors without importing them (status_code duck-typing).
+    """timeout | deadline | straggler | rate_limited | auth | bad_request | recursion |
+    upstream_error | connection_error | invalid_response | empty | response_too_large | error.
+    Works on openai/anthropic SDK errors without importing them (status_code duck-typing).
     """
-    if isinstance(exc, PanelDeadline):
-        return "deadline"
+    if isinstance(exc, PanelDeadline | NamedFailure):
+        return exc.reason
     if isinstance(exc, ResponseTooLarge):
         return "response_too_large"
     if isinstance(exc, json.JSONDecodeError):
@@ -48,3 +56,20 @@ def failure_reason(exc: BaseException) -> str:
 def describe(exc: BaseException, limit: int = 500) -> str:
     text = str(exc) or type(exc).__name__
     return text[:limit]
+
+
+def _retried(status: int) -> bool:
+    """The statuses the SDK retries (graph/models.py): a call cut after one was retrying it."""
+    return status in (408, 409, 429) or status >= 500
+
+
+def cut_error(reason: str, message: str, last_status: int | None) -> dict[str, str]:
+    """The error of a call cut off by a clock (`reason`: timeout, deadline, straggler). When the
+    last response it got was an HTTP error the SDK was retrying, the upstream was failing, not
+    slow: report that (`rate_limited` for 429, else `upstream_error`)."""
+    if last_status is None or not _retried(last_status):
+        return {"reason": reason, "message": message}
+    return {
+        "reason": "rate_limited" if last_status == 429 else "upstream_error",
+        "message": f"{message}, while retrying after HTTP {last_status}",
+    }

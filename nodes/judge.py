@@ -21,9 +21,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.runtime import get_runtime
 
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
-from fusiongraph.graph.errors import FusionError
-from fusiongraph.graph.models import ModelFactory, close_model, quiet
-from fusiongraph.graph.specs import StructuredMethod
+from fusiongraph.graph.models import ModelFactory, close_model, quiet, track_upstream_status
+from fusiongraph.graph.specs import ModelSpec, StructuredMethod
 from fusiongraph.graph.state import (
     FusionState,
     PanelResult,
@@ -40,15 +39,17 @@ from fusiongraph.nodes.analysis import (
     map_labels,
     parse_analysis,
 )
-from fusiongraph.nodes.failures import describe, failure_reason
+from fusiongraph.nodes.failures import NamedFailure, cut_error, describe, failure_reason
 from fusiongraph.nodes.messages import last_user_text, text_of
-from fusiongraph.nodes.metadata import failed_entry
+from fusiongraph.nodes.metadata import fusion_failure
 from fusiongraph.nodes.panel_clock import release_clock, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
 from fusiongraph.tools.untrusted import delimit_untrusted
 
 NOSTREAM = {"tags": ["nostream", "fusion:judge"]}
 JUDGE_MAX_TOKENS = 1200
+# Failures of what a reply said, as opposed to what the upstream did.
+_REPLY_REASONS = ("invalid_response", "empty")
 
 
 def successful(panel: list[PanelResult]) -> list[PanelResult]:
@@ -61,6 +62,13 @@ def anonymise(answers: list[PanelResult], seed: str) -> tuple[list[PanelResult],
     random.Random(seed).shuffle(order)
     labels = {string.ascii_uppercase[i]: r["panelist"] for i, r in enumerate(order)}
     return order, labels
+
+
+def judge_spec(config: FusionConfig) -> ModelSpec:
+    """The judge's model as it runs: temperature 0, a bounded analysis."""
+    return config.judge.model_copy(
+        update={"temperature": 0.0, "max_tokens": config.judge.max_tokens or JUDGE_MAX_TOKENS}
+    )
 
 
 def judge_messages(state: FusionState, order: list[PanelResult], max_chars: int) -> list[Any]:
@@ -92,7 +100,7 @@ async def structured_call(
         spent.append(usage_of(out["raw"]))
         if out.get("parsed") is not None:
             return out["parsed"]
-        return parse_analysis(text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else "")
+        return _parsed(text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else "")
     if method in ("json_schema", "json_object_schema"):
         # A raw body field, so the reply takes the plain completion path and our parser: for
         # json_schema the strict format is precomputed (LangChain's route rebuilds it per call);
@@ -107,27 +115,54 @@ async def structured_call(
     else:
         reply = await model.ainvoke(messages, NOSTREAM)
     spent.append(usage_of(reply))
-    return parse_analysis(text_of(reply))
+    return _parsed(text_of(reply))
+
+
+def _parsed(text: str) -> Analysis:
+    """The analysis in a reply; one that cannot be read is an `invalid_response`."""
+    try:
+        return parse_analysis(text)
+    except ValueError as exc:
+        raise NamedFailure("invalid_response", describe(exc, 200)) from exc
 
 
 async def run_judge(
     model: BaseChatModel, method: StructuredMethod, messages: list[Any], spent: list[Usage]
 ) -> tuple[Analysis, list[str]]:
-    """The strongest method first, then a plain prompt parsed tolerantly."""
-    errors = []
+    """The strongest method first, then a plain prompt parsed tolerantly.
+
+    When every attempt fails, raise a NamedFailure whose message lists what each attempt did and
+    whose reason is the upstream's failure (upstream_error, rate_limited, auth, timeout, ...) if
+    an attempt had one, else `invalid_response` or `empty`: the cause, not a generic error.
+    """
+    reasons: list[str] = []
+    notes: list[str] = []
+    last: Exception | None = None  # chained, so the upstream's own exception is kept
     for attempt in dict.fromkeys([method, "prompt"]):
         try:
             analysis = await structured_call(model, attempt, messages, spent)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            errors.append(f"{attempt}: {describe(exc, 200)}")
+            last = exc
+            reasons.append(failure_reason(exc))
+            notes.append(f"{attempt}: {describe(exc, 200)}")
             continue
         if analysis.is_empty():
-            errors.append(f"{attempt}: empty analysis")
+            reasons.append("empty")
+            notes.append(f"{attempt}: empty analysis")
             continue
-        return analysis, errors
-    raise ValueError("; ".join(errors))
+        return analysis, notes
+    raise NamedFailure(_judge_reason(reasons), "; ".join(notes)) from last
+
+
+def _judge_reason(reasons: list[str]) -> str:
+    """The last upstream failure names the cause best; else a reply that did not parse; else an
+    empty analysis."""
+    upstream = [r for r in reasons if r not in _REPLY_REASONS]
+    if upstream:
+        return upstream[-1]
+    return "invalid_response" if "invalid_response" in reasons else "empty"
 
 
 def _judge_timeout(state: FusionState, config: FusionConfig) -> float | None:
@@ -148,38 +183,36 @@ def make_judge(model_factory: ModelFactory):
             reason = "all_panelists_failed"
             if reasons in ({"rate_limited"}, {"recursion"}):
                 reason = reasons.pop()
-            raise FusionError(
-                reason,
-                "no panelist produced an answer",
-                failed_models=[failed_entry(r) for r in panel],
-            )
-        spec = config.judge.model_copy(
-            update={"temperature": 0.0, "max_tokens": config.judge.max_tokens or JUDGE_MAX_TOKENS}
-        )
+            raise fusion_failure(reason, "no panelist produced an answer", state, config)
+        spec = judge_spec(config)
         order, labels = anonymise(answers, state.get("run_key", ""))
+        model = quiet(model_factory(spec))
         emit("judge_started", model=spec.name, answers=len(order))
         started = time.monotonic()
-        model = quiet(model_factory(spec))
         info: dict[str, Any] = {"model": spec.name, "order": [labels[k] for k in sorted(labels)]}
         spent: list[Usage] = []
-        try:
-            work = run_judge(
-                model,
-                spec.resolved_structured_output(),
-                judge_messages(state, order, config.judge_input_chars),
-                spent,
-            )
-            analysis, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
-            mapped = map_labels(analysis, labels)
-            info.update(ok=True, error=None, fallbacks=notes)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            mapped = None
-            reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
-            info.update(ok=False, error={"reason": reason, "message": describe(exc)})
-        finally:
-            await close_model(model)
+        mapped = None
+        with track_upstream_status() as upstream:
+            try:
+                work = run_judge(
+                    model,
+                    spec.resolved_structured_output(),
+                    judge_messages(state, order, config.judge_input_chars),
+                    spent,
+                )
+                analysis, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
+                mapped = map_labels(analysis, labels)
+                info.update(ok=True, error=None, fallbacks=notes)
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:  # the run deadline's judge share (85 %)
+                message = "cut off at the judge's share of the run deadline (deadline_s)"
+                info.update(ok=False, error=cut_error("deadline", message, upstream.status))
+            except Exception as exc:
+                error = {"reason": failure_reason(exc), "message": describe(exc)}
+                info.update(ok=False, error=error)
+            finally:
+                await close_model(model)
         info["usage"] = functools.reduce(add_usage, spent, empty_usage())
         info["latency_s"] = round(time.monotonic() - started, 3)
         emit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fusiongraph.graph.config import FusionConfig
+from fusiongraph.graph.errors import FailureReason, FusionError
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import (
@@ -32,8 +33,15 @@ def _panel_spec(result: PanelResult, config: FusionConfig) -> ModelSpec:
 
 
 def fusion_metadata(
-    state: FusionState, config: FusionConfig, *, synthesis_usage: Usage, synthesis_latency_s: float
+    state: FusionState,
+    config: FusionConfig,
+    *,
+    synthesis_usage: Usage | None,
+    synthesis_latency_s: float | None,
 ) -> dict[str, Any]:
+    """The run's record. `synthesis_usage` None: the synthesizer was called and failed, so what
+    it used is unknown (zero tokens counted, its cost null); `synthesis_latency_s` None: it
+    never ran."""
     panel = state.get("panel", [])
     judge = state.get("judge") or {}
     panel_usage, panel_costs = empty_usage(), []
@@ -62,11 +70,17 @@ def fusion_metadata(
             )
     judge_usage = judge.get("usage") or empty_usage()
     judge_cost = cost_of(judge_usage, price_of(config.judge, config))
-    synthesis_cost = cost_of(synthesis_usage, price_of(config.synthesizer, config))
+    synthesis_cost = (
+        None
+        if synthesis_usage is None
+        else cost_of(synthesis_usage, price_of(config.synthesizer, config))
+    )
+    synthesis_usage = synthesis_usage or empty_usage()
     panel_cost = _sum(panel_costs)
     total = add_usage(add_usage(panel_usage, judge_usage), synthesis_usage)
     return {
         "preset": config.preset,
+        "settings": config.settings_used(),
         "panel": entries,
         "failed_models": failed,
         "analysis": state.get("analysis"),
@@ -86,3 +100,25 @@ def fusion_metadata(
             "total": _sum([panel_cost, judge_cost, synthesis_cost]),
         },
     }
+
+
+def fusion_failure(
+    reason: FailureReason,
+    message: str,
+    state: FusionState,
+    config: FusionConfig,
+    *,
+    synthesis_latency_s: float | None = None,
+) -> FusionError:
+    """A failed run's error, carrying the record a successful run has (panel, failed_models,
+    analysis, judge, usage, cost_usd): what was paid for is reported, never lost. The judge
+    raises it before synthesis ran (`synthesis_latency_s` None: zero synthesis usage), the
+    synthesizer after its own call failed (its usage unknown)."""
+    ran = synthesis_latency_s is not None
+    record = fusion_metadata(
+        state,
+        config,
+        synthesis_usage=None if ran else empty_usage(),
+        synthesis_latency_s=synthesis_latency_s,
+    )
+    return FusionError(reason, message, **record)

@@ -15,13 +15,19 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMes
 from langgraph.runtime import get_runtime
 
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
-from fusiongraph.graph.models import ModelFactory, close_model, quiet, reports_sends
+from fusiongraph.graph.models import (
+    ModelFactory,
+    close_model,
+    quiet,
+    reports_sends,
+    track_upstream_status,
+)
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import PanelResult, PanelTask, Source, add_usage, empty_usage, usage_of
 from fusiongraph.nodes import prompts
-from fusiongraph.nodes.failures import describe, failure_reason
+from fusiongraph.nodes.failures import cut_error, describe, failure_reason
 from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, text_of, with_system
-from fusiongraph.nodes.panel_clock import clock_for, run_deadline_cutoff
+from fusiongraph.nodes.panel_clock import PanelDeadline, clock_for, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.send_order import remember_latency
 from fusiongraph.tools.web import make_web_tools, prefetch_context
@@ -119,7 +125,9 @@ async def _run_tool(
     return result
 
 
-def _effective_spec(spec: ModelSpec, config: FusionConfig) -> ModelSpec:
+def panel_spec(config: FusionConfig, index: int) -> ModelSpec:
+    """The panelist's model as it runs: the run's panel token cap applies unless it has its own."""
+    spec = config.panel[index]
     if spec.max_tokens is None and config.panel_max_tokens is not None:
         return spec.model_copy(update={"max_tokens": config.panel_max_tokens})
     return spec
@@ -130,8 +138,11 @@ def make_panelist(model_factory: ModelFactory):
 
     async def panelist(task: PanelTask) -> dict[str, list[PanelResult]]:
         config = resolve_config(get_runtime(FusionContext).context)
-        spec = _effective_spec(config.panel[task["index"]], config)
+        spec = panel_spec(config, task["index"])
         panelist_id = task["panelist"]
+        # Built before the clock starts: a process's first build imports the client library
+        # (about a second), which is no part of this panelist's time (dispatch warms it too).
+        model = quiet(model_factory(spec))
         clock = clock_for(
             task["run_key"],
             timeout_s=config.panel_timeout_s,
@@ -143,27 +154,29 @@ def make_panelist(model_factory: ModelFactory):
         started = time.monotonic()
         out = PanelAnswer()
         error = None
-        model = quiet(model_factory(spec))
-        try:
-            messages = flatten_tool_history(task["messages"])
-            mode = config.panel_tool_mode(spec)
-            if mode == "agentic":
-                work = answer_agentic(
-                    model, messages, config, config.panel_max_tool_calls(spec), out
-                )
-            elif mode == "prefetch":
-                work = answer_prefetch(model, messages, config, out)
-            else:
-                work = answer_off(model, messages, out)
-            if mode != "prefetch" and reports_sends(model):  # its first step is a model request
-                work = clock.sends.run(work)
-            await clock.run(work)
-            if not out.content.strip():
-                error = {"reason": "empty", "message": "the model returned no text"}
-        except Exception as exc:
-            error = {"reason": failure_reason(exc), "message": describe(exc)}
-        finally:
-            await close_model(model)
+        with track_upstream_status() as upstream:
+            try:
+                messages = flatten_tool_history(task["messages"])
+                mode = config.panel_tool_mode(spec)
+                if mode == "agentic":
+                    work = answer_agentic(
+                        model, messages, config, config.panel_max_tool_calls(spec), out
+                    )
+                elif mode == "prefetch":
+                    work = answer_prefetch(model, messages, config, out)
+                else:
+                    work = answer_off(model, messages, out)
+                if mode != "prefetch" and reports_sends(model):  # its first step is a request
+                    work = clock.sends.run(work)
+                await clock.run(work)
+                if not out.content.strip():
+                    error = {"reason": "empty", "message": "the model returned no text"}
+            except PanelDeadline as exc:  # cut while the SDK retried an HTTP error: say so
+                error = cut_error(exc.reason, describe(exc), upstream.status)
+            except Exception as exc:
+                error = {"reason": failure_reason(exc), "message": describe(exc)}
+            finally:
+                await close_model(model)
         latency = round(time.monotonic() - started, 3)
         if error is None:
             clock.record_success()

@@ -1,8 +1,10 @@
 """Deadlines and quorum for one run's panel.
 
 Each panelist branch runs as its own LangGraph task, so the branches of one run share a
-`PanelClock` (looked up by run key). The clock holds a cutoff time: the panel timeout at first,
-moved earlier to "now + straggler grace" once the quorum of successes is in. Every branch waits
+`PanelClock` (looked up by run key). The clock holds a cutoff time: the panel timeout at first
+(or the run deadline's panel share when that comes sooner), moved earlier to "now + straggler
+grace" once the quorum of successes is in. It remembers which of the three the cutoff is, so a
+cut panelist is reported as `timeout`, `deadline` or `straggler`. Every branch waits
 for its own work or the cutoff, whichever comes first, and is woken at once when the cutoff moves
 (branches may live on different event loops under sync invocation, hence call_soon_threadsafe).
 """
@@ -13,7 +15,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from fusiongraph.nodes.send_order import SendOrder
 
@@ -22,13 +24,34 @@ T = TypeVar("T")
 _CLOCK_TTL_S = 3600.0
 
 
+# Why the cutoff holds: the panel timeout, the run deadline's panel share, or the quorum's grace.
+CutoffCause = Literal["timeout", "deadline", "straggler"]
+
+_CUT_MESSAGES: dict[CutoffCause, str] = {
+    "timeout": "cut off at the panel timeout (panel_timeout_s)",
+    "deadline": "cut off at the panel's share of the run deadline (deadline_s)",
+    "straggler": "cut off: the quorum was in and the straggler grace ran out",
+}
+
+
 class PanelDeadline(Exception):
-    """The panelist was cut off: panel timeout, run deadline, or quorum reached without it."""
+    """The panelist was cut off; `reason` says by which cutoff (the failure reason it reports)."""
+
+    def __init__(self, reason: CutoffCause) -> None:
+        super().__init__(_CUT_MESSAGES[reason])
+        self.reason: CutoffCause = reason
 
 
 class PanelClock:
-    def __init__(self, cutoff: float, quorum: int | None, grace_s: float) -> None:
+    def __init__(
+        self,
+        cutoff: float,
+        quorum: int | None,
+        grace_s: float,
+        cause: CutoffCause = "timeout",
+    ) -> None:
         self.cutoff = cutoff  # time.monotonic() value
+        self.cause: CutoffCause = cause  # why `cutoff` holds; changed with it, under the lock
         self.quorum = quorum
         self.grace_s = grace_s
         self.successes = 0
@@ -48,7 +71,7 @@ class PanelClock:
             new_cutoff = time.monotonic() + self.grace_s
             if new_cutoff >= self.cutoff:
                 return
-            self.cutoff = new_cutoff
+            self.cutoff, self.cause = new_cutoff, "straggler"
             waiters = list(self._waiters)
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
@@ -62,9 +85,10 @@ class PanelClock:
             self._waiters.add(waiter_key)
         try:
             while True:
-                remaining = self.remaining()
+                with self._lock:  # the cutoff and its cause, as one
+                    remaining, cause = self.remaining(), self.cause
                 if remaining <= 0:
-                    raise PanelDeadline("cut off by the panel deadline")
+                    raise PanelDeadline(cause)
                 wake = asyncio.ensure_future(event.wait())
                 try:
                     done, _ = await asyncio.wait(
@@ -103,9 +127,10 @@ def clock_for(
             for key in [k for k, c in _clocks.items() if now - c.created > _CLOCK_TTL_S]:
                 del _clocks[key]
             cutoff = now + timeout_s
-            if hard_cutoff is not None:
-                cutoff = min(cutoff, hard_cutoff)
-            clock = _clocks[run_key] = PanelClock(cutoff, quorum, grace_s)
+            cause: CutoffCause = "timeout"
+            if hard_cutoff is not None and hard_cutoff < cutoff:
+                cutoff, cause = hard_cutoff, "deadline"
+            clock = _clocks[run_key] = PanelClock(cutoff, quorum, grace_s, cause)
         return clock
 
 

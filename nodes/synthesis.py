@@ -16,14 +16,14 @@ from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.runtime import get_runtime
 
 from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
-from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import ModelFactory, close_model
+from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, estimate_usage, usage_of
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.judge import successful
 from fusiongraph.nodes.messages import flatten_tool_history, with_system
-from fusiongraph.nodes.metadata import failed_entry, fusion_metadata
+from fusiongraph.nodes.metadata import fusion_failure, fusion_metadata
 from fusiongraph.nodes.panel_clock import run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
 from fusiongraph.tools.untrusted import delimit_untrusted
@@ -57,20 +57,25 @@ def synthesis_conversation(state: FusionState, config: FusionConfig) -> list[Any
     return with_system(messages, synthesis_instructions(state, config))
 
 
+def synthesis_spec(config: FusionConfig) -> ModelSpec:
+    """The synthesizer's model as it runs: the caller's temperature and max_tokens apply here."""
+    updates: dict[str, Any] = {}
+    if config.temperature is not None:
+        updates["temperature"] = config.temperature
+    if config.max_tokens is not None:
+        updates["max_tokens"] = config.max_tokens
+    return config.synthesizer.model_copy(update=updates)
+
+
 def make_synthesis(model_factory: ModelFactory):
     """Build the synthesis node; its model call is the one that streams to the caller."""
 
     async def synthesis(state: FusionState) -> dict[str, Any]:
         config = resolve_config(get_runtime(FusionContext).context)
-        updates: dict[str, Any] = {}
-        if config.temperature is not None:
-            updates["temperature"] = config.temperature
-        if config.max_tokens is not None:
-            updates["max_tokens"] = config.max_tokens
-        spec = config.synthesizer.model_copy(update=updates)
+        spec = synthesis_spec(config)
+        model = model_factory(spec)
         emit("synthesis_started", model=spec.name)
         started = time.monotonic()
-        model = model_factory(spec)
         runnable: Any = model
         if config.synthesis_tools:
             runnable = model.bind_tools(config.synthesis_tools, tool_choice=config.tool_choice)
@@ -87,12 +92,12 @@ def make_synthesis(model_factory: ModelFactory):
         except Exception as exc:
             judge_ok = (state.get("judge") or {}).get("ok", False)
             reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
-            raise FusionError(
+            raise fusion_failure(
                 "synthesis_failed" if judge_ok else "judge_and_synthesis_failed",
                 f"the synthesizer {spec.name} failed ({reason}): {describe(exc)}",
-                panel=successful(state.get("panel", [])),
-                failed_models=[failed_entry(r) for r in state.get("panel", []) if r["error"]],
-                analysis=state.get("analysis"),
+                state,
+                config,
+                synthesis_latency_s=round(time.monotonic() - started, 3),
             ) from exc
         finally:
             await close_model(model)

@@ -10,9 +10,11 @@ Fault -> outcome:
 - 500 always: 3 requests (two retries), failed upstream_error. 429 always: 3 requests, failed
   rate_limited; a whole panel of them: FusionError rate_limited. Reset always: 3 requests,
   failed connection_error. 400: 1 request, never retried, failed bad_request.
-- Retry-After: 30, longer than the panel timeout: cut at the panel timeout (deadline), the retry
-  never sent. Hang: cut at the panel timeout (deadline), the upstream sees the disconnect. A
-  hanging judge with deadline_s: cut at 85 % of the deadline, degraded answer.
+- Retry-After: 30, longer than the panel timeout: cut at the panel timeout while waiting to retry
+  the 429 (rate_limited), the retry never sent. 500 always with a panel timeout shorter than the
+  retries: cut while retrying (upstream_error, "HTTP 500" in the message). Hang: cut at the panel
+  timeout (timeout), the upstream sees the disconnect. A hanging judge with deadline_s: cut at
+  85 % of the deadline (deadline), degraded answer.
 - Malformed JSON: 1 request, failed invalid_response. A 50 MB answer (chunked or with
   Content-Length): stopped at the 16 MiB response cap, failed response_too_large, memory bounded.
 - Judge returns valid JSON of the wrong shape, or garbage: degraded (synthesis from raw answers).
@@ -201,8 +203,23 @@ async def test_retry_after_longer_than_the_panel_timeout_is_cut(
     """Retry-After: 30 would be honoured by the SDK; the panel clock cuts the wait instead."""
     fusion = await run(graph, context(upstream, ["slow429.h", "ok.h"], panel_timeout_s=1.5))
     assert_answered(fusion, "ok.h")
-    assert failures(fusion)["slow429.h"]["reason"] == "deadline"
+    failed = failures(fusion)["slow429.h"]
+    assert failed["reason"] == "rate_limited" and "retrying after HTTP 429" in failed["message"]
     assert upstream.counts["slow429.h"] == 1  # the retry never went out
+
+
+@pytest.mark.timeout(60)
+async def test_500s_cut_by_the_panel_timeout_are_an_upstream_error(
+    upstream: FaultUpstream, graph: CompiledStateGraph
+):
+    """The SDK's retries (0.4-0.5 s, then 0.75-1 s of backoff) outlast a 1 s panel timeout: the
+    panelist is cut while retrying, and reported as the 500s it was retrying, not as slow."""
+    fusion = await run(graph, context(upstream, ["err500.h2", "ok.h2"], panel_timeout_s=1.0))
+    assert_answered(fusion, "ok.h2")
+    failed = failures(fusion)["err500.h2"]
+    assert failed["reason"] == "upstream_error"
+    assert "panel timeout" in failed["message"] and "retrying after HTTP 500" in failed["message"]
+    assert upstream.counts["err500.h2"] == 2  # cut during the second backoff
 
 
 @pytest.mark.timeout(60)
@@ -211,7 +228,7 @@ async def test_hanging_panelist_is_cut_at_the_panel_timeout(
 ):
     fusion = await run(graph, context(upstream, ["hang.i", "ok.i"], panel_timeout_s=1.5))
     assert_answered(fusion, "ok.i")
-    assert failures(fusion)["hang.i"]["reason"] == "deadline"
+    assert failures(fusion)["hang.i"]["reason"] == "timeout"
     for _ in range(100):  # the cut closed the HTTP request: the upstream saw it go
         if upstream.disconnects["hang.i"]:
             break
@@ -274,6 +291,9 @@ async def test_invalid_judge_output_degrades(
     assert_answered(fusion, "ok.l1", "ok.l2")
     assert fusion["degraded"] is True and fusion["analysis"] is None
     assert fusion["judge"]["ok"] is False and fusion["judge"]["error"]["message"]
+    # JSON of the wrong shape keeps nothing (an empty analysis); garbage does not parse
+    expected = {"judgejunk.l": "empty", "judgegarbage.l": "invalid_response"}[judge]
+    assert fusion["judge"]["error"]["reason"] == expected
 
 
 @pytest.mark.timeout(60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -48,7 +49,7 @@ async def test_quorum_cuts_off_and_cancels_the_straggler() -> None:
     )
     fusion = fusion_of(result)
     assert sorted(p["panelist"] for p in fusion["panel"]) == ["p1", "p2"]
-    assert [(f["panelist"], f["reason"]) for f in fusion["failed_models"]] == [("p3", "deadline")]
+    assert [(f["panelist"], f["reason"]) for f in fusion["failed_models"]] == [("p3", "straggler")]
     assert fake.scripts["hang"].cancelled == 1  # the straggler's call was really cancelled
 
 
@@ -69,8 +70,51 @@ async def test_without_quorum_every_panelist_is_awaited() -> None:
 async def test_panel_timeout_is_a_hard_cap_per_panelist() -> None:
     fake = factory({"a": 0.0, "hang": 3600.0})
     result = await build_graph(fake).ainvoke(ASK, context=ctx(["a", "hang"], panel_timeout_s=0.2))
-    assert [f["reason"] for f in fusion_of(result)["failed_models"]] == ["deadline"]
+    assert [f["reason"] for f in fusion_of(result)["failed_models"]] == ["timeout"]
     assert fake.scripts["hang"].cancelled == 1
+
+
+async def test_run_deadline_cut_is_deadline_not_timeout() -> None:
+    fake = factory({"a": 0.0, "hang": 3600.0})
+    result = await build_graph(fake).ainvoke(ASK, context=ctx(["a", "hang"], deadline_s=1.0))
+    [failed] = fusion_of(result)["failed_models"]
+    assert failed["reason"] == "deadline" and "deadline_s" in failed["message"]
+
+
+class SlowFirstBuild(FakeFactory):
+    """The process's first model build takes 2 s, as importing the client library does."""
+
+    def __call__(self, spec: Any) -> Any:
+        if not self.built:
+            time.sleep(2.0)
+        return super().__call__(spec)
+
+
+def first_run_factory() -> SlowFirstBuild:
+    return SlowFirstBuild(factory({"a": 0.05, "b": 0.05}).scripts)
+
+
+def assert_first_run_clock_ok(fake: SlowFirstBuild, result: dict[str, Any]) -> None:
+    fusion = fusion_of(result)
+    assert fusion["failed_models"] == []
+    assert all(p["latency_s"] < 0.6 for p in fusion["panel"]), fusion["panel"]
+    # dispatch built exactly the models the nodes then build (a, b, judge, synth)
+    built = [s.model_dump_json() for s in fake.built]
+    assert sorted(built[:4]) == sorted(built[4:])
+
+
+async def test_first_build_does_not_count_against_the_panel_clock() -> None:
+    """A fresh process's first build (the client import) happens before any panelist's clock:
+    with a 1 s panel timeout the run still succeeds and the latencies are the model's."""
+    fake = first_run_factory()
+    result = await build_graph(fake).ainvoke(ASK, context=ctx(["a", "b"], panel_timeout_s=1))
+    assert_first_run_clock_ok(fake, result)
+
+
+def test_first_build_does_not_count_against_the_panel_clock_under_sync_invoke() -> None:
+    fake = first_run_factory()
+    result = build_graph(fake).invoke(ASK, context=ctx(["a", "b"], panel_timeout_s=1))
+    assert_first_run_clock_ok(fake, result)
 
 
 def test_quorum_works_under_sync_invoke_too() -> None:

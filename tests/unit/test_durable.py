@@ -145,7 +145,7 @@ async def cancel_and_resume(url: str) -> None:
 
 
 class CrashingFactory(FakeFactory):
-    """Builds m3 only to die: waits until p1 and p2 are saved, then raises Crash."""
+    """m3's call dies (DyingModel) once p1 and p2 are saved."""
 
     def __init__(self, url: str, config: dict[str, Any]) -> None:
         super().__init__(scripts())
@@ -153,12 +153,14 @@ class CrashingFactory(FakeFactory):
 
     def __call__(self, spec: ModelSpec) -> Any:
         if spec.model == "m3":
-            deadline = time.monotonic() + 30
-            while saved_panel_writes_sync(self.url, self.config) < 2:
-                assert time.monotonic() < deadline, "p1 and p2 were never saved"
-                time.sleep(0.02)
-            raise Crash("the process died")
+            return DyingModel(script=self.scripts["m3"], wait=self.saved)
         return super().__call__(spec)
+
+    async def saved(self) -> None:
+        deadline = time.monotonic() + 30
+        while saved_panel_writes_sync(self.url, self.config) < 2:
+            assert time.monotonic() < deadline, "p1 and p2 were never saved"
+            await asyncio.sleep(0.02)
 
 
 def crash_and_resume_sync(url: str) -> None:
