@@ -40,3 +40,22 @@ class FusionConfigError(FusionError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__("invalid_config", f"{field}: {message}", field=field)
         self.field = field
+
+
+class ThreadNotFound(LookupError):
+    """The thread belongs to another API key (or, to that key, does not exist)."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"no thread {thread_id!r} for this API key")
+        self.thread_id = thread_id
+
+
+class ThreadConflict(Exception):
+    """The thread holds an unfinished run of a different request."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"thread {thread_id!r} holds an unfinished run of a different request: send that "
+            "request again to resume it, or use a new thread id"
+        )
+        self.thread_id = thread_id

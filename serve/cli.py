@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.table import Table
 
-from fusiongraph.graph.errors import FusionError
+from fusiongraph.graph.errors import FusionError, ThreadConflict, ThreadNotFound
 
 app = typer.Typer(
     help="Multi-model deliberation: a panel answers, a judge compares, one writes.",
@@ -34,9 +33,25 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def model_spec_option(value: str) -> str | dict[str, Any]:
+    """A model spec as typed: `provider:model`, or a JSON object (`{"model": ..., "base_url":
+    ...}`) for any OpenAI-compatible endpoint."""
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        spec = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not a JSON object: {exc}") from None
+    if not isinstance(spec, dict):
+        raise typer.BadParameter("a model spec object must be a JSON object")
+    return spec
+
+
 def _context(
     preset: str | None,
     panel: list[str] | None,
+    judge: str | None,
+    synthesizer: str | None,
     corpus: Path | None,
     search: str | None,
     tool_mode: str | None,
@@ -46,7 +61,10 @@ def _context(
 ) -> dict[str, Any]:
     ctx: dict[str, Any] = {"preset": preset or ""}
     if panel:
-        ctx["panel"] = panel
+        ctx["panel"] = [model_spec_option(spec) for spec in panel]
+    for key, spec in (("judge", judge), ("synthesizer", synthesizer)):
+        if spec:
+            ctx[key] = model_spec_option(spec)
     if corpus:
         ctx["corpus_dir"] = str(corpus)
         ctx["search_provider"] = search or "corpus"
@@ -147,6 +165,44 @@ def show_result(fusion: dict[str, Any], answer: str) -> None:
     console.print(f"tokens: {total['input_tokens']} in, {total['output_tokens']} out")
 
 
+_THREAD_NOTES = {
+    "fresh": "a new thread",
+    "resume": "resuming the unfinished run of this question on this thread",
+    "replay": "this thread already answered this question: showing the stored answer",
+    "new_turn": "continuing the conversation on this thread",
+}
+
+
+async def _run_live(
+    graph: Any,
+    messages: list[Any] | None,
+    ctx: dict[str, Any],
+    config: dict[str, Any] | None,
+    as_json: bool,
+) -> Any:
+    """Run the graph with the live progress table; return the final message."""
+    from fusiongraph.serve.runner import stream_run
+
+    view = ProgressView()
+    final = None
+    with Live(
+        view.render(),
+        console=err_console if as_json else console,
+        refresh_per_second=8,
+        transient=True,
+    ) as live:
+        async for event in stream_run(graph, messages, ctx, config):
+            if event.kind == "progress" and event.progress:
+                view.update(event.progress)
+            elif event.kind == "token" and event.chunk is not None:
+                view.answer += event.chunk.text
+            elif event.kind == "final":
+                final = event.message
+            live.update(view.render())
+    assert final is not None
+    return final
+
+
 async def _ask(
     question: str,
     ctx: dict[str, Any],
@@ -155,36 +211,24 @@ async def _ask(
     thread: str | None,
     cache: bool,
 ) -> int:
-    from fusiongraph.graph.persistence import has_unfinished_run, open_graph
-    from fusiongraph.serve.runner import stream_run
+    from fusiongraph.graph.persistence import open_graph
+    from fusiongraph.graph.threads import ThreadPlan, digest, plan_thread
 
-    view = ProgressView()
-    final = None
     async with open_graph(checkpointer, cache=cache or None) as graph:
-        config = None
-        messages: list[Any] | None = [HumanMessage(content=question)]
+        plan = ThreadPlan()
         if checkpointer:
-            thread = thread or uuid.uuid4().hex
-            config = {"configurable": {"thread_id": thread}}
-            err_console.print(f"thread: {thread} (re-run with --thread {thread} to resume)")
-            if await has_unfinished_run(graph, config):
-                err_console.print("resuming the unfinished run on this thread")
-                messages = None
-        with Live(
-            view.render(),
-            console=err_console if as_json else console,
-            refresh_per_second=8,
-            transient=True,
-        ) as live:
-            async for event in stream_run(graph, messages, ctx, config):
-                if event.kind == "progress" and event.progress:
-                    view.update(event.progress)
-                elif event.kind == "token" and event.chunk is not None:
-                    view.answer += event.chunk.text
-                elif event.kind == "final":
-                    final = event.message
-                live.update(view.render())
-    assert final is not None
+            request = digest({"question": question, "context": ctx})
+            plan = await plan_thread(graph, thread, request=request)
+            err_console.print(
+                f"thread: {plan.thread_id} ({_THREAD_NOTES[plan.action]}; --thread "
+                f"{plan.thread_id} with the same question resumes it if interrupted, with another "
+                "question continues the conversation)",
+                soft_wrap=True,
+            )
+        final = plan.replay
+        if final is None:
+            messages = plan.inputs([HumanMessage(content=question)], whole_conversation=False)
+            final = await _run_live(graph, messages, ctx, plan.config, as_json)
     fusion = final.response_metadata["fusion"]
     if as_json:
         print(
@@ -203,7 +247,20 @@ async def _ask(
 def ask(
     question: Annotated[str, typer.Argument(help="What to ask the panel.")],
     preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
-    panel: Annotated[list[str] | None, typer.Option(help="A panel model spec; repeat.")] = None,
+    panel: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='A panel model spec (provider:model, or a JSON object such as \'{"model": '
+            '"llama3.3", "base_url": "http://127.0.0.1:11434/v1"}\'); repeat. Without --preset, '
+            "the judge and synthesizer default to the first panelist."
+        ),
+    ] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="The judge's model spec (as for --panel).")
+    ] = None,
+    synthesizer: Annotated[
+        str | None, typer.Option(help="The synthesizer's model spec (as for --panel).")
+    ] = None,
     corpus: Annotated[
         Path | None,
         typer.Option(help="Search this folder (BM25) instead.", exists=True, file_okay=False),
@@ -228,15 +285,36 @@ def ask(
 ) -> None:
     """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
     load_dotenv()
-    ctx = _context(preset, panel, corpus, search, tool_mode, max_tool_calls, quorum, deadline)
+    ctx = _context(
+        preset,
+        panel,
+        judge,
+        synthesizer,
+        corpus,
+        search,
+        tool_mode,
+        max_tool_calls,
+        quorum,
+        deadline,
+    )
     try:
         code = asyncio.run(_ask(question, ctx, as_json, checkpointer, thread, cache))
+    except (ThreadConflict, ThreadNotFound) as exc:
+        err_console.print(f"[red]cannot use this thread:[/red] {exc}", soft_wrap=True)
+        code = 2
     except FusionError as exc:
         err_console.print(f"[red]fusion failed ({exc.reason}):[/red] {exc.message}")
         for failed in exc.details.get("failed_models", []):
             err_console.print(
                 f"  {failed['panelist']} {failed['model']}: {failed['reason']} "
                 f"— {failed['message']}"
+            )
+        spent = (exc.details.get("usage") or {}).get("total")
+        if spent and spent["total_tokens"]:
+            cost = (exc.details.get("cost_usd") or {}).get("total")
+            err_console.print(
+                f"  already spent: {spent['input_tokens']} tokens in, {spent['output_tokens']} "
+                f"out, cost {'unknown' if cost is None else f'${cost:.6f}'}"
             )
         if as_json:
             print(json.dumps({"error": exc.to_dict()}, indent=2, default=str))
@@ -249,20 +327,22 @@ def ask(
 @app.command()
 def presets() -> None:
     """List the presets and their models."""
-    from fusiongraph.graph.config import PRESETS
+    from fusiongraph.graph.config import PRESETS, expand
     from fusiongraph.graph.specs import ModelSpec
 
     table = Table()
     for column in ("preset", "panel", "judge", "synthesizer", "tools", "description"):
         table.add_column(column)
     for name, preset in PRESETS.items():
-        panel = "\n".join(ModelSpec.model_validate(s).name for s in preset["panel"])
+        plan, _ = expand(name, {})
+        tools = f"{plan.get('tool_mode', 'agentic')} / {plan['search'].get('provider', 'auto')}"
+        panel = "\n".join(ModelSpec.model_validate(s).name for s in plan["panel"])
         table.add_row(
             name,
             panel,
-            ModelSpec.model_validate(preset["judge"]).name,
-            ModelSpec.model_validate(preset["synthesizer"]).name,
-            f"{preset['tool_mode']} / {preset['search']['provider']}",
+            ModelSpec.model_validate(plan["judge"]).name,
+            ModelSpec.model_validate(plan["synthesizer"]).name,
+            tools,
             preset["description"],
         )
     console.print(table)

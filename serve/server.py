@@ -18,9 +18,7 @@ import hmac
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -31,11 +29,19 @@ from langchain_core.messages.tool import tool_call_chunk
 from langgraph.graph.state import CompiledStateGraph
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from fusiongraph.graph.config import FusionContext, resolve_config
+from fusiongraph.graph.config import CONTEXT_FIELDS, resolve_config
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import FUSION_DEPTH_HEADER, aclose_models
 from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
+from fusiongraph.graph.threads import (
+    ThreadConflict,
+    ThreadNotFound,
+    ThreadPlan,
+    digest,
+    owner_of,
+    plan_thread,
+)
 from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.serve.openai_errors import (
     OpenAIError,
@@ -45,6 +51,7 @@ from fusiongraph.serve.openai_errors import (
     logger,
 )
 from fusiongraph.serve.openai_request import (
+    ChatCompletionRequest,
     RequestLimits,
     RunRequest,
     build_run,
@@ -125,7 +132,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "Invalid request, configuration or input; over a limit; recursion",
         401: "Missing or wrong API key",
-        404: "No such model",
+        408: "The request body did not arrive within body_timeout_s",
+        404: "No such model, or no such thread for this API key",
+        409: "The thread holds an unfinished run of a different request",
         429: "Every panelist was rate limited upstream",
         502: "Upstream failure: nothing usable came back",
         504: "The run's deadline passed",
@@ -164,13 +173,14 @@ def model_table(default_preset: str, aliases: dict[str, dict[str, Any]]) -> dict
     table: dict[str, dict[str, Any]] = {DEFAULT_MODEL: {"preset": default_preset}}
     table.update({f"{DEFAULT_MODEL}-{name}": {"preset": name} for name in PRESETS})
     for name, context in aliases.items():
-        table[name] = {"preset": default_preset, **context}
+        # An alias with its own panel needs no preset (graph/config.py: which preset applies).
+        table[name] = dict(context) if "panel" in context else {"preset": default_preset, **context}
     return table
 
 
 def _check_aliases(aliases: dict[str, dict[str, Any]]) -> None:
     """Fail at start-up, not on the first request, when an alias names an unknown setting."""
-    fields = set(FusionContext.__dataclass_fields__)
+    fields = CONTEXT_FIELDS
     for name, context in aliases.items():
         if not isinstance(context, dict):
             raise ValueError(f"alias {name!r} must map to a dict of fusion settings")
@@ -300,9 +310,10 @@ def create_app(
     install_error_handlers(app)
     _without_422(app)
 
-    def authorize(request: Request) -> None:
+    def authorize(request: Request) -> str | None:
+        """The caller's API key (None when the server has no auth); a 401 when it is wrong."""
         if not keys:
-            return
+            return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -311,6 +322,7 @@ def create_app(
             )
         if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise OpenAIError(401, "incorrect API key", code="invalid_api_key")
+        return token
 
     def model_card(name: str) -> dict[str, Any]:
         context = models[name]
@@ -324,7 +336,7 @@ def create_app(
             "object": "model",
             "created": started,
             "owned_by": "fusiongraph",
-            "fusion": {"preset": context["preset"], "description": description},
+            "fusion": {"preset": context.get("preset"), "description": description},
         }
 
     @app.get("/health", include_in_schema=False)
@@ -362,11 +374,11 @@ def create_app(
                 },
             }
         },
-        responses={200: _COMPLETION_RESPONSE, **_errors(400, 401, 429, 502, 504)},
+        responses={200: _COMPLETION_RESPONSE, **_errors(400, 401, 404, 408, 409, 429, 502, 504)},
     )
     async def chat_completions(request: Request) -> Response:
         """A fusion run as an OpenAI chat completion (JSON, or SSE with `stream`)."""
-        authorize(request)
+        api_key = authorize(request)
         if FUSION_DEPTH_HEADER.lower() in request.headers:
             raise OpenAIError(
                 400,
@@ -376,7 +388,10 @@ def create_app(
                 code="recursion",
             )
         raw = await read_body(
-            request.stream(), request.headers.get("content-length"), limits.max_body_bytes
+            request.stream(),
+            request.headers.get("content-length"),
+            limits.max_body_bytes,
+            limits.body_timeout_s,
         )
         body = parse_request(raw)
         if body.model not in models:
@@ -390,12 +405,12 @@ def create_app(
         check_conversation(run.messages)
         resolve_config(run.context)  # a bad configuration is a 400 before anything runs
         graph = holder["graph"]
-        plan = await _thread_plan(graph, request.headers.get(THREAD_HEADER))
+        plan = await _thread_plan(graph, request.headers.get(THREAD_HEADER), body, run, api_key)
+        messages = plan.inputs(run.messages, whole_conversation=True)
         if run.stream:
             if plan.replay is not None:
                 events = _replay(plan.replay)
             else:
-                messages = None if plan.resume else run.messages
                 events = stream_run(
                     graph, messages, run.context, plan.config, progress=run.progress
                 )
@@ -403,7 +418,7 @@ def create_app(
         elif plan.replay is not None:
             response = _completion(plan.replay, run)
         else:
-            response = await _complete(graph, run, request, plan)
+            response = await _complete(graph, messages, run, request, plan)
         if plan.thread_id:
             response.headers[THREAD_HEADER] = plan.thread_id
         return response
@@ -411,37 +426,24 @@ def create_app(
     return app
 
 
-@dataclass
-class ThreadPlan:
-    """How a request meets the checkpointer: a fresh run, a resume, or a replay of the answer."""
-
-    thread_id: str | None = None
-    config: dict[str, Any] | None = None
-    resume: bool = False
-    replay: AIMessage | None = None
-
-
-async def _thread_plan(graph: CompiledStateGraph, thread_id: str | None) -> ThreadPlan:
-    """With a checkpointer every run has a thread (the client's X-Fusion-Thread-Id, or a new one,
-    returned in that header). Retrying a request on the same thread never pays twice: a run that
-    stopped midway (crash, restart, disconnect) resumes without re-calling finished panelists,
-    and a finished one returns its stored answer. OpenAI clients resend the whole history, so a
-    thread holds exactly one request."""
-    if graph.checkpointer is None:
-        return ThreadPlan()
-    thread_id = thread_id or uuid.uuid4().hex
-    config = {"configurable": {"thread_id": thread_id}}
-    state = await graph.aget_state(config)
-    if state.next:
-        return ThreadPlan(thread_id, config, resume=True)
-    messages = (state.values or {}).get("messages") or []
-    if (
-        messages
-        and isinstance(messages[-1], AIMessage)
-        and "fusion" in messages[-1].response_metadata
-    ):
-        return ThreadPlan(thread_id, config, replay=messages[-1])
-    return ThreadPlan(thread_id, config)
+async def _thread_plan(
+    graph: CompiledStateGraph,
+    thread_id: str | None,
+    body: ChatCompletionRequest,
+    run: RunRequest,
+    api_key: str | None,
+) -> ThreadPlan:
+    """With a checkpointer every run has a thread: the client's X-Fusion-Thread-Id, or a new one,
+    returned in that header. The request's digest (model, conversation, settings: not how it is
+    delivered, so a streamed retry matches) decides between resume, replay and a new turn
+    (graph/threads.py); threads belong to the API key that made them."""
+    request = digest({"model": body.model, "messages": body.messages, "context": run.context})
+    try:
+        return await plan_thread(graph, thread_id, request=request, owner=owner_of(api_key))
+    except ThreadNotFound as exc:
+        raise OpenAIError(404, str(exc), param=THREAD_HEADER, code="thread_not_found") from None
+    except ThreadConflict as exc:
+        raise OpenAIError(409, str(exc), param=THREAD_HEADER, code="thread_conflict") from None
 
 
 async def _replay(final: AIMessage) -> AsyncIterator[RunEvent]:
@@ -468,9 +470,13 @@ def _completion(final: AIMessage, run: RunRequest) -> Response:
 
 
 async def _complete(
-    graph: CompiledStateGraph, run: RunRequest, request: Request, plan: ThreadPlan
+    graph: CompiledStateGraph,
+    messages: list[Any] | None,
+    run: RunRequest,
+    request: Request,
+    plan: ThreadPlan,
 ) -> Response:
-    inputs = None if plan.resume else {"messages": run.messages}
+    inputs = None if messages is None else {"messages": messages}
     task = asyncio.ensure_future(graph.ainvoke(inputs, config=plan.config, context=run.context))
     try:
         gone = await _race_disconnect(request, task)
