@@ -32,16 +32,21 @@ import os
 import ssl
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import httpx
 from langchain_core.language_models import BaseChatModel
 
-from fusiongraph.graph.specs import ModelSpec
+from fusiongraph.graph.specs import ModelSpec, register_base_url
+from fusiongraph.local_model.settings import local_base_url
 
+# A factory may also have an async `prepare(specs)`: see `prepare_models`.
 ModelFactory = Callable[[ModelSpec], BaseChatModel]
+
+# `local:` specs talk to the bundled server, whose URL follows its port setting.
+register_base_url("local", local_base_url)
 
 # Sent on every inner call, so a fusion server can refuse being called from a fusion run.
 FUSION_DEPTH_HEADER = "X-Fusion-Depth"
@@ -267,23 +272,45 @@ def _api_key(spec: ModelSpec) -> str:
     return (os.environ.get(key_env, "") if key_env else "") or "not-needed"
 
 
-def default_model_factory(spec: ModelSpec) -> BaseChatModel:
-    """The real chat model for a spec, reused on the running event loop (keys are read from the
-    environment on every call, so a changed key builds a new model)."""
-    if spec.provider == "anthropic":
-        from langchain_anthropic import ChatAnthropic
+class DefaultModelFactory:
+    """The real chat models. Its `prepare` hook starts what they talk to: the bundled local model
+    server, when the plan has a `local:` spec (graph/ reaches the local model only here)."""
 
-        return ChatAnthropic(
-            model=spec.model,
-            temperature=spec.temperature,
-            max_tokens=spec.max_tokens or 4096,
-            timeout=_timeout(spec),
-            max_retries=2,
-        )
-    models = loop_models()
-    if models is None:  # no loop yet: a model of its own, closed by close_model
-        return _build_model(spec, _http_client(_timeout(spec)))
-    return models.get(spec)
+    def __call__(self, spec: ModelSpec) -> BaseChatModel:
+        """The real chat model for a spec, reused on the running event loop (keys are read from
+        the environment on every call, so a changed key builds a new model)."""
+        if spec.provider == "anthropic":
+            from langchain_anthropic import ChatAnthropic
+
+            return ChatAnthropic(
+                model=spec.model,
+                temperature=spec.temperature,
+                max_tokens=spec.max_tokens or 4096,
+                timeout=_timeout(spec),
+                max_retries=2,
+            )
+        models = loop_models()
+        if models is None:  # no loop yet: a model of its own, closed by close_model
+            return _build_model(spec, _http_client(_timeout(spec)))
+        return models.get(spec)
+
+    async def prepare(self, specs: Iterable[ModelSpec]) -> None:
+        """Start (or reuse) the local model server when a spec needs it, off the event loop."""
+        if any(spec.provider == "local" for spec in specs):
+            from fusiongraph.local_model.launcher import aensure_local_server
+
+            await aensure_local_server()
+
+
+default_model_factory = DefaultModelFactory()
+
+
+async def prepare_models(model_factory: ModelFactory, specs: Iterable[ModelSpec]) -> None:
+    """Await the factory's optional `prepare(specs)` hook before any model of the plan is built
+    or called (a plain callable, like the tests' fakes, has none)."""
+    prepare = getattr(model_factory, "prepare", None)
+    if prepare is not None:
+        await prepare(list(specs))
 
 
 def _timeout(spec: ModelSpec) -> float:
@@ -363,7 +390,8 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         http_async_client=client,
         **kwargs,
     )
-    model.async_client = DirectCompletions(model.root_async_client)
+    if DirectCompletions is not None:
+        model.async_client = DirectCompletions(model.root_async_client)
     return model
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusiongraph.serve.local_llm import LOCAL_MODEL_ALIAS
-
+# The bundled local model's name: the presets and specs use it, and the local model server
+# (fusiongraph.local_model) serves the model under it.
+LOCAL_MODEL_ALIAS = "smollm2-135m"
 _LOCAL = f"local:{LOCAL_MODEL_ALIAS}"
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,5 +1,9 @@
 """The dispatch node: validates the run before any model is called, then fans out with Send.
 
+It resolves the run's configuration once: the plan goes into the state and into every panelist's
+Send payload as plain data, and the later nodes read it there (`graph.config.config_of`), so the
+plan a run started with is the plan all of it uses, after a resume too.
+
 It also builds every model of the plan, so that what a process's first run does before its first
 request (importing the client libraries, about a second; setting up the clients) happens here,
 before any panelist's clock starts, and never counts against a panelist's timeout or latency.
@@ -7,7 +11,6 @@ before any panelist's clock starts, and never counts against a panelist's timeou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -22,10 +25,12 @@ from fusiongraph.graph.config import (
     FusionConfig,
     FusionContext,
     check_configurable,
+    config_of,
+    plan_of,
     resolve_config,
 )
 from fusiongraph.graph.errors import FusionConfigError, FusionError
-from fusiongraph.graph.models import ModelFactory, close_model
+from fusiongraph.graph.models import ModelFactory, close_model, prepare_models
 from fusiongraph.graph.pricing import worst_case_cost
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, PanelTask
@@ -41,22 +46,21 @@ def make_dispatch(model_factory: ModelFactory):
     """Build the dispatch node around the graph's model factory (which it warms)."""
 
     async def dispatch(state: FusionState) -> dict[str, Any]:
-        """Check config and input; start the bundled local model server when the plan needs it;
-        build the plan's models."""
+        """Check config and input; let the model factory prepare the plan (the default one
+        starts the bundled local model server when the plan needs it); build the plan's models."""
         context = get_runtime(FusionContext).context
         check_configurable(get_config().get("configurable"), context)
         config = resolve_config(context)
         check_conversation(state.get("messages", []))
         check_budget(config, state["messages"])
-        if any(spec.provider == "local" for spec in config.all_specs()):
-            from fusiongraph.serve.local_llm import ensure_local_server
-
-            await asyncio.to_thread(ensure_local_server)
-        await warm_models(model_factory, plan_specs(config))
+        specs = plan_specs(config)
+        await prepare_models(model_factory, specs)
+        await warm_models(model_factory, specs)
         emit("run_started", preset=config.preset, panel=[s.name for s in config.panel])
         return {
             "run_key": uuid.uuid4().hex,
             "started_at": time.time(),
+            "plan": plan_of(config),  # what every later node of this run (and a resume) uses
             "panel": None,  # clears the previous turn's panel on a persistent thread
             "analysis": None,
             "judge": {},
@@ -102,7 +106,8 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
 def fan_out(state: FusionState) -> list[Send]:
     """One `Send` per panelist: the branches run in parallel and join at the judge. The
     slowest-expected panelist is sent first (its request leaves first: nodes/send_order.py)."""
-    config = resolve_config(get_runtime(FusionContext).context)
+    plan = state["plan"]
+    config = config_of(plan)
     tasks: list[PanelTask] = [
         {
             "panelist": f"p{i + 1}",
@@ -110,6 +115,7 @@ def fan_out(state: FusionState) -> list[Send]:
             "run_key": state["run_key"],
             "started_at": state["started_at"],
             "messages": state["messages"],
+            "plan": plan,
             **panel_identity(config, i),
         }
         for i in range(len(config.panel))

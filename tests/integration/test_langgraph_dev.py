@@ -10,7 +10,7 @@ one.
 Shutdown uses SIGINT (Ctrl-C): uvicorn re-raises a SIGTERM after its graceful shutdown, and the
 default SIGTERM action ends the process without running atexit hooks, which is where the launcher
 stops the llama.cpp server it started (that server has its own session, so it outlives the group).
-The fixture then stops that server through its pid file in any case.
+The fixture then stops that server (found by its command line) in any case.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from fusiongraph.serve import local_llm
+from fusiongraph.local_model import launcher, settings
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
         llm_port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
     env.update(_OFFLINE_ENV)
-    env.update({local_llm.HOME_ENV: str(home), local_llm.PORT_ENV: str(llm_port)})
+    env.update({settings.HOME_ENV: str(home), settings.PORT_ENV: str(llm_port)})
     log = home / "langgraph-dev.log"
     cmd = [str(LANGGRAPH), "dev", "--no-browser", "--no-reload"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
@@ -144,9 +144,9 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
         _stop(proc)
         # Whatever happened above, stop the llama.cpp server the graph started for this test.
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(local_llm.HOME_ENV, str(home))
-            mp.setenv(local_llm.PORT_ENV, str(llm_port))
-            local_llm.stop_local_server()
+            mp.setenv(settings.HOME_ENV, str(home))
+            mp.setenv(settings.PORT_ENV, str(llm_port))
+            launcher.stop_local_server()
 
 
 def _client(server: DevServer) -> Any:

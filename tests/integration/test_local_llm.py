@@ -23,17 +23,15 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from fusiongraph.serve import local_llm
-from fusiongraph.serve.local_llm import (
-    LOCAL_MODEL_ALIAS,
-    LocalServerError,
+from fusiongraph.graph.presets import LOCAL_MODEL_ALIAS
+from fusiongraph.local_model import launcher, server, settings
+from fusiongraph.local_model.launcher import (
     aensure_local_server,
     ensure_local_server,
-    local_base_url,
-    pid_path,
     server_status,
     stop_local_server,
 )
+from fusiongraph.local_model.settings import LocalServerError, local_base_url
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +53,7 @@ def _alive(pid: int) -> bool:
 
 def _server_pids() -> list[int]:
     """Live server processes launched for the current port's config file."""
-    marker = str(local_llm.config_path()).encode()
+    marker = str(settings.config_path()).encode()
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -103,7 +101,7 @@ def test_ensure_starts_or_reuses_and_status_reports_alias(shared_server: str) ->
 
 def test_ensure_twice_reuses_same_pid(shared_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pid_before = server_status().pid
-    monkeypatch.setattr(local_llm, "STATUS_CACHE_TTL_S", 0.0)  # force a real re-check
+    monkeypatch.setattr(launcher, "STATUS_CACHE_TTL_S", 0.0)  # force a real re-check
     assert ensure_local_server() == shared_server
     assert server_status().pid == pid_before
     if pid_before is not None:
@@ -116,7 +114,7 @@ def test_positive_check_is_cached(shared_server: str, monkeypatch: pytest.Monkey
     def no_probe(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached positive check must not probe the server again")
 
-    monkeypatch.setattr(local_llm, "_probe", no_probe)
+    monkeypatch.setattr(launcher, "_probe", no_probe)
     for _ in range(100):
         assert ensure_local_server() == shared_server
 
@@ -185,9 +183,9 @@ def test_normalize_chat_request() -> None:
             },
         ],
     }
-    out = local_llm.normalize_chat_request(data)
+    out = server.normalize_chat_request(data)
     assert out["max_tokens"] == 7 and "max_completion_tokens" not in out
-    assert out[local_llm.STREAM_USAGE_FIELD] is True and "stream_options" not in out
+    assert out[server.STREAM_USAGE_FIELD] is True and "stream_options" not in out
     assert out["messages"][0]["content"] == "a\n[image_url omitted]"
     assert out["messages"][1]["content"] == "f({})"
     assert "max_tokens" not in data  # the caller's dict is not mutated
@@ -225,7 +223,7 @@ def test_reuse_while_busy_does_not_spawn_second_server(
     worker.start()
     try:
         time.sleep(0.3)
-        monkeypatch.setattr(local_llm, "STATUS_CACHE_TTL_S", 0.0)
+        monkeypatch.setattr(launcher, "STATUS_CACHE_TTL_S", 0.0)
         assert ensure_local_server(timeout_s=30) == shared_server
         assert server_status().running
     finally:
@@ -239,11 +237,11 @@ def test_stop_on_private_port(private_env: int) -> None:
     status = server_status()
     assert status.running and LOCAL_MODEL_ALIAS in status.models
     pid = status.pid
-    assert pid is not None and pid_path().exists()
+    assert pid is not None and _server_pids() == [pid]
 
     assert stop_local_server() is True
     assert not _alive(pid)
-    assert not pid_path().exists()
+    assert _server_pids() == []
     assert server_status().running is False
     assert stop_local_server() is False
     # And it comes back on demand after a stop (no stale positive cache).
@@ -274,7 +272,7 @@ def test_concurrent_threads_start_one_server(private_env: int) -> None:
 
 def test_concurrent_processes_start_one_server(private_env: int) -> None:
     code = (
-        "from fusiongraph.serve.local_llm import ensure_local_server, server_status\n"
+        "from fusiongraph.local_model.launcher import ensure_local_server, server_status\n"
         "ensure_local_server(timeout_s=120, detach=True)\n"
         "print(server_status().pid)\n"
     )
@@ -302,13 +300,13 @@ def test_startup_failure_raises_with_log_tail(private_env: int) -> None:
     message = str(excinfo.value)
     assert "exited" in message
     assert "address already in use" in message.lower() or "errno 98" in message.lower()
-    assert not pid_path().exists()
+    assert _server_pids() == []
 
 
 def test_missing_llama_cpp_gives_install_hint(
     private_env: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_llm, "_has_module", lambda name: name != "llama_cpp")
+    monkeypatch.setattr(launcher, "_has_module", lambda name: name != "llama_cpp")
     with pytest.raises(LocalServerError, match=r"fusiongraph\[local\]"):
         ensure_local_server(timeout_s=5)
 

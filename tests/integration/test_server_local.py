@@ -13,7 +13,7 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
-from fusiongraph.serve.local_llm import stop_local_server
+from fusiongraph.local_model.launcher import stop_local_server
 from fusiongraph.serve.server import create_app
 from tests.unit.test_server_support import running_server
 

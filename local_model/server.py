@@ -1,0 +1,197 @@
+"""The local model server process: llama-cpp-python's OpenAI-compatible server, with the fixes
+llama-cpp-python 0.3.36 and SmolLM2 need (see `_serve_main`).
+
+Started by the launcher as ``python -m fusiongraph.local_model.server --config_file <cfg.json>``;
+a thin wrapper around ``python -m llama_cpp.server``. llama_cpp is imported only here, in the
+server process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+from fusiongraph.local_model.processes import alive
+from fusiongraph.local_model.settings import EXTRA_BUFTS_ENV, LOCAL_MODEL_ALIAS, PARENT_PID_ENV
+
+# Request field the server wrapper adds to carry `stream_options.include_usage`.
+STREAM_USAGE_FIELD = "fusiongraph_stream_usage"
+
+
+def _content_text(content: Any) -> str:
+    """Flatten OpenAI message content to the plain string SmolLM2's template concatenates."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            elif isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict):
+                parts.append(f"[{part.get('type', 'content')} omitted]")  # text-only model
+        return "\n".join(parts)
+    return str(content)
+
+
+def normalize_chat_request(data: Any) -> Any:
+    """Adapt an OpenAI chat request to what llama-cpp-python 0.3.36 + SmolLM2 can take.
+
+    - `max_completion_tokens` becomes `max_tokens`: langchain-openai and the OpenAI SDK send only
+      the new name, which this server silently ignores (generation would run until n_ctx).
+    - message content becomes a string: the GGUF chat template does `'...' + message['content']`,
+      so content-part lists (LangChain content blocks) and None (an assistant turn that only holds
+      tool calls, rejected by the server's request schema) fail with HTTP 500.
+    - an assistant turn's tool calls are written into its text, since the template drops them.
+    - `stream_options.include_usage` (sent by ChatOpenAI(stream_usage=True)) is ignored by the
+      server; it becomes a flag for `_serve_main`'s final usage chunk.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "max_completion_tokens" in data:
+        value = data.pop("max_completion_tokens")
+        if data.get("max_tokens") is None:
+            data["max_tokens"] = value
+    stream_options = data.pop("stream_options", None)
+    if isinstance(stream_options, dict) and stream_options.get("include_usage"):
+        data[STREAM_USAGE_FIELD] = True
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        fixed = []
+        for message in messages:
+            if isinstance(message, dict):
+                message = dict(message)
+                text = _content_text(message.get("content"))
+                calls = message.get("tool_calls") or []
+                if message.get("role") == "assistant" and calls and not text.strip():
+                    text = "\n".join(
+                        f"{call.get('function', {}).get('name', '')}"
+                        f"({call.get('function', {}).get('arguments', '')})"
+                        for call in calls
+                        if isinstance(call, dict)
+                    )
+                message["content"] = text
+            fixed.append(message)
+        data["messages"] = fixed
+    return data
+
+
+def _exit_with_parent() -> None:
+    """A server started for one process (not `fusiongraph local start`) ends when it does."""
+    parent_pid = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+    if not parent_pid:
+        return
+    try:
+        parent = psutil.Process(parent_pid)  # remembers its start time: a recycled pid is not it
+    except psutil.NoSuchProcess:
+        os._exit(0)
+
+    def watch() -> None:
+        while alive(parent):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _serve_main(argv: list[str]) -> None:
+    """Run llama_cpp.server with fixes for llama-cpp-python 0.3.36.
+
+    1. llama.cpp's extra weight buffers are disabled (unless FUSIONGRAPH_LOCAL_EXTRA_BUFTS=1): on
+       AMX CPUs ggml repacks Q4_1 weights for AMX and `ggml_backend_amx_mul_mat` segfaults on the
+       first decode (ggml-org/llama.cpp#20824). llama_cpp.Llama exposes no switch, so the default
+       model params are patched.
+    2. Chat requests go through `normalize_chat_request` before validation.
+    3. Streams end with an OpenAI-style usage chunk when the client asked for one: the server
+       never sends usage while streaming, so streamed calls would report no token counts.
+    """
+    _exit_with_parent()
+    import llama_cpp
+    import llama_cpp.llama_cpp as llama_lib
+    import llama_cpp.server.types as server_types
+    from pydantic import model_validator
+
+    if os.environ.get(EXTRA_BUFTS_ENV, "").strip() not in ("1", "true", "yes"):
+        default_params = llama_lib.llama_model_default_params
+
+        def model_params_without_extra_bufts() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        llama_lib.llama_model_default_params = model_params_without_extra_bufts
+
+    llama_cls: Any = llama_cpp.Llama
+    base_generate = llama_cls.generate
+    base_chat = llama_cls.create_chat_completion
+
+    def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        # One request at a time holds the model (server lock), so instance counters are safe.
+        self._fg_usage = [len(tokens), 0]
+        for token in base_generate(self, tokens, *args, **kwargs):
+            # Counted like the non-streaming usage: the end-of-generation token is not output.
+            if not llama_lib.llama_vocab_is_eog(self._model.vocab, token):
+                self._fg_usage[1] += 1
+            yield token
+
+    def create_chat_completion(self: Any, *args: Any, **kwargs: Any) -> Any:
+        want_usage = bool(kwargs.pop(STREAM_USAGE_FIELD, False))
+        result = base_chat(self, *args, **kwargs)
+        if not (kwargs.get("stream") and want_usage):
+            return result
+
+        def with_usage() -> Iterator[dict[str, Any]]:
+            self._fg_usage = [0, 0]
+            last: dict[str, Any] = {}
+            for chunk in result:
+                last = chunk
+                yield chunk
+            prompt, completion = self._fg_usage
+            yield {
+                "id": last.get("id", ""),
+                "object": "chat.completion.chunk",
+                "created": last.get("created", int(time.time())),
+                "model": last.get("model", LOCAL_MODEL_ALIAS),
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }
+
+        return with_usage()
+
+    llama_cls.generate = generate
+    llama_cls.create_chat_completion = create_chat_completion
+
+    base_request: Any = server_types.CreateChatCompletionRequest
+
+    class CreateChatCompletionRequest(base_request):
+        fusiongraph_stream_usage: bool = False
+
+        @model_validator(mode="before")
+        @classmethod
+        def _normalize(cls, data: Any) -> Any:
+            return normalize_chat_request(data)
+
+    # Must happen before llama_cpp.server.app is imported: its routes bind the class at import.
+    server_types.CreateChatCompletionRequest = CreateChatCompletionRequest  # type: ignore[misc]
+    from llama_cpp.server.__main__ import main
+
+    sys.argv = ["llama_cpp.server", *argv]
+    main()
+
+
+if __name__ == "__main__":
+    _serve_main(sys.argv[1:])
