@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langgraph._internal._runnable import RunnableCallable
@@ -23,6 +20,7 @@ from fusiongraph.nodes.dispatch import fan_out, make_dispatch, panel_cache_key
 from fusiongraph.nodes.judge import make_judge
 from fusiongraph.nodes.panel import make_panelist
 from fusiongraph.nodes.synthesis import make_synthesis
+from fusiongraph.tools.aio import run_coroutine
 
 
 def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableCallable:
@@ -43,15 +41,9 @@ def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableCallable:
 
     @functools.wraps(node)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(run_once(*args, **kwargs))
-        # Called from a thread that already runs a loop (a notebook): use a fresh thread, carrying
-        # the context so LangGraph's runtime and stream writer are still found.
-        context = contextvars.copy_context()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(context.run, asyncio.run, run_once(*args, **kwargs)).result()
+        # From a thread that already runs a loop (a notebook) this runs in a worker thread,
+        # carrying the context so LangGraph's runtime and stream writer are still found.
+        return run_coroutine(run_once(*args, **kwargs))
 
     return RunnableCallable(run_sync, node, name=node.__name__, trace=False)
 
@@ -61,9 +53,13 @@ def build_graph(
     *,
     cache: bool | BaseCache | None = None,
     cache_ttl_s: int | None = DEFAULT_CACHE_TTL_S,
+    context_schema: type[FusionContext] = FusionContext,
     **compile_kwargs: Any,
 ) -> CompiledStateGraph:
     """Compile the fusion graph. `compile_kwargs` go to `compile` (checkpointer, store, ...).
+
+    `context_schema` (a FusionContext subclass) adds settings of an extension's own: Studio, the
+    server's OpenAPI document and its requests' `fusion` object pick them up from the graph.
 
     `cache` (off by default) reuses panel answers: an identical request (same conversation, same
     panelist, model spec and tool settings) does not call that panelist again within
@@ -77,7 +73,7 @@ def build_graph(
     )
     builder = StateGraph(
         FusionState,
-        context_schema=FusionContext,
+        context_schema=context_schema,
         input_schema=FusionInput,
         output_schema=FusionOutput,
     )

@@ -16,13 +16,12 @@ are kept, so a non-streamed call still shows the inner run nested under this mod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
+import functools
 import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -43,7 +42,10 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, model_validator
 
-from fusiongraph.graph.config import CONTEXT_FIELDS, PRESET_ENV, FusionContext
+from fusiongraph.graph.config import PRESET_ENV, FusionContext
+from fusiongraph.graph.models import aclose_models
+from fusiongraph.graph.runner import stream_run
+from fusiongraph.tools.aio import Pump, call_blocking, iterate
 
 # Common constructor arguments of other chat models: accepted so FusionChatModel is a drop-in,
 # but every inner model reads its own key and retry settings from its model spec.
@@ -148,75 +150,6 @@ def _isolated() -> contextvars.Context:
     return ctx
 
 
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _call_isolated(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call `fn` in an isolated context; from a thread that runs an event loop (a notebook, sync
-    code inside async code) in a worker thread, since the graph's sync nodes start their own."""
-    ctx = _isolated()
-    if not _loop_running():
-        return ctx.run(fn, *args, **kwargs)
-    with ThreadPoolExecutor(1, thread_name_prefix="fusion") as pool:
-        return pool.submit(ctx.run, fn, *args, **kwargs).result()
-
-
-def _iter_isolated(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    """Drive a sync generator step by step in an isolated context (and a worker thread when
-    this thread runs an event loop, as in `_call_isolated`)."""
-    ctx = _isolated()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="fusion") if _loop_running() else None
-
-    def step(fn: Callable[..., Any], *args: Any) -> Any:
-        return ctx.run(fn, *args) if pool is None else pool.submit(ctx.run, fn, *args).result()
-
-    iterator = step(make)
-    done = object()
-    try:
-        while (item := step(next, iterator, done)) is not done:
-            yield item
-    finally:
-        step(getattr(iterator, "close", lambda: None))
-        if pool is not None:
-            pool.shutdown(wait=False)
-
-
-async def _aiter_isolated(make: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
-    """Run an async generator to completion in its own task (isolated context), handing its
-    items over through a queue; closing or cancelling the consumer cancels the run."""
-    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
-
-    async def produce() -> None:
-        try:
-            async for item in make():
-                queue.put_nowait((True, item))
-            queue.put_nowait((False, None))
-        except BaseException as exc:
-            queue.put_nowait((False, exc))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-
-    task = asyncio.create_task(produce(), context=_isolated())
-    try:
-        while True:
-            more, item = await queue.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
 class FusionChatModel(BaseChatModel):
     """A chat model whose every reply is a fusion run (panel -> judge -> synthesis).
 
@@ -252,12 +185,7 @@ class FusionChatModel(BaseChatModel):
             return values
         values = {k: v for k, v in values.items() if k not in _IGNORED_INIT_ARGS}
         context = dict(values.get("context") or {})
-        unknown = set(context) - CONTEXT_FIELDS
-        if unknown:
-            raise ValueError(
-                f"unknown context setting(s) {sorted(unknown)}; "
-                f"known: {sorted(CONTEXT_FIELDS - {'preset'})}"
-            )
+        FusionContext(**context)  # a FusionConfigError (a ValueError) naming a bad setting
         model = values.pop("model", None)
         preset = (
             values.get("preset")
@@ -451,12 +379,13 @@ class FusionChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        out = _call_isolated(
+        invoke = functools.partial(
             self._graph().invoke,
             {"messages": messages},
             config=_inner_config(run_manager),
             context=self._run_context(kwargs),
         )
+        out = call_blocking(invoke, _isolated())
         return self._result(out["messages"][-1], stop, kwargs)
 
     async def _agenerate(
@@ -482,31 +411,10 @@ class FusionChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        state = _StreamState(self._stops(stop))
-        final: AIMessage | None = None
-        graph, context = self._graph(), self._run_context(kwargs)
-        config = _inner_config(run_manager)
-        for mode, data in _iter_isolated(
-            lambda: graph.stream(
-                {"messages": messages},
-                config=config,
-                context=context,
-                stream_mode=["messages", "updates"],
-            )
-        ):
-            if mode == "messages":
-                chunk, meta = data
-                if meta.get("langgraph_node") != "synthesis" or not isinstance(
-                    chunk, AIMessageChunk
-                ):
-                    continue
-                if (out := state.token(chunk)) is not None:
-                    yield out
-            elif mode == "updates" and isinstance(data, dict) and data.get("synthesis"):
-                final = data["synthesis"]["messages"][-1]
-        if final is None:
-            raise RuntimeError("the graph ended without a synthesis message")
-        yield state.last(final, self._response_metadata(final, kwargs))
+        # A private loop (a worker thread's when this thread runs one) drives the same async
+        # run as `astream`; its models are closed before the loop ends.
+        chunks = self._chunks(messages, stop, run_manager, kwargs)
+        yield from iterate(chunks, _isolated(), before_close=aclose_models)
 
     async def _astream(
         self,
@@ -515,17 +423,41 @@ class FusionChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        from fusiongraph.serve.runner import stream_run
+        # The run gets a task of its own (isolated context); leaving this generator cancels it.
+        async with Pump(
+            self._chunks(messages, stop, run_manager, kwargs), context=_isolated()
+        ) as run:
+            async for chunk in run:
+                yield chunk
 
+    def _chunks(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """What both stream paths yield: the synthesis tokens (`stream_run` filters them), then
+        one last chunk with the run's usage totals and metadata. The settings are read here, so
+        a bad one raises in the caller's frame."""
         state = _StreamState(self._stops(stop))
-        graph, context = self._graph(), self._run_context(kwargs)
-        config = dict(_inner_config(run_manager))
-        async for event in _aiter_isolated(lambda: stream_run(graph, messages, context, config)):
-            if event.kind == "token" and event.chunk is not None:
-                if (out := state.token(event.chunk)) is not None:
-                    yield out
-            elif event.kind == "final" and event.message is not None:
-                yield state.last(event.message, self._response_metadata(event.message, kwargs))
+        events = stream_run(
+            self._graph(),
+            messages,
+            self._run_context(kwargs),
+            dict(_inner_config(run_manager)),
+            progress=False,
+        )
+
+        async def chunks() -> AsyncIterator[ChatGenerationChunk]:
+            async for event in events:
+                if event.kind == "token" and event.chunk is not None:
+                    if (out := state.token(event.chunk)) is not None:
+                        yield out
+                elif event.kind == "final" and event.message is not None:
+                    yield state.last(event.message, self._response_metadata(event.message, kwargs))
+
+        return chunks()
 
 
 class _StreamState:

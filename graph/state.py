@@ -48,6 +48,7 @@ class PanelTask(TypedDict):
     run_key: str
     started_at: float
     messages: list[AnyMessage]
+    plan: dict[str, Any]  # the run's plan, as in FusionState
     # The resolved model spec and tool settings (nodes.dispatch.panel_identity): the cache key.
     spec: NotRequired[dict[str, Any]]
     tools: NotRequired[dict[str, Any]]
@@ -78,6 +79,9 @@ class FusionState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     run_key: str
     started_at: float  # wall clock (time.time) when dispatch ran, for the run deadline
+    # The run's FusionConfig as plain data, resolved once by dispatch: every node of the run (and
+    # of its resume) reads this plan, not the context again (graph.config.config_of).
+    plan: dict[str, Any]
     panel: Annotated[list[PanelResult], reduce_panel]
     analysis: dict[str, Any] | None
     judge: dict[str, Any]  # {"ok", "error", "usage", "latency_s", "order"}

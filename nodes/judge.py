@@ -18,9 +18,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-from langgraph.runtime import get_runtime
 
-from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
+from fusiongraph.graph.config import FusionConfig, config_of
 from fusiongraph.graph.models import ModelFactory, close_model, quiet, track_upstream_status
 from fusiongraph.graph.specs import ModelSpec, StructuredMethod
 from fusiongraph.graph.state import (
@@ -174,7 +173,7 @@ def make_judge(model_factory: ModelFactory):
     """Build the judge node (the join of the panel fan-out)."""
 
     async def judge(state: FusionState) -> dict[str, Any]:
-        config = resolve_config(get_runtime(FusionContext).context)
+        config = config_of(state["plan"])  # the plan dispatch resolved
         release_clock(state.get("run_key", ""))
         panel = state.get("panel", [])
         answers = successful(panel)

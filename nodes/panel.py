@@ -12,9 +12,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
-from langgraph.runtime import get_runtime
 
-from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
+from fusiongraph.graph.config import FusionConfig, config_of
 from fusiongraph.graph.models import (
     ModelFactory,
     close_model,
@@ -137,7 +136,7 @@ def make_panelist(model_factory: ModelFactory):
     """Build the panelist node around a model factory (real endpoints, or fakes in tests)."""
 
     async def panelist(task: PanelTask) -> dict[str, list[PanelResult]]:
-        config = resolve_config(get_runtime(FusionContext).context)
+        config = config_of(task["plan"])  # the plan dispatch resolved
         spec = panel_spec(config, task["index"])
         panelist_id = task["panelist"]
         # Built before the clock starts: a process's first build imports the client library

@@ -13,9 +13,8 @@ import time
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage
-from langgraph.runtime import get_runtime
 
-from fusiongraph.graph.config import FusionConfig, FusionContext, resolve_config
+from fusiongraph.graph.config import FusionConfig, config_of
 from fusiongraph.graph.models import ModelFactory, close_model
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, estimate_usage, usage_of
@@ -71,7 +70,7 @@ def make_synthesis(model_factory: ModelFactory):
     """Build the synthesis node; its model call is the one that streams to the caller."""
 
     async def synthesis(state: FusionState) -> dict[str, Any]:
-        config = resolve_config(get_runtime(FusionContext).context)
+        config = config_of(state["plan"])  # the plan dispatch resolved
         spec = synthesis_spec(config)
         model = model_factory(spec)
         emit("synthesis_started", model=spec.name)

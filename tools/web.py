@@ -9,13 +9,12 @@ the graph can cite them without parsing text.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
+from fusiongraph.tools.aio import run_coroutine
 from fusiongraph.tools.corpus import SCHEME as CORPUS_SCHEME
 from fusiongraph.tools.fetch import FetchedPage, FetchError, fetch_page
 from fusiongraph.tools.search import (
@@ -26,7 +25,6 @@ from fusiongraph.tools.search import (
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 from fusiongraph.tools.untrusted import delimit_untrusted
 
-T = TypeVar("T")
 SNIPPET_CHARS = 1500
 Artifact = dict[str, Any]
 
@@ -51,16 +49,6 @@ class WebFetchInput(BaseModel):
 def _truncate(text: str, limit: int) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[:limit].rstrip() + " [...truncated]"
-
-
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from sync code, even when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def format_results(query: str, provider: str, results: list[SearchResult]) -> str:
@@ -123,13 +111,13 @@ def make_web_tools(search: SearchSettings, fetch: FetchSettings) -> list[BaseToo
         return await run_web_search(query, search)
 
     def web_search_sync(query: str) -> tuple[str, Artifact]:
-        return _run_sync(run_web_search(query, search))
+        return run_coroutine(run_web_search(query, search))
 
     async def web_fetch_async(url: str) -> tuple[str, Artifact]:
         return await run_web_fetch(url, fetch, corpus_dir)
 
     def web_fetch_sync(url: str) -> tuple[str, Artifact]:
-        return _run_sync(run_web_fetch(url, fetch, corpus_dir))
+        return run_coroutine(run_web_fetch(url, fetch, corpus_dir))
 
     return [
         StructuredTool.from_function(

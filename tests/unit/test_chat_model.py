@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from pydantic import BaseModel, ValidationError
 
+from fusiongraph.graph import chat_model, models
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.chat_model import (
     FusionChatModel,
@@ -388,3 +390,30 @@ async def test_create_agent_streams_the_final_answer_once() -> None:
             text.append(chunk.content)
             assert PANEL_TEXT not in chunk.content and JUDGE_TEXT not in chunk.content
     assert "".join(text) == "It is sunny in Paris."
+
+
+def test_sync_stream_drives_the_async_run_and_closes_its_loops_clients(
+    openai_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stream` runs the same async run as `astream` (graph/runner.py stream_run) on a private
+    loop, whose shared HTTP client is closed before that loop ends (tools/aio.py iterate)."""
+    closed: list[asyncio.AbstractEventLoop] = []
+
+    async def spy() -> None:
+        closed.append(asyncio.get_running_loop())
+        await models.aclose_models()
+
+    monkeypatch.setattr(chat_model, "aclose_models", spy)
+    model = FusionChatModel(
+        graph=build_graph(),
+        context={
+            "panel": ["openai:m-0.010s", "openai:n-0.010s"],
+            "judge": "openai:judge-0.010s",
+            "synthesizer": "openai:synth-0.010s",
+            "tool_mode": "off",
+        },
+    )
+    chunks = list(model.stream("[bench:sync1] why?"))
+    full = aggregate(chunks)
+    assert full.content and full.response_metadata["fusion"]["panel"]
+    assert len(closed) == 1 and closed[0] not in models._LOOP_MODELS
