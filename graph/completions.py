@@ -6,6 +6,11 @@ tenth of a run's CPU at N=8), all spent before the request leaves. For chat comp
 changes nothing but dropping omitted values: no request parameter type carries a field alias or
 format. `tests/unit/test_models.py` checks that on the installed SDK with the payloads
 langchain-openai builds, so an SDK that starts transforming fails the tests, not the requests.
+
+It rests on private SDK modules (`openai._base_client`, `openai._types`, `openai._utils`,
+`openai.lib`): pyproject bounds openai below its next major version, and should one of them move
+anyway, `DirectCompletions` is None and models use the SDK's own `create` (0.5 ms slower, never
+broken); `tests/unit/test_models.py` fails loudly in that case.
 """
 
 from __future__ import annotations
@@ -13,15 +18,21 @@ from __future__ import annotations
 from typing import Any
 
 from openai import AsyncStream
-from openai._base_client import make_request_options
-from openai._types import NotGiven, not_given
-from openai._utils import is_given
-from openai.lib._chat_completion_resources import validate_response_format
 from openai.resources.chat.completions import AsyncCompletions
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+try:
+    from openai._base_client import make_request_options
+    from openai._types import NotGiven, not_given
+    from openai._utils import is_given
+    from openai.lib._chat_completion_resources import validate_response_format
+except ImportError:  # the SDK moved its private API: fall back to its public `create`
+    PRIVATE_API = False
+else:
+    PRIVATE_API = True
 
-class DirectCompletions(AsyncCompletions):
+
+class _DirectCompletions(AsyncCompletions):
     """`client.chat.completions` that sends the request body as given (same endpoint, options,
     auth, retries and response parsing as the SDK's own `create`)."""
 
@@ -52,3 +63,6 @@ class DirectCompletions(AsyncCompletions):
             stream=bool(body.get("stream")),
             stream_cls=AsyncStream[ChatCompletionChunk],
         )
+
+
+DirectCompletions: type[AsyncCompletions] | None = _DirectCompletions if PRIVATE_API else None

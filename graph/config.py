@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from fusiongraph.graph.errors import FusionConfigError
+from fusiongraph.graph.errors import FusionConfigError, field_path
 from fusiongraph.graph.presets import (
     LOCAL_JUDGE_TUNING,
     LOCAL_PANEL_TUNING,
@@ -90,7 +91,7 @@ class FusionContext(BaseModel):
     max_cost_usd: float | None = Field(
         default=None, description="refuse a run whose worst case costs more"
     )
-    prices: dict[str, dict[str, float]] | None = Field(
+    prices: dict[str, Price] | None = Field(
         default=None, description="USD per million tokens by model name: {input, output}"
     )
     synthesis_tools: list[dict[str, Any]] | None = Field(
@@ -115,6 +116,12 @@ class FusionContext(BaseModel):
 
 
 CONTEXT_FIELDS = frozenset(FusionContext.model_fields)
+# Settings only the operator makes (aliases, the CLI, Python): per request they would reach the
+# server's files or network. The OpenAI-compatible server refuses them in a request's `fusion`.
+OPERATOR_ONLY = frozenset({"corpus_dir", "searxng_url", "fetch_allow_private"})
+# Settings that a chat-completions request makes through its own OpenAI parameters (temperature,
+# max_tokens, tools, tool_choice, and the model name for the preset), not through `fusion`.
+OPENAI_PARAMS = frozenset({"preset", "temperature", "max_tokens", "synthesis_tools", "tool_choice"})
 
 
 def config_error(exc: ValidationError) -> FusionConfigError:
@@ -122,9 +129,8 @@ def config_error(exc: ValidationError) -> FusionConfigError:
     err = exc.errors()[0]
     field_name = _field_name(tuple(err["loc"]))
     if err["type"] == "extra_forbidden":
-        return FusionConfigError(
-            field_name, f"unknown setting; known: {', '.join(sorted(CONTEXT_FIELDS))}"
-        )
+        known = CONTEXT_FIELDS if len(err["loc"]) == 1 else ModelSpec.model_fields
+        return FusionConfigError(field_name, f"unknown setting; known: {', '.join(sorted(known))}")
     return FusionConfigError(field_name, err["msg"].removeprefix("Value error, "))
 
 
@@ -235,15 +241,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    name = ""
-    for part in loc:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        elif str(part).startswith(("function-", "str", "dict[", "ModelSpec")):
-            continue
-        else:
-            name += f".{part}" if name else str(part)
-    return name or "config"
+    """A validation error's field, without the union members pydantic names in its location."""
+    kept = [p for p in loc if not str(p).startswith(("function-", "str", "dict[", "ModelSpec"))]
+    return field_path(kept) or "config"
 
 
 # A panelist's own settings: a custom panel's first model judges and writes without them.
@@ -315,41 +315,70 @@ def check_configurable(configurable: dict[str, Any] | None, context: Any) -> Non
         )
 
 
-# Every node of a run resolves the same context (N+3 times a run): validated plans are kept by
-# what they were built from. 0.3 ms each, before every panel request. FusionConfig is frozen.
-MAX_RESOLVED = 256
-_RESOLVED: dict[tuple[str, str, str], FusionConfig] = {}
-
-
 def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionConfig:
     """Expand the preset, apply overrides and validate; raise FusionConfigError naming the field.
 
     A context of another type (a parent graph's, when fusion runs as its subgraph) carries no
-    fusion settings: the defaults apply.
+    fusion settings: the defaults apply. Dispatch resolves once per run and puts the result in
+    the run's state (`plan_of`); the other nodes read that plan (`config_of`).
     """
     if isinstance(ctx, dict):
         ctx = FusionContext(**ctx)
     elif not isinstance(ctx, FusionContext):
         ctx = FusionContext()
-    fallbacks = _env_fallbacks()
-    key = (os.environ.get(PRESET_ENV, ""), repr(fallbacks), repr(ctx))
-    config = _RESOLVED.get(key)
-    if config is None:
-        preset = _preset_of(ctx)
-        raw, tuned = expand(preset, _overrides(ctx))
+    preset = _preset_of(ctx)
+    raw, tuned = expand(preset, _overrides(ctx))
+    try:
+        config = FusionConfig(preset=preset, local_tuning=tuned, **raw)
+    except ValidationError as exc:
+        raise config_error(exc) from None
+    if config.quorum is not None and config.quorum > len(config.panel):
+        raise FusionConfigError(
+            "quorum", f"{config.quorum} exceeds the panel size {len(config.panel)}"
+        )
+    _check_runnable(config)
+    return config
+
+
+# The plan travels in the run's state and in each panelist's Send payload as plain data, which
+# every checkpointer stores. In this process the dict `plan_of` made maps back to its frozen
+# FusionConfig by identity (the entry holds the dict, so its id is not reused): a node pays a
+# dict lookup instead of a validation (15-30 us at N = 1-8). A plan read back from a checkpoint
+# (a resumed run) is validated once. The newest runs are kept (about 17 KiB each at N = 8);
+# beyond that many runs in flight, the older ones validate their plan again: correct, slower.
+MAX_PLANS = 64
+_PLANS: dict[int, tuple[dict[str, Any], FusionConfig]] = {}
+_PLANS_LOCK = threading.Lock()  # sync runs remember plans from several threads
+
+
+def plan_of(config: FusionConfig) -> dict[str, Any]:
+    """The run's plan as plain data for its state (JSON types only)."""
+    plan = config.model_dump(mode="json")
+    _remember(plan, config)
+    return plan
+
+
+def config_of(plan: dict[str, Any]) -> FusionConfig:
+    """The FusionConfig of a plan from the run's state; the API keys and packages it needs are
+    checked on every read (they come from the environment, which a resumed run may lack)."""
+    hit = _PLANS.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        config = hit[1]
+    else:
         try:
-            config = FusionConfig(preset=preset, local_tuning=tuned, **raw)
+            config = FusionConfig.model_validate(plan)
         except ValidationError as exc:
             raise config_error(exc) from None
-        if config.quorum is not None and config.quorum > len(config.panel):
-            raise FusionConfigError(
-                "quorum", f"{config.quorum} exceeds the panel size {len(config.panel)}"
-            )
-        if len(_RESOLVED) >= MAX_RESOLVED:
-            _RESOLVED.clear()
-        _RESOLVED[key] = config
-    _check_runnable(config)  # every time: it reads API keys from the environment
+        _remember(plan, config)
+    _check_runnable(config)
     return config
+
+
+def _remember(plan: dict[str, Any], config: FusionConfig) -> None:
+    with _PLANS_LOCK:
+        if len(_PLANS) >= MAX_PLANS:
+            del _PLANS[next(iter(_PLANS))]  # the oldest run's
+        _PLANS[id(plan)] = (plan, config)
 
 
 def _check_runnable(config: FusionConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 FailureReason = Literal[
@@ -15,6 +16,14 @@ FailureReason = Literal[
     "deadline",
     "recursion",
 ]
+
+
+def field_path(parts: Sequence[str | int]) -> str:
+    """A location as users write it: `panel[0].model`, `messages[2].role`."""
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
 
 
 class FusionError(Exception):

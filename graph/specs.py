@@ -8,6 +8,7 @@ name of the environment variable holding the key, for any other OpenAI-compatibl
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,6 +53,16 @@ PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Base URLs known only at run time, per provider: the bundled local server's depends on its port
+# setting. The model factory (graph/models.py) registers them, so specs import no model provider.
+_BASE_URL_RESOLVERS: dict[str, Callable[[], str]] = {}
+
+
+def register_base_url(provider: Provider, resolver: Callable[[], str]) -> None:
+    """Make `resolver()` the default base URL of a provider's specs (read on every call)."""
+    _BASE_URL_RESOLVERS[provider] = resolver
+
+
 # USD per million tokens. The dearest list prices are a few hundred; a price past this bound is
 # a typo or an attack, and multiplied by a run's tokens it overflowed the cost to infinity,
 # which JSON cannot carry (found after the run had been paid for).
@@ -71,22 +82,33 @@ class ModelSpec(BaseModel):
     """One model call site: the panelist, the judge or the synthesizer."""
 
     # inf/NaN pass `gt=0` (timeout_s) and reach the HTTP client or JSON, which cannot carry them.
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
-    model: str = Field(min_length=1)
-    provider: Provider = "openai_compatible"
-    base_url: str | None = None
-    api_key_env: str | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    model: str = Field(min_length=1, description="the model's name at its endpoint")
+    provider: Provider = Field(
+        default="openai_compatible",
+        description="openai | openrouter | anthropic | local | openai_compatible (needs base_url)",
+    )
+    base_url: str | None = Field(default=None, description="an OpenAI-compatible endpoint")
+    api_key_env: str | None = Field(
+        default=None, description="the environment variable holding the API key"
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2, description="sampling")
+    seed: int | None = Field(default=None, description="sampling seed, where the endpoint has one")
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000, description="per answer")
     timeout_s: float | None = Field(default=None, gt=0, description="per HTTP call")
-    # Panel-only settings; None means "the run's default".
-    tool_mode: ToolMode | None = None
-    max_tool_calls: int | None = Field(default=None, ge=1, le=16)
-    # Judge-only: None means "the provider's strongest method".
-    structured_output: StructuredMethod | None = None
-    price: Price | None = None
+    tool_mode: ToolMode | None = Field(
+        default=None, description="panel only: agentic | prefetch | off; unset: the run's"
+    )
+    max_tool_calls: int | None = Field(
+        default=None, ge=1, le=16, description="panel only: tool steps; unset: the run's"
+    )
+    structured_output: StructuredMethod | None = Field(
+        default=None,
+        description="judge only: json_schema | json_object_schema | function_calling | prompt; "
+        "unset: the provider's strongest",
+    )
+    price: Price | None = Field(default=None, description="USD per million tokens")
 
     @model_validator(mode="before")
     @classmethod
@@ -109,10 +131,9 @@ class ModelSpec(BaseModel):
         env = defaults["base_url_env"]
         if env and os.environ.get(env):
             return os.environ[env]
-        if self.provider == "local":
-            from fusiongraph.serve.local_llm import local_base_url
-
-            return local_base_url()
+        resolver = _BASE_URL_RESOLVERS.get(self.provider)
+        if resolver is not None:
+            return resolver()
         return defaults["base_url"]
 
     def latency_key(self) -> str:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
+import openai
+from langchain_core.exceptions import (
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
 
 from fusiongraph.graph.models import ResponseTooLarge
 from fusiongraph.nodes.panel_clock import PanelDeadline
@@ -19,10 +27,27 @@ class NamedFailure(Exception):
         self.reason = reason
 
 
+# langchain-core's provider-neutral errors (langchain-openai and langchain-anthropic raise their
+# subclasses), in the order they are tried: a timeout is also a connection error to the SDK.
+_MODEL_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
+    (ModelTimeoutError, "timeout"),
+    (openai.APITimeoutError, "timeout"),
+    (ModelRateLimitError, "rate_limited"),
+    (ModelAuthenticationError, "auth"),
+    (ModelPermissionDeniedError, "auth"),
+    (ModelAPIError, "upstream_error"),
+    (ModelConnectionError, "connection_error"),
+    (openai.APIConnectionError, "connection_error"),
+)
+
+
 def failure_reason(exc: BaseException) -> str:
     """timeout | deadline | straggler | rate_limited | auth | bad_request | recursion |
     upstream_error | connection_error | invalid_response | empty | response_too_large | error.
-    Works on openai/anthropic SDK errors without importing them (status_code duck-typing).
+
+    By type: our own cut-offs, langchain-core's model errors (and the openai SDK's, for calls
+    that reach us unwrapped), timeouts and transport errors; by HTTP status for any other SDK
+    error that carries one.
     """
     if isinstance(exc, PanelDeadline | NamedFailure):
         return exc.reason
@@ -30,12 +55,14 @@ def failure_reason(exc: BaseException) -> str:
         return "response_too_large"
     if isinstance(exc, json.JSONDecodeError):
         return "invalid_response"
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError | httpx.TimeoutException):
-        return "timeout"
-    name = type(exc).__name__
-    if "Timeout" in name:
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timeout"
     status = getattr(exc, "status_code", None)
+    if getattr(exc, "code", None) == "recursion" and status == 400:
+        return "recursion"  # a fusion server refused our inner call
+    for kind, reason in _MODEL_ERRORS:
+        if isinstance(exc, kind):
+            return reason
     if isinstance(status, int):
         if status == 429:
             return "rate_limited"
@@ -45,10 +72,8 @@ def failure_reason(exc: BaseException) -> str:
             return "upstream_error"
         if status < 400:  # a 2xx whose body the SDK could not read as a completion
             return "invalid_response"
-        if getattr(exc, "code", None) == "recursion":  # a fusion server refused our inner call
-            return "recursion"
         return "bad_request"
-    if isinstance(exc, httpx.TransportError) or "Connection" in name:
+    if isinstance(exc, httpx.TransportError):
         return "connection_error"
     return "error"
 

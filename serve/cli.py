@@ -17,6 +17,7 @@ from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.table import Table
 
+from fusiongraph.graph.config import CONTEXT_FIELDS
 from fusiongraph.graph.errors import FusionError, ThreadConflict, ThreadNotFound
 
 app = typer.Typer(
@@ -30,6 +31,15 @@ local_app = typer.Typer(
 app.add_typer(local_app, name="local")
 
 console = Console()
+# Options that `ask` and `serve` share.
+CheckpointerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Durable runs: sqlite:///runs.db or postgresql://...",
+        envvar="FUSIONGRAPH_CHECKPOINTER",
+    ),
+]
+CacheOption = Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")]
 err_console = Console(stderr=True)
 
 
@@ -47,6 +57,21 @@ def model_spec_option(value: str) -> str | dict[str, Any]:
     return spec
 
 
+def setting_option(value: str) -> tuple[str, Any]:
+    """`KEY=VALUE` for any context setting; the value is read as JSON when it is JSON (numbers,
+    true/false, lists, objects), else taken as text."""
+    key, sep, raw = value.partition("=")
+    key = key.strip()
+    if not sep or key not in CONTEXT_FIELDS:
+        raise typer.BadParameter(
+            f"{value!r}: use KEY=VALUE with KEY one of {', '.join(sorted(CONTEXT_FIELDS))}"
+        )
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def _context(
     preset: str | None,
     panel: list[str] | None,
@@ -58,8 +83,10 @@ def _context(
     max_tool_calls: int | None,
     quorum: int | None,
     deadline: float | None,
+    settings: list[str] | None = None,
 ) -> dict[str, Any]:
     ctx: dict[str, Any] = {"preset": preset or ""}
+    ctx.update(setting_option(item) for item in settings or [])
     if panel:
         ctx["panel"] = [model_spec_option(spec) for spec in panel]
     for key, spec in (("judge", judge), ("synthesizer", synthesizer)):
@@ -181,7 +208,7 @@ async def _run_live(
     as_json: bool,
 ) -> Any:
     """Run the graph with the live progress table; return the final message."""
-    from fusiongraph.serve.runner import stream_run
+    from fusiongraph.graph.runner import stream_run
 
     view = ProgressView()
     final = None
@@ -272,16 +299,18 @@ def ask(
     max_tool_calls: Annotated[int | None, typer.Option(min=1, max=16)] = None,
     quorum: Annotated[int | None, typer.Option(min=1, max=8)] = None,
     deadline: Annotated[float | None, typer.Option(help="Overall deadline in seconds.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
-    checkpointer: Annotated[
-        str | None,
+    settings: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Durable runs: sqlite:///runs.db or postgresql://...",
-            envvar="FUSIONGRAPH_CHECKPOINTER",
+            "--set",
+            help="Any setting as KEY=VALUE (JSON values read as JSON); repeat. KEY is one of: "
+            + ", ".join(sorted(CONTEXT_FIELDS)),
         ),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    checkpointer: CheckpointerOption = None,
     thread: Annotated[str | None, typer.Option(help="Thread id: continue or resume it.")] = None,
-    cache: Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")] = False,
+    cache: CacheOption = False,
 ) -> None:
     """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
     load_dotenv()
@@ -296,6 +325,7 @@ def ask(
         max_tool_calls,
         quorum,
         deadline,
+        settings,
     )
     try:
         code = asyncio.run(_ask(question, ctx, as_json, checkpointer, thread, cache))
@@ -362,14 +392,8 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-    checkpointer: Annotated[
-        str | None,
-        typer.Option(
-            help="Durable runs: sqlite:///runs.db or postgresql://...",
-            envvar="FUSIONGRAPH_CHECKPOINTER",
-        ),
-    ] = None,
-    cache: Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")] = False,
+    checkpointer: CheckpointerOption = None,
+    cache: CacheOption = False,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/models) with uvicorn.
 
@@ -394,7 +418,7 @@ def serve(
 @local_app.command("start")
 def local_start() -> None:
     """Start the local model server (or reuse the running one) and leave it running."""
-    from fusiongraph.serve.local_llm import ensure_local_server
+    from fusiongraph.local_model.launcher import ensure_local_server
 
     console.print(f"local model server: {ensure_local_server(detach=True)}")
 
@@ -402,7 +426,7 @@ def local_start() -> None:
 @local_app.command("stop")
 def local_stop() -> None:
     """Stop the local model server started by fusiongraph."""
-    from fusiongraph.serve.local_llm import stop_local_server
+    from fusiongraph.local_model.launcher import stop_local_server
 
     console.print("stopped" if stop_local_server() else "not running")
 
@@ -410,7 +434,7 @@ def local_stop() -> None:
 @local_app.command("status")
 def local_status() -> None:
     """Say whether the local model server is up, and what it serves."""
-    from fusiongraph.serve.local_llm import server_status
+    from fusiongraph.local_model.launcher import server_status
 
     status = server_status()
     console.print(

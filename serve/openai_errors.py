@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fusiongraph.graph.errors import FusionConfigError, FusionError
+from fusiongraph.graph.errors import FusionConfigError, FusionError, field_path
 
 logger = logging.getLogger("fusiongraph.serve")
 
@@ -143,10 +143,7 @@ def _param_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:]
-    name = ""
-    for part in parts:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or None
+    return field_path(parts) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

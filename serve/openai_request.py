@@ -15,48 +15,34 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from langchain_core.messages import (
-    AIMessage,
-    AnyMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import SystemMessage as LCSystemMessage
+from langchain_core.messages import ToolMessage as LCToolMessage
+from pydantic import BaseModel, ValidationError
 
-from fusiongraph.graph.config import CONTEXT_FIELDS, MAX_PANEL
-from fusiongraph.graph.specs import MAX_PRICE_PER_MTOK
-from fusiongraph.nodes.messages import MEDIA_BLOCKS, is_utf8
+from fusiongraph.graph.config import MAX_PANEL, FusionContext
+from fusiongraph.graph.errors import field_path
+from fusiongraph.nodes.messages import is_utf8
 from fusiongraph.serve.openai_errors import OpenAIError, bad_request
-
-# What a request's `fusion` object may set. Left out on purpose: settings that would let a caller
-# reach the server's files or network (corpus_dir, searxng_url, fetch_allow_private) and the
-# synthesis settings that have their own top-level OpenAI parameters (temperature, max_tokens,
-# tools, tool_choice). Operators configure the rest through aliases.
-REQUEST_OVERRIDES = frozenset(
-    {
-        "panel",
-        "judge",
-        "synthesizer",
-        "tool_mode",
-        "max_tool_calls",
-        "panel_max_tokens",
-        "panel_timeout_s",
-        "quorum",
-        "straggler_grace_s",
-        "deadline_s",
-        "judge_input_chars",
-        "include_raw_answers",
-        "search_provider",
-        "max_cost_usd",
-        "prices",
-    }
+from fusiongraph.serve.openai_protocol import (
+    DISCRIMINATOR_TAGS,
+    REQUEST_OPTIONS,
+    SPEC_FORBIDDEN,
+    AssistantMessage,
+    ChatCompletionRequest,
+    Content,
+    MediaPart,
+    Message,
+    NamedToolChoice,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+    fusion_options_model,
+    openapi_schema,
 )
-# Server-side options in the `fusion` object that are not part of the run's context.
-REQUEST_OPTIONS = frozenset({"progress"})
-# A model spec object from a request may not choose the endpoint or the key: the server's keys
-# would otherwise go wherever the caller points them.
-_SPEC_FORBIDDEN = ("base_url", "api_key_env")
+
 # Time limits below this can never be met by any model; refusing them (400) beats a certain 504.
 MIN_TIMEOUT_S = 1.0
 LIMIT_CODE = "limit_exceeded"
@@ -216,35 +202,6 @@ def check_limits(
             )
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """The parameters we act on; other OpenAI ones (top_p, user, ...) are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
-    messages: list[Any]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
-    response_format: dict[str, Any] | None = None
-    fusion: dict[str, Any] | None = None
-
-
-def _union_tag(part: Any) -> bool:
-    """pydantic names the member of a union it tried (`tool_choice.str`): not a parameter."""
-    text = str(part)
-    return text.startswith("function-") or "[" in text or text in ("str", "int", "float", "bool")
-
-
 class _NotJson:
     """What `NaN`, `Infinity` and `-Infinity` parse to: Python's json module reads them, but they
     are not JSON (RFC 8259), and no upstream or JSON response can carry them."""
@@ -336,168 +293,113 @@ def load_json(raw: str | bytes, where: str | None = None) -> Any:
     return value
 
 
+def _error_param(err: Any) -> str | None:
+    """The parameter a pydantic error is about, as OpenAI names it (`messages[2].role`): without
+    the union members and discriminator tags pydantic adds to the location."""
+    parts: list[str | int] = []
+    for part in err["loc"]:
+        tag = isinstance(part, str) and bool(parts) and isinstance(parts[-1], int)
+        member = isinstance(part, str) and (
+            part.startswith(("function-", "literal[", "list[", "dict["))
+            or part in ("str", "int", "float", "bool")
+            or part[:1].isupper()  # a model of a union (NamedToolChoice)
+        )
+        if not member and not (tag and part in DISCRIMINATOR_TAGS):
+            parts.append(part)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append(str(err.get("ctx", {}).get("discriminator", "type")).strip("'"))
+    if len(parts) >= 2 and parts[0] == "tools" and isinstance(parts[1], int):
+        parts = parts[:2]  # a tool is right or wrong as a whole
+    return field_path(parts) or None
+
+
 def parse_request(raw: bytes) -> ChatCompletionRequest:
     """Malformed JSON and wrong types are 400s with `param` set, like OpenAI's own."""
     body = load_json(raw)
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:
-        request = ChatCompletionRequest.model_validate(body)
+        return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"] if not _union_tag(p)) or None
-        raise bad_request(f"{param}: {err['msg']}", param) from None
-    if request.n not in (None, 1):
-        raise bad_request("only n=1 is supported", "n")
-    fmt = (request.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise bad_request(
-            f"response_format {fmt!r} is not supported; use tools instead", "response_format"
-        )
-    return request
+        param = _error_param(err)
+        message = err["msg"].removeprefix("Value error, ")
+        if param and param.startswith("tools["):
+            message = 'a tool must be {"type": "function", "function": {"name": ...}}'
+        raise bad_request(f"{param}: {message}" if param else message, param) from None
 
 
-def _text_parts(content: list[Any], param: str) -> str:
-    """Join text parts into a string, what every model accepts. Images, audio and files are
+def _text(content: Content | None, param: str) -> str:
+    """Text parts joined into a string, what every model accepts. Images, audio and files are
     refused rather than dropped or forwarded: no panelist reads them yet, and forwarding an image
     URL had every panelist's provider fetch wherever it pointed."""
+    if content is None or isinstance(content, str):
+        return content or ""
     parts: list[str] = []
     for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            parts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append(part["refusal"])
-        elif isinstance(kind, str) and kind in MEDIA_BLOCKS:
+        if isinstance(part, MediaPart):
             raise bad_request(
-                f"{kind} content is not supported yet: images, audio and files cannot be sent, "
-                "only text",
+                f"{part.type} content is not supported yet: images, audio and files cannot be "
+                "sent, only text",
                 f"{param}[{i}]",
                 code="unsupported_content",
             )
-        else:
-            raise bad_request(f"unsupported content part {kind!r}", f"{param}[{i}]")
+        parts.append(part.text if isinstance(part, TextPart) else part.refusal)
     return "\n".join(parts)
 
 
-def _content(message: dict[str, Any], param: str, *, required: bool) -> str:
-    content = message.get("content")
-    if content is None and not required:
-        return ""
-    if isinstance(content, str):
-        value = content
-    elif isinstance(content, list):
-        value = _text_parts(content, f"{param}.content")
-    else:
-        raise bad_request("content must be a string or a list of content parts", f"{param}.content")
-    if required and not value.strip():
-        raise bad_request("content is empty", f"{param}.content")
-    return value
+def _tool_call(call: ToolCall, param: str) -> dict[str, Any]:
+    where = f"{param}.function.arguments"
+    args = load_json(call.function.arguments or "{}", where)
+    if not isinstance(args, dict):
+        raise bad_request("function.arguments must be a JSON object (as a string)", where)
+    return {"name": call.function.name, "args": args, "id": call.id, "type": "tool_call"}
 
 
-def _tool_calls(raw: Any, param: str) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        raise bad_request("tool_calls must be a list", param)
-    calls = []
-    for j, call in enumerate(raw):
-        where = f"{param}[{j}]"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise bad_request("a tool call needs function.name", where)
-        if not isinstance(call.get("id"), str):
-            raise bad_request("a tool call needs an id", f"{where}.id")
-        arguments = function.get("arguments") or "{}"
-        param_args = f"{where}.function.arguments"
-        args = load_json(arguments, param_args) if isinstance(arguments, str) else arguments
-        if not isinstance(args, dict):
-            raise bad_request("function.arguments must be a JSON object (as a string)", param_args)
-        calls.append(
-            {"name": function["name"], "args": args, "id": call["id"], "type": "tool_call"}
-        )
-    return calls
-
-
-def convert_messages(raw: list[Any]) -> list[AnyMessage]:
-    """OpenAI messages -> LangChain messages (system/developer, user, assistant, tool)."""
-    if not raw:
+def convert_messages(messages: list[Message]) -> list[AnyMessage]:
+    """Validated OpenAI messages -> LangChain messages. (Not convert_to_messages: tool-call
+    arguments go through load_json's checks, and empty text is refused naming the message.)"""
+    if not messages:
         raise bad_request(
             "messages is empty; send at least one user message", "messages", code="invalid_input"
         )
     out: list[AnyMessage] = []
-    for i, message in enumerate(raw):
+    for i, message in enumerate(messages):
         param = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request("a message must be an object", param)
-        role = message.get("role")
-        name = message.get("name") if isinstance(message.get("name"), str) else None
-        if role in ("system", "developer"):
-            out.append(SystemMessage(content=_content(message, param, required=True), name=name))
-        elif role == "user":
-            out.append(HumanMessage(content=_content(message, param, required=True), name=name))
-        elif role == "assistant":
-            calls = (
-                _tool_calls(message["tool_calls"], f"{param}.tool_calls")
-                if message.get("tool_calls")
-                else []
-            )
+        text = _text(message.content, f"{param}.content")
+        calls = []
+        if isinstance(message, AssistantMessage):
+            calls = [
+                _tool_call(call, f"{param}.tool_calls[{j}]")
+                for j, call in enumerate(message.tool_calls or [])
+            ]
+        if not text.strip() and not calls and not isinstance(message, ToolMessage):
+            raise bad_request("content is empty", f"{param}.content")
+        if isinstance(message, ToolMessage):
             out.append(
-                AIMessage(
-                    content=_content(message, param, required=not calls),
-                    tool_calls=calls,
-                    name=name,
-                )
+                LCToolMessage(content=text, tool_call_id=message.tool_call_id, name=message.name)
             )
-        elif role == "tool":
-            if not isinstance(message.get("tool_call_id"), str):
-                raise bad_request("a tool message needs tool_call_id", f"{param}.tool_call_id")
-            out.append(
-                ToolMessage(
-                    content=_content(message, param, required=False),
-                    tool_call_id=message["tool_call_id"],
-                    name=name,
-                )
-            )
+        elif isinstance(message, AssistantMessage):
+            out.append(AIMessage(content=text, tool_calls=calls, name=message.name))
+        elif isinstance(message, UserMessage):
+            out.append(HumanMessage(content=text, name=message.name))
         else:
-            raise bad_request(
-                f"unsupported role {role!r}; use system, developer, user, assistant or tool",
-                f"{param}.role",
-            )
+            out.append(LCSystemMessage(content=text, name=message.name))
     return out
 
 
-def _check_tools(tools: list[Any]) -> list[dict[str, Any]]:
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if (
-            not isinstance(tool, dict)
-            or tool.get("type") != "function"
-            or not isinstance(function, dict)
-            or not isinstance(function.get("name"), str)
-        ):
-            raise bad_request(
-                'a tool must be {"type": "function", "function": {"name": ...}}', f"tools[{i}]"
-            )
-    return tools
-
-
-def _check_tool_choice(choice: str | dict[str, Any], tools: list[Any] | None) -> None:
+def _check_tool_choice(choice: str | NamedToolChoice, tools: list[Tool] | None) -> None:
     if not tools:
         raise bad_request("tool_choice is only allowed when tools are given", "tool_choice")
-    if isinstance(choice, str):
-        if choice not in ("none", "auto", "required"):
-            raise bad_request(
-                "tool_choice must be none, auto, required or a function", "tool_choice"
-            )
-        return
-    name = (choice.get("function") or {}).get("name")
-    names = {t["function"]["name"] for t in tools}
-    if choice.get("type") != "function" or name not in names:
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+        t.function.name for t in tools
+    }:
         raise bad_request("tool_choice must name one of the given tools", "tool_choice")
 
 
 def _check_spec(spec: Any, param: str) -> None:
     if isinstance(spec, dict):
-        for key in _SPEC_FORBIDDEN:
+        for key in SPEC_FORBIDDEN:
             if key in spec:
                 raise bad_request(
                     f"{key} cannot be set per request; configure an alias on the server",
@@ -506,15 +408,18 @@ def _check_spec(spec: Any, param: str) -> None:
                 )
 
 
-def fusion_overrides(fusion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split the request's `fusion` object into context overrides and server options."""
-    context, options = {}, {}
+def fusion_overrides(
+    fusion: dict[str, Any], options: type[BaseModel], context_fields: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the request's `fusion` object (its keys: the fields of `options`, derived from the
+    graph's context schema) into context overrides and server options."""
+    context, server = {}, {}
     for key, value in fusion.items():
         if key in REQUEST_OPTIONS:
-            options[key] = value
-        elif key in REQUEST_OVERRIDES:
+            server[key] = value
+        elif key in options.model_fields:
             context[key] = value
-        elif key in CONTEXT_FIELDS:
+        elif key in context_fields:
             raise bad_request(
                 f"{key} cannot be set per request", f"fusion.{key}", code="invalid_config"
             )
@@ -527,9 +432,9 @@ def fusion_overrides(fusion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             _check_spec(spec, f"fusion.panel[{i}]")
     for key in ("judge", "synthesizer"):
         _check_spec(context.get(key), f"fusion.{key}")
-    if not isinstance(options.get("progress", False), bool):
+    if not isinstance(server.get("progress", False), bool):
         raise bad_request("progress must be true or false", "fusion.progress")
-    return context, options
+    return context, server
 
 
 @dataclass
@@ -548,17 +453,23 @@ def build_run(
     request: ChatCompletionRequest,
     base_context: dict[str, Any],
     limits: RequestLimits | None = None,
+    context_schema: type[BaseModel] = FusionContext,
 ) -> RunRequest:
     """Combine the model's configuration, the `fusion` overrides and the OpenAI parameters."""
-    overrides, options = fusion_overrides(request.fusion or {})
+    overrides, options = fusion_overrides(
+        request.fusion or {},
+        fusion_options_model(context_schema),
+        frozenset(context_schema.model_fields),
+    )
     check_limits(request, overrides, limits or RequestLimits())
     messages = convert_messages(request.messages)
     context = {**base_context, **overrides}
     if request.tools:
-        context["synthesis_tools"] = _check_tools(request.tools)
+        context["synthesis_tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
     if request.tool_choice is not None:
         _check_tool_choice(request.tool_choice, request.tools)
-        context["tool_choice"] = request.tool_choice
+        choice = request.tool_choice
+        context["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
     if request.temperature is not None:
         context["temperature"] = request.temperature
     max_tokens = request.max_completion_tokens or request.max_tokens
@@ -577,219 +488,52 @@ def build_run(
 # ------------------------------------------------------------------------- the OpenAPI schema
 
 
-_PRICE_PER_MTOK = {"type": "number", "minimum": 0, "maximum": MAX_PRICE_PER_MTOK}
-_PRICE_SCHEMA = {
-    "type": "object",
-    "required": ["input", "output"],
-    "description": "USD per million tokens",
-    "properties": {"input": _PRICE_PER_MTOK, "output": _PRICE_PER_MTOK},
-}
-
-
-def _spec_schema(limits: RequestLimits) -> dict[str, Any]:
-    """A model spec a request may send: a string, or an object without base_url/api_key_env."""
-    optional = {
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "seed": {"type": "integer"},
-        "max_tokens": {"type": "integer", "minimum": 1, "maximum": limits.max_tokens},
-        "timeout_s": {"type": "number", "minimum": MIN_TIMEOUT_S},
-        "tool_mode": {"type": "string", "enum": ["agentic", "prefetch", "off"]},
-        "max_tool_calls": {"type": "integer", "minimum": 1, "maximum": limits.max_tool_calls},
-        "structured_output": {
-            "type": "string",
-            "enum": ["json_schema", "json_object_schema", "function_calling", "prompt"],
-        },
-        "price": _PRICE_SCHEMA,
-    }
-    return {
-        "anyOf": [
-            {"type": "string", "description": "provider:model, e.g. openai:gpt-5.5"},
-            {
-                "type": "object",
-                "required": ["model"],
-                "properties": {
-                    "model": {"type": "string", "minLength": 1},
-                    "provider": {
-                        "type": "string",
-                        "enum": ["openai", "openrouter", "anthropic", "local", "openai_compatible"],
-                    },
-                    **{key: _nullable(value) for key, value in optional.items()},
-                },
-            },
-        ]
-    }
-
-
-def request_body_schema(models: list[str], limits: RequestLimits) -> dict[str, Any]:
-    """The JSON schema of a chat-completions request as this server reads it (for OpenAPI)."""
-    spec = _spec_schema(limits)
-    text_part = {
-        "type": "object",
-        "required": ["type", "text"],
-        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
-    }
-    text = {"type": "string", "pattern": "\\S", "description": "not empty"}
-    content = {"anyOf": [text, {"type": "array", "minItems": 1, "items": text_part}]}
-    tool_call = {
-        "type": "object",
-        "required": ["id", "type", "function"],
-        "properties": {
-            "id": {"type": "string"},
-            "type": {"type": "string", "enum": ["function"]},
-            "function": {
-                "type": "object",
-                "required": ["name", "arguments"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "arguments": {"type": "string", "description": "a JSON object, as a string"},
-                },
-            },
-        },
-    }
-
-    def role(names: list[str], required: list[str], **properties: Any) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "required": ["role", *required],
-            "properties": {
-                "role": {"type": "string", "enum": names},
-                "name": {"type": "string"},
-                **properties,
-            },
-        }
-
-    message = {
-        "description": "The conversation must hold a user message and end with a user or tool "
-        "message.",
-        "anyOf": [
-            role(["system", "developer", "user"], ["content"], content=content),
-            role(
-                ["assistant"],
-                [],
-                content={"anyOf": [text, {"type": "null"}]},
-                tool_calls={"type": "array", "items": tool_call},
-            ),
-            role(
-                ["tool"],
-                ["tool_call_id"],
-                tool_call_id={"type": "string"},
-                content={"type": "string"},
-            ),
-        ],
-    }
-    tool = {
-        "type": "object",
-        "required": ["type", "function"],
-        "properties": {
-            "type": {"type": "string", "enum": ["function"]},
-            "function": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string", "minLength": 1},
-                    "description": {"type": "string"},
-                    "parameters": {"type": "object"},
-                },
-            },
-        },
-    }
-    tokens = {"type": "integer", "minimum": 1, "maximum": limits.max_tokens}
-    positive = {"type": "number", "exclusiveMinimum": 0}
-    fusion = {
-        "type": "object",
-        "additionalProperties": False,
-        "description": "Per-request fusion settings (see the README's configuration table).",
-        "properties": {
-            "panel": {"type": "array", "minItems": 1, "maxItems": limits.max_panel, "items": spec},
-            "judge": spec,
-            "synthesizer": spec,
-            "tool_mode": {"type": "string", "enum": ["agentic", "prefetch", "off"]},
-            "max_tool_calls": {"type": "integer", "minimum": 1, "maximum": limits.max_tool_calls},
-            "panel_max_tokens": tokens,
-            "panel_timeout_s": {"type": "number", "minimum": MIN_TIMEOUT_S},
-            "quorum": {"type": "integer", "minimum": 1, "maximum": limits.max_panel},
-            "straggler_grace_s": {"type": "number", "minimum": 0},
-            "deadline_s": {"type": "number", "minimum": MIN_TIMEOUT_S},
-            "judge_input_chars": {"type": "integer", "minimum": 200},
-            "include_raw_answers": {"type": "boolean"},
-            "search_provider": {
-                "type": "string",
-                "enum": ["auto", "tavily", "duckduckgo", "searxng", "corpus", "none"],
-            },
-            "max_cost_usd": positive,
-            "prices": {
-                "type": "object",
-                "additionalProperties": _PRICE_SCHEMA,
-            },
-            "progress": {"type": "boolean"},
-        },
-    }
-    body: dict[str, Any] = {
-        "type": "object",
-        "required": ["model", "messages"],
-        "properties": {
-            "model": {"type": "string", "enum": models},
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": limits.max_messages,
-                "items": message,
-            },
-            "stream": {"type": "boolean"},
-            "stream_options": {
-                "type": "object",
-                "properties": {"include_usage": {"type": "boolean"}},
-            },
-            "tools": {"type": "array", "items": tool},
-            "tool_choice": {
-                "anyOf": [
-                    {"type": "string", "enum": ["none", "auto", "required"]},
-                    {
-                        "type": "object",
-                        "required": ["type", "function"],
-                        "properties": {
-                            "type": {"type": "string", "enum": ["function"]},
-                            "function": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {"name": {"type": "string"}},
-                            },
-                        },
-                    },
-                ]
-            },
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-            "max_tokens": tokens,
-            "max_completion_tokens": tokens,
-            "n": {"type": "integer", "enum": [1]},
-            "response_format": {
-                "type": "object",
-                "properties": {"type": {"type": "string", "enum": ["text"]}},
-            },
-            "fusion": fusion,
-        },
-    }
-    # Optional parameters may be sent as null (SDKs do), which means "not set".
-    for key in _NULLABLE:
-        body["properties"][key] = _nullable(body["properties"][key])
-    for key, value in fusion["properties"].items():
-        if key != "progress":
-            fusion["properties"][key] = _nullable(value)
+def request_body_schema(
+    models: list[str], limits: RequestLimits, context_schema: type[BaseModel] = FusionContext
+) -> dict[str, Any]:
+    """The JSON schema of a chat-completions request (for OpenAPI): generated from the protocol
+    models and the context schema, with this server's models and limits filled in."""
+    body = openapi_schema(ChatCompletionRequest)
+    props = body["properties"]
+    props["model"]["enum"] = models
+    props["messages"].update(minItems=1, maxItems=limits.max_messages)
+    for key in ("max_tokens", "max_completion_tokens"):
+        props[key]["anyOf"][0]["maximum"] = limits.max_tokens
+    fusion = openapi_schema(fusion_options_model(context_schema))
+    fusion["description"] = props["fusion"].get("description", "")
+    _bound_fusion(fusion["properties"], limits)
+    props["fusion"] = {"anyOf": [fusion, {"type": "null"}]}
     return body
 
 
-_NULLABLE = (
-    "stream_options",
-    "tools",
-    "tool_choice",
-    "temperature",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "response_format",
-    "fusion",
-)
+def _bound_fusion(props: dict[str, Any], limits: RequestLimits) -> None:
+    """The request limits (check_limits) written into the `fusion` schema."""
+
+    def bound(key: str, **values: Any) -> None:
+        if key in props:
+            props[key]["anyOf"][0].update(values)
+
+    bound("panel", minItems=1, maxItems=limits.max_panel)
+    bound("max_tool_calls", minimum=1, maximum=limits.max_tool_calls)
+    bound("panel_max_tokens", minimum=1, maximum=limits.max_tokens)
+    bound("quorum", minimum=1, maximum=limits.max_panel)
+    for key in ("panel_timeout_s", "deadline_s"):
+        bound(key, minimum=MIN_TIMEOUT_S)
+    specs = [props["panel"]["anyOf"][0]["items"]] if "panel" in props else []
+    specs += [props[k] for k in ("judge", "synthesizer") if k in props]
+    for spec in specs:
+        for member in _spec_objects(spec):
+            member["properties"]["max_tokens"]["anyOf"][0]["maximum"] = limits.max_tokens
+            member["properties"]["max_tool_calls"]["anyOf"][0]["maximum"] = limits.max_tool_calls
+            member["properties"]["timeout_s"]["anyOf"][0]["minimum"] = MIN_TIMEOUT_S
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
+def _spec_objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The object members of a spec schema (a string or an object, maybe nullable)."""
+    found = []
+    for member in schema.get("anyOf", [schema]):
+        if member.get("type") == "object":
+            found.append(member)
+        elif "anyOf" in member:
+            found += _spec_objects(member)
+    return found

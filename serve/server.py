@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -29,11 +28,12 @@ from langchain_core.messages.tool import tool_call_chunk
 from langgraph.graph.state import CompiledStateGraph
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from fusiongraph.graph.config import CONTEXT_FIELDS, resolve_config
-from fusiongraph.graph.errors import FusionError
+from fusiongraph.graph.config import FusionContext, resolve_config
+from fusiongraph.graph.errors import FusionConfigError, FusionError
 from fusiongraph.graph.models import FUSION_DEPTH_HEADER, aclose_models
 from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
+from fusiongraph.graph.runner import RunEvent, stream_run
 from fusiongraph.graph.threads import (
     ThreadConflict,
     ThreadNotFound,
@@ -50,6 +50,12 @@ from fusiongraph.serve.openai_errors import (
     internal_error,
     logger,
 )
+from fusiongraph.serve.openai_protocol import (
+    ChatCompletionResponse,
+    ErrorResponse,
+    StreamEvent,
+    openapi_schema,
+)
 from fusiongraph.serve.openai_request import (
     ChatCompletionRequest,
     RequestLimits,
@@ -60,7 +66,7 @@ from fusiongraph.serve.openai_request import (
     request_body_schema,
 )
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
-from fusiongraph.serve.runner import RunEvent, stream_run
+from fusiongraph.tools.aio import Pump, cancel_and_wait
 
 API_KEYS_ENV = "FUSIONGRAPH_API_KEYS"
 PRESET_ENV = "FUSIONGRAPH_PRESET"
@@ -68,61 +74,16 @@ DEFAULT_MODEL = "fusion"
 # Names the checkpointed thread of a request (durable servers): sent by clients to resume or
 # replay a run, returned on every response.
 THREAD_HEADER = "X-Fusion-Thread-Id"
-# How long a cancelled run may take to unwind (close its HTTP clients) before we stop waiting.
-CANCEL_WAIT_S = 10.0
 # Status logged for a request whose client went away (nginx's convention; never sent).
 CLIENT_CLOSED = 499
 
-_DONE = object()
-
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
+_ERROR_SCHEMA = openapi_schema(ErrorResponse)
 
 _COMPLETION_RESPONSE: dict[str, Any] = {
-    "description": "A chat.completion (JSON), or with `stream` chat.completion.chunk events "
-    "(SSE) ending in `data: [DONE]`; a failure after the stream opened is an error event",
+    "description": ChatCompletionResponse.__doc__,
     "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["id", "object", "created", "model", "choices"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "object": {"type": "string", "enum": ["chat.completion"]},
-                    "created": {"type": "integer"},
-                    "model": {"type": "string"},
-                    "choices": {"type": "array", "items": {"type": "object"}},
-                    "usage": {"type": "object"},
-                    "fusion": {"type": "object", "description": "the run's full record"},
-                },
-            }
-        },
-        "text/event-stream": {
-            "schema": {
-                "type": "object",
-                "required": ["data"],
-                "properties": {
-                    "data": {
-                        "type": "string",
-                        "description": "a chat.completion.chunk or an error, as JSON; or [DONE]",
-                    }
-                },
-            }
-        },
+        "application/json": {"schema": openapi_schema(ChatCompletionResponse)},
+        "text/event-stream": {"schema": openapi_schema(StreamEvent)},
     },
 }
 
@@ -179,53 +140,16 @@ def model_table(default_preset: str, aliases: dict[str, dict[str, Any]]) -> dict
 
 
 def _check_aliases(aliases: dict[str, dict[str, Any]]) -> None:
-    """Fail at start-up, not on the first request, when an alias names an unknown setting."""
-    fields = CONTEXT_FIELDS
+    """Fail at start-up, not on the first request, when an alias holds a bad setting."""
     for name, context in aliases.items():
         if not isinstance(context, dict):
             raise ValueError(f"alias {name!r} must map to a dict of fusion settings")
-        unknown = set(context) - fields
-        if unknown:
-            raise ValueError(f"alias {name!r}: unknown settings {sorted(unknown)}")
+        try:
+            FusionContext(**context)
+        except FusionConfigError as exc:
+            raise ValueError(f"alias {name!r}: {exc.message}") from None
         if context.get("preset", "") and context["preset"] not in PRESETS:
             raise ValueError(f"alias {name!r}: unknown preset {context['preset']!r}")
-
-
-class Run:
-    """One graph run in its own task, read through a queue.
-
-    The task owns the graph's async generator, so cancelling the task cancels the run where it
-    waits (inside LangGraph, which cancels its node tasks) instead of leaving a half-consumed
-    generator for the garbage collector.
-    """
-
-    def __init__(self, events: AsyncIterator[RunEvent]) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.task = asyncio.create_task(self._pump(events), name="fusion-run")
-
-    async def _pump(self, events: AsyncIterator[RunEvent]) -> None:
-        try:
-            async for event in events:
-                self._queue.put_nowait(event)
-        except Exception as exc:
-            self._queue.put_nowait(exc)
-        else:
-            self._queue.put_nowait(_DONE)
-
-    async def next(self) -> RunEvent | None:
-        """The next event; None at the end; the run's exception if it failed."""
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return None if item is _DONE else item
-
-    async def cancel(self) -> None:
-        """Cancel the run and wait (shielded, bounded) until its upstream calls are closed."""
-        if self.task.done():
-            return
-        self.task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait({self.task}, timeout=CANCEL_WAIT_S)
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -287,6 +211,9 @@ def create_app(
     models = model_table(preset, aliases)
     limits = limits or RequestLimits.from_env()
     started = int(time.time())
+    # What a request's `fusion` object may set, and how it is documented, follow the graph's
+    # context schema (a durable graph, compiled at start-up, is always the default one).
+    context_schema = getattr(holder.get("graph"), "context_schema", None) or FusionContext
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -364,7 +291,7 @@ def create_app(
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": request_body_schema(sorted(models), limits),
+                        "schema": request_body_schema(sorted(models), limits, context_schema),
                         "example": {
                             "model": DEFAULT_MODEL,
                             "messages": [{"role": "user", "content": "What is TCP?"}],
@@ -401,9 +328,9 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        run = build_run(body, models[body.model], limits)
+        run = build_run(body, models[body.model], limits, context_schema)
         check_conversation(run.messages)
-        resolve_config(run.context)  # a bad configuration is a 400 before anything runs
+        resolve_config(context_schema(**run.context))  # a bad configuration: 400, before any run
         graph = holder["graph"]
         plan = await _thread_plan(graph, request.headers.get(THREAD_HEADER), body, run, api_key)
         messages = plan.inputs(run.messages, whole_conversation=True)
@@ -414,7 +341,8 @@ def create_app(
                 events = stream_run(
                     graph, messages, run.context, plan.config, progress=run.progress
                 )
-            response = await _stream(Run(events), run, request)
+            # The run's own task reads the graph: cancelling it cancels the run (tools/aio.py).
+            response = await _stream(Pump(events, name="fusion-run"), run, request)
         elif plan.replay is not None:
             response = _completion(plan.replay, run)
         else:
@@ -481,17 +409,14 @@ async def _complete(
     try:
         gone = await _race_disconnect(request, task)
     finally:
-        if not task.done():
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+        await cancel_and_wait(task)
     if gone:
         logger.info("client disconnected; run cancelled")
         return Response(status_code=CLIENT_CLOSED)
     return _completion(task.result()["messages"][-1], run)  # FusionError goes to its handler
 
 
-async def _stream(handle: Run, run: RunRequest, request: Request) -> Response:
+async def _stream(handle: Pump[RunEvent], run: RunRequest, request: Request) -> Response:
     """Start the run and hold the response until its first answer token, so that every failure
     before the synthesis writes (config, budget, all panelists failing, rate limits, the local
     server not starting) is still a proper status code for a standard client. A request with
@@ -519,10 +444,10 @@ async def _stream(handle: Run, run: RunRequest, request: Request) -> Response:
     return EventSourceResponse(_sse(handle, event, run), sep="\n")
 
 
-async def _first_event(handle: Run, progress: bool) -> RunEvent | None:
+async def _first_event(handle: Pump[RunEvent], progress: bool) -> RunEvent | None:
     """The event that opens the stream: the first one at all, or the first non-progress one."""
     while True:
-        event = await handle.next()
+        event = await anext(handle, None)
         if event is None or progress or event.kind != "progress":
             return event
 
@@ -531,7 +456,9 @@ def _data(payload: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
 
 
-async def _sse(handle: Run, first: RunEvent | None, run: RunRequest) -> AsyncIterator[Any]:
+async def _sse(
+    handle: Pump[RunEvent], first: RunEvent | None, run: RunRequest
+) -> AsyncIterator[Any]:
     """chat.completion.chunk events, then `data: [DONE]`; a failure becomes an error event.
 
     sse-starlette cancels this generator when the client disconnects; `finally` then cancels
@@ -555,7 +482,7 @@ async def _sse(handle: Run, first: RunEvent | None, run: RunRequest) -> AsyncIte
                 elif event.kind == "final" and isinstance(event.message, AIMessage):
                     for chunk in writer.finish(event.message):
                         yield _data(chunk)
-                event = await handle.next()
+                event = await anext(handle, None)
         except FusionError as exc:
             yield _data(from_fusion_error(exc).body())
         except Exception:

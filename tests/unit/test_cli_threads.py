@@ -105,3 +105,13 @@ def test_judge_synthesizer_and_object_specs_reach_the_run(
 def test_a_spec_that_is_not_json_is_a_clear_usage_error(graph: CompiledStateGraph) -> None:
     result = CliRunner().invoke(app, ["ask", "hi", "--panel", "{not json"])
     assert result.exit_code == 2 and "not a JSON object" in result.output
+
+
+def test_any_setting_can_be_set_and_a_wrong_key_is_a_usage_error(
+    graph: CompiledStateGraph, factory: FakeFactory
+) -> None:
+    result = ask("Capital of France?", "--set", "judge_input_chars=300", "--set", "quorum=2")
+    settings = json.loads(result.stdout)["fusion"]["settings"]
+    assert settings["judge_input_chars"] == 300 and settings["quorum"] == 2
+    wrong = CliRunner().invoke(app, ["ask", "hi", "--set", "quorun=2"])
+    assert wrong.exit_code == 2 and "quorum" in wrong.output

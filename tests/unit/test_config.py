@@ -9,7 +9,7 @@ from langchain_core.messages import HumanMessage
 from pydantic import ValidationError
 
 from fusiongraph.graph.builder import build_graph
-from fusiongraph.graph.config import FusionContext, resolve_config
+from fusiongraph.graph.config import FusionContext, config_of, plan_of, resolve_config
 from fusiongraph.graph.errors import FusionConfigError, FusionError
 from fusiongraph.graph.presets import PRESETS
 from tests.fakes import FakeFactory
@@ -101,15 +101,19 @@ def test_a_resolved_plan_is_shared_but_keys_and_environment_are_read_each_time(
     monkeypatch.setenv("OPENROUTER_API_KEY", "k")
     ctx = {"preset": "quality", "quorum": 2}
     first = resolve_config(ctx)
-    assert resolve_config(dict(ctx)) is first  # every node of a run resolves the same context
+    plan = plan_of(first)
+    assert config_of(plan) is first  # every node of a run reads the plan dispatch resolved
     with pytest.raises(ValidationError):
         first.quorum = 3  # type: ignore[misc]  # shared, so frozen
 
     monkeypatch.setenv("FUSIONGRAPH_SEARCH_PROVIDER", "duckduckgo")
     assert resolve_config(ctx).search.provider == "duckduckgo"
+    assert config_of(plan).search == first.search  # a run keeps the plan it started with
     monkeypatch.delenv("OPENROUTER_API_KEY")
     with pytest.raises(FusionConfigError, match="OPENROUTER_API_KEY"):
         resolve_config(ctx)
+    with pytest.raises(FusionConfigError, match="OPENROUTER_API_KEY"):
+        config_of(plan)
 
 
 async def test_bad_configuration_fails_before_any_model_call() -> None:

@@ -218,3 +218,44 @@ async def test_all_panelists_failed_carries_what_the_panel_used() -> None:
     assert record["cost_usd"]["synthesis"] == 0 and record["synthesizer"]["latency_s"] is None
     assert record["cost_usd"]["total"] == record["cost_usd"]["panel"]
     assert fake.scripts["judge"].calls == [] and fake.scripts["synth"].calls == []
+
+
+# ------------------------------------------------------- reasons by type, not by class name
+
+
+def _response(status: int) -> httpx.Response:
+    return httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1/v1/chat"))
+
+
+def _provider_errors() -> list[tuple[BaseException, str]]:
+    """What langchain-openai raises (langchain-core's neutral errors), and the raw SDK's."""
+    import openai
+    from langchain_openai.chat_models import base as lc_openai
+
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat")
+    body = {"error": {"message": "x"}}
+    return [
+        (lc_openai.OpenAIRateLimitError("x", response=_response(429), body=body), "rate_limited"),
+        (lc_openai.OpenAIAuthenticationError("x", response=_response(401), body=body), "auth"),
+        (lc_openai.OpenAIPermissionDeniedError("x", response=_response(403), body=body), "auth"),
+        (lc_openai.OpenAIAPIError("x", response=_response(500), body=body), "upstream_error"),
+        (lc_openai.OpenAITimeoutError(request=request), "timeout"),
+        (lc_openai.OpenAIConnectionError(request=request), "connection_error"),
+        (
+            lc_openai.OpenAIInvalidRequestError("x", response=_response(400), body=body),
+            "bad_request",
+        ),
+        (openai.APITimeoutError(request=request), "timeout"),
+        (openai.APIConnectionError(request=request), "connection_error"),
+        (httpx.ConnectTimeout("x"), "timeout"),
+        (httpx.RemoteProtocolError("x"), "connection_error"),
+        (HTTPError(503), "upstream_error"),
+        (ValueError("a timeout-looking ConnectionTimeout text"), "error"),
+    ]
+
+
+@pytest.mark.parametrize(("exc", "reason"), _provider_errors())
+def test_failure_reasons_come_from_the_error_types(exc: BaseException, reason: str) -> None:
+    from fusiongraph.nodes.failures import failure_reason
+
+    assert failure_reason(exc) == reason

@@ -12,8 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
+from fusiongraph.graph.builder import build_graph
 from fusiongraph.serve.openai_request import RequestLimits
-from tests.unit.test_server_support import MODEL, FakeFactory, scripts, served
+from fusiongraph.serve.server import create_app
+from tests.unit.test_server_support import (
+    ALIAS,
+    MODEL,
+    FakeFactory,
+    running_server,
+    scripts,
+    served,
+)
 
 LIMITS = RequestLimits(
     max_body_bytes=4096, max_messages=3, max_panel=2, max_tokens=100, max_tool_calls=4
@@ -176,3 +185,26 @@ def test_openapi_describes_the_request_body(server: tuple[str, FakeFactory]) -> 
     fusion = body["properties"]["fusion"]["anyOf"][0]
     assert fusion["properties"]["panel"]["anyOf"][0]["maxItems"] == 2
     assert {"400", "401", "429", "502", "504"} <= set(operation["responses"])
+
+
+def test_a_new_context_setting_reaches_the_server_without_touching_serve() -> None:
+    """One schema: a setting added to the context is documented and accepted per request."""
+    from pydantic import Field
+
+    from fusiongraph.graph.config import FusionContext
+
+    class ExtendedContext(FusionContext):
+        answer_style: str | None = Field(default=None, description="how the answer reads")
+
+    graph = build_graph(FakeFactory(scripts()), context_schema=ExtendedContext)
+    app = create_app(graph, api_keys=[], aliases={MODEL: ALIAS})
+    with running_server(app) as url:
+        schema = httpx.get(f"{url}/openapi.json", timeout=10).json()
+        response = _post(url, fusion={"answer_style": "terse"})
+        unknown = _post(url, fusion={"answer_styl": "terse"})
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    fusion = body["application/json"]["schema"]["properties"]["fusion"]["anyOf"][0]
+    assert fusion["properties"]["answer_style"]["description"] == "how the answer reads"
+    assert response.status_code == 200, response.text
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["param"] == "fusion.answer_styl"
