@@ -28,12 +28,12 @@ from typing import Any
 
 import httpx
 
+from bench import RESULTS_DIR
 from bench.fake_upstream import UpstreamProcess
-from bench.run import ServerProcess
+from bench.plans import QUESTION
+from bench.server import ServerProcess
 
-RESULTS_DIR = Path(__file__).parent / "results"
 ALIAS = "bench-load"
-QUESTION = "Why does water boil at a lower temperature at high altitude?"
 MAX_GROWTH = 1.10
 CHECKPOINT = 100
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.fake_upstream import UpstreamServer
+from tests.support.upstream import UpstreamServer
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "fusiongraph.serve.cli"]

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from fusiongraph.graph.persistence import open_checkpointer_sync
-from tests.fakes import judge_json
 from tests.integration.postgres import postgres_url
-from tests.integration.tools_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
+from tests.support.fakes import judge_json
+from tests.support.http_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
 
 pytestmark = pytest.mark.integration
 

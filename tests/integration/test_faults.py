@@ -1,5 +1,5 @@
 """Fault injection: the real graph and the real default model factory (ChatOpenAI over httpx)
-against tests/faults/upstream.py, a real HTTP server on 127.0.0.1 that fails on purpose.
+against tests/support/faults.py, a real HTTP server on 127.0.0.1 that fails on purpose.
 
 For every fault: the documented outcome, no hang (each test has a hard timeout), and the answers
 of the panelists that did succeed are still in the result.
@@ -28,26 +28,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph.state import CompiledStateGraph
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import MAX_RESPONSE_BYTES
-from fusiongraph.serve.runner import stream_run
+from fusiongraph.graph.runner import stream_run
 from fusiongraph.serve.server import create_app
-from tests.faults.upstream import HUGE_BYTES, FaultUpstream, answer_text
+from tests.support.faults import HUGE_BYTES, FaultUpstream, answer_text
+from tests.support.servers import bind, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -334,31 +330,12 @@ async def test_synthesis_cut_without_streaming_is_retried_then_fails(
 # ---------------------------------------------------------------------------------- recursion
 
 
-@contextmanager
-def _serve_on(sock: socket.socket, app: Any) -> Iterator[None]:
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @pytest.mark.timeout(90)
 def test_server_calling_itself_is_refused(upstream: FaultUpstream) -> None:
     """A fusion server whose panel points back at itself, under a model name that is not
     `fusion*` (so the config's name check cannot see it): the X-Fusion-Depth header of the
     inner call makes the server refuse it (400 recursion), never a loop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = bind()
     own = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     itself = {"model": "deliberate", "base_url": own, "api_key_env": "FAKE_KEY"}
     base = {
@@ -373,7 +350,7 @@ def test_server_calling_itself_is_refused(upstream: FaultUpstream) -> None:
         "named-fusion": {**base, "panel": [{**itself, "model": "fusion-quality"}]},
     }
     app = create_app(build_graph(), api_keys=[], aliases=aliases)
-    with _serve_on(sock, app), httpx.Client(base_url=own, timeout=60) as client:
+    with running_server(app, sock), httpx.Client(base_url=own, timeout=60) as client:
         question = [{"role": "user", "content": QUESTION}]
         response = client.post(
             "/chat/completions", json={"model": "deliberate", "messages": question}
@@ -429,12 +406,11 @@ def test_faults_through_the_server(upstream: FaultUpstream) -> None:
             "synthesizer": spec(upstream, "ok.ss"),
         },
     }
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = bind()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     question = [{"role": "user", "content": QUESTION}]
     app = create_app(build_graph(), api_keys=[], aliases=aliases)
-    with _serve_on(sock, app), httpx.Client(base_url=url, timeout=60) as client:
+    with running_server(app, sock), httpx.Client(base_url=url, timeout=60) as client:
         body = {"model": "cut", "messages": question, "stream": True}
         with client.stream("POST", "/chat/completions", json=body) as response:
             assert response.status_code == 200

@@ -34,7 +34,7 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.serve.openai_request import RequestLimits
 from fusiongraph.serve.server import create_app
-from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json
+from tests.support.fakes import FakeFactory, Script, ScriptedChatModel, fake_context, judge_json
 from tests.unit.test_server_hostile import HOSTILE, Hostile, assert_refused
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,7 @@ SEEN: Counter[tuple[str, int]] = Counter()  # (operation, status) -> responses
 LIMITS = RequestLimits(
     max_body_bytes=64 * 1024, max_messages=12, max_panel=4, max_tokens=4096, max_tool_calls=8
 )
-ALIAS = {
-    "preset": "quality",
-    "panel": ["openai:m1", "openai:m2", "openai:m3"],
-    "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
-    "synthesizer": "openai:synth",
-    "tool_mode": "off",
-    "search_provider": "none",
-}
+ALIAS = fake_context(["m1", "m2", "m3"], search_provider="none")
 
 
 class AnyModelFactory(FakeFactory):
@@ -78,12 +71,12 @@ schema.config.generation.update(max_examples=MAX_EXAMPLES)
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys for every provider the fuzzer may name; no local model server and no web search
-    (a fuzzed request may ask for `local:` models or `prefetch` with any search provider)."""
+    """Keys for every provider the fuzzer may name; no web search (a fuzzed request may ask for
+    `prefetch` with any search provider). `local:` models start no server: the fake factory has
+    no `prepare` hook."""
     for name in ("OPENAI_API_KEY", "OPENROUTER_API_KEY", "ANTHROPIC_API_KEY"):
         monkeypatch.setenv(name, "sk-fuzz")
     monkeypatch.delenv("FUSIONGRAPH_PRESET", raising=False)
-    monkeypatch.setattr("fusiongraph.serve.local_llm.ensure_local_server", lambda **_: None)
 
     async def no_search(*_: Any, **__: Any) -> tuple[str, list[Any]]:
         return "", []

@@ -16,8 +16,8 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.tools.untrusted import CLOSE_MARKER, NOTICE, OPEN_MARKER
-from tests.fakes import FakeFactory, Script, judge_json, tool_call
-from tests.integration.tools_fixtures import LocalHTTPServer, html_reply
+from tests.support.fakes import FakeFactory, Script, fake_context, judge_json, tool_call
+from tests.support.http_fixtures import LocalHTTPServer, html_reply
 
 pytestmark = pytest.mark.integration
 
@@ -64,16 +64,13 @@ def test_an_injected_page_stays_fenced_data_at_every_step(
     )
     result = build_graph(factory).invoke(
         {"messages": [HumanMessage(content="When is the bank open?")]},
-        context={
-            "preset": "quality",
-            "panel": ["openai:reader"],
-            "tool_mode": "agentic",
-            "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
-            "synthesizer": "openai:synth",
-            "fetch_allow_private": ["127.0.0.1"],
-            "search_provider": "none",
-            "synthesis_tools": [TRANSFER],
-        },
+        context=fake_context(
+            ["reader"],
+            tool_mode="agentic",
+            fetch_allow_private=["127.0.0.1"],
+            search_provider="none",
+            synthesis_tools=[TRANSFER],
+        ),
     )
     panel = factory.scripts["reader"]
     fetched = next(m for m in panel.calls[-1] if isinstance(m, ToolMessage))

@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from fusiongraph.local_model import launcher, settings
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +82,6 @@ class DevServer:
         return _ANSI.sub("", text)[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_ready(server: DevServer) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
@@ -117,9 +111,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     home = tmp_path_factory.mktemp("fusiongraph-home")
-    port = llm_port = _free_port()
+    port = llm_port = free_port()
     while llm_port == port:
-        llm_port = _free_port()
+        llm_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
     env.update(_OFFLINE_ENV)
     env.update({settings.HOME_ENV: str(home), settings.PORT_ENV: str(llm_port)})

@@ -32,14 +32,9 @@ from fusiongraph.local_model.launcher import (
     stop_local_server,
 )
 from fusiongraph.local_model.settings import LocalServerError, local_base_url
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -83,7 +78,7 @@ def shared_server() -> str:
 @pytest.fixture
 def private_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[int]:
     """A free port and tmp state dir for a server of our own; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("FUSIONGRAPH_LOCAL_PORT", str(port))
     monkeypatch.setenv("FUSIONGRAPH_HOME", str(tmp_path / "home"))
     yield port

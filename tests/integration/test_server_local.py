@@ -6,7 +6,6 @@ The model is weak, so only the plumbing is asserted.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import openai
@@ -15,15 +14,9 @@ from langchain_openai import ChatOpenAI
 
 from fusiongraph.local_model.launcher import stop_local_server
 from fusiongraph.serve.server import create_app
-from tests.unit.test_server_support import running_server
+from tests.support.servers import free_port, running_server
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? One sentence."}]
@@ -33,7 +26,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? One sent
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our own local model server (free port, tmp state dir), so no other test can stop it."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("FUSIONGRAPH_LOCAL_PORT", str(_free_port()))
+        env.setenv("FUSIONGRAPH_LOCAL_PORT", str(free_port()))
         env.setenv("FUSIONGRAPH_HOME", str(tmp_path_factory.mktemp("fusion-home")))
         try:
             with running_server(create_app(api_keys=[])) as url:

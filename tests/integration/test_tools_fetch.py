@@ -16,7 +16,7 @@ from fusiongraph.tools.fetch import FetchError, fetch_page
 from fusiongraph.tools.settings import FetchSettings
 from fusiongraph.tools.untrusted import CLOSE_MARKER, OPEN_MARKER
 from fusiongraph.tools.web import make_web_tools
-from tests.integration.tools_fixtures import (
+from tests.support.http_fixtures import (
     LocalHTTPServer,
     Recorded,
     Reply,

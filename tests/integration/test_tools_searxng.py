@@ -9,7 +9,7 @@ import pytest
 from fusiongraph.tools.search import SearchError, SearchResult, get_search_provider
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 from fusiongraph.tools.web import make_web_tools
-from tests.integration.tools_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
+from tests.support.http_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
 
 pytestmark = pytest.mark.integration
 

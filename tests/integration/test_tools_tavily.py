@@ -14,7 +14,7 @@ from fusiongraph.tools.search import SearchError, SearchResult, get_search_provi
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 from fusiongraph.tools.untrusted import CLOSE_MARKER
 from fusiongraph.tools.web import make_web_tools, prefetch_context
-from tests.integration.tools_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
+from tests.support.http_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
 
 pytestmark = pytest.mark.integration
 KEY_ENV = "FUSIONGRAPH_TEST_TAVILY_KEY"

@@ -6,9 +6,19 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from bench.fake_upstream import FakeUpstream, UpstreamServer
 from fusiongraph.nodes import send_order
-from tests.fakes import FakeFactory
+from tests.support.fakes import FakeFactory
+from tests.support.network import loopback_only
+from tests.support.upstream import FakeUpstream, UpstreamServer
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only() -> Iterator[None]:
+    """Unit tests stay on this machine: a connection to anything but loopback fails the test,
+    even where the code under test catches the refusal (tests/support/network.py)."""
+    with loopback_only() as attempts:
+        yield
+    assert not attempts, f"a unit test tried to leave loopback: {attempts}"
 
 
 @pytest.fixture(autouse=True)
@@ -44,14 +54,15 @@ def openai_env(upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> str
 # The server tests' usual setup (a module that needs another one defines its own fixture).
 @pytest.fixture
 def factory() -> FakeFactory:
-    from tests.unit.test_server_support import scripts
+    from tests.support.server_app import scripts
 
     return FakeFactory(scripts())
 
 
 @pytest.fixture
 def base_url(factory: FakeFactory) -> Iterator[str]:
-    from tests.unit.test_server_support import app_for, running_server
+    from tests.support.server_app import app_for
+    from tests.support.servers import running_server
 
     with running_server(app_for(factory)) as url:
         yield url

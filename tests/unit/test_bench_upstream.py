@@ -11,8 +11,8 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
-from bench.fake_upstream import FakeUpstream, UpstreamServer
 from fusiongraph.nodes.analysis import Analysis
+from tests.support.upstream import FakeUpstream, UpstreamServer
 
 
 @pytest.fixture(scope="module")

@@ -24,21 +24,14 @@ from fusiongraph.graph.chat_model import (
     preset_from_model_name,
 )
 from fusiongraph.graph.errors import FusionError
-from tests.fakes import FakeFactory, Script, judge_json, tool_call
+from tests.support.fakes import FakeFactory, Script, fake_context, judge_json, tool_call
 
 PANEL_TEXT = "PANEL-SECRET"
 JUDGE_TEXT = "JUDGE-SECRET"
 
 
 def context(n: int = 3, **extra: Any) -> dict[str, Any]:
-    return {
-        "preset": "quality",
-        "panel": [f"openai:m{i}" for i in range(1, n + 1)],
-        "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
-        "synthesizer": "openai:synth",
-        "tool_mode": "off",
-        **extra,
-    }
+    return fake_context([f"m{i}" for i in range(1, n + 1)], **extra)
 
 
 def factory(synth: Any = "the final synthesized answer", n: int = 3) -> FakeFactory:

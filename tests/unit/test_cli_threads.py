@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.serve.cli import app
-from tests.fakes import FakeFactory, Script
-from tests.unit.test_server_support import scripts
+from tests.support.fakes import FakeFactory, Script, judge_spec
+from tests.support.server_app import scripts
 
-JUDGE = json.dumps({"provider": "openai", "model": "judge", "structured_output": "prompt"})
+JUDGE = json.dumps(judge_spec())
 MODELS = (
     *("--panel", "openai:m1", "--panel", '{"provider": "openai", "model": "m2"}'),
     *("--judge", JUDGE, "--synthesizer", "openai:synth", "--tool-mode", "off"),

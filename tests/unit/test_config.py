@@ -12,7 +12,7 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.config import FusionContext, config_of, plan_of, resolve_config
 from fusiongraph.graph.errors import FusionConfigError, FusionError
 from fusiongraph.graph.presets import PRESETS
-from tests.fakes import FakeFactory
+from tests.support.fakes import FakeFactory
 
 
 def test_local_preset_is_the_default_and_needs_no_key() -> None:
@@ -212,7 +212,7 @@ async def test_settings_in_configurable_are_refused_pointing_at_context(sync: bo
 
 
 async def test_the_run_records_the_preset_and_settings_it_used() -> None:
-    from tests.unit.test_server_support import scripts
+    from tests.support.server_app import scripts
 
     graph = build_graph(FakeFactory(scripts()))
     result = await graph.ainvoke(

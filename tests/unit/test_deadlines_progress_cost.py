@@ -11,7 +11,7 @@ from langchain_core.messages import HumanMessage
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.errors import FusionConfigError, FusionError
-from tests.fakes import FakeFactory, Script, judge_json
+from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
 
 ASK = {"messages": [HumanMessage(content="Why is the sky blue?")]}
 
@@ -28,14 +28,7 @@ def factory(delays: dict[str, float], judge_delay: float = 0.0) -> FakeFactory:
 
 
 def ctx(names: list[str], **extra: Any) -> dict[str, Any]:
-    return {
-        "preset": "quality",
-        "panel": [f"openai:{n}" for n in names],
-        "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
-        "synthesizer": "openai:synth",
-        "tool_mode": "off",
-        **extra,
-    }
+    return fake_context(names, **extra)
 
 
 def fusion_of(result: dict[str, Any]) -> dict[str, Any]:

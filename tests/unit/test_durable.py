@@ -30,7 +30,7 @@ from fusiongraph.graph.persistence import (
 )
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.dispatch import panel_cache_key
-from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json
+from tests.support.fakes import FakeFactory, Script, ScriptedChatModel, fake_context, judge_json
 
 BASE = "http://127.0.0.1:9/v1"  # never dialled: the fakes answer
 
@@ -40,14 +40,7 @@ class Crash(BaseException):
 
 
 def context(n: int = 3, **extra: Any) -> dict[str, Any]:
-    return {
-        "preset": "quality",
-        "panel": [{"model": f"m{i}", "base_url": BASE} for i in range(1, n + 1)],
-        "judge": {"model": "judge", "base_url": BASE, "structured_output": "prompt"},
-        "synthesizer": {"model": "synth", "base_url": BASE},
-        "tool_mode": "off",
-        **extra,
-    }
+    return fake_context([f"m{i}" for i in range(1, n + 1)], base_url=BASE, **extra)
 
 
 def scripts(n: int = 3, slow: dict[str, float] | None = None) -> dict[str, Script]:

@@ -14,7 +14,14 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.failures import cut_error
-from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json
+from tests.support.fakes import (
+    FakeFactory,
+    Script,
+    ScriptedChatModel,
+    fake_context,
+    judge_json,
+    judge_spec,
+)
 
 ASK = {"messages": [HumanMessage(content="Why is the sky blue?")]}
 PRICES = {
@@ -44,14 +51,8 @@ def scripts(**overrides: Any) -> dict[str, Any]:
 
 
 def ctx(panel: list[str] | None = None, judge_method: str = "prompt", **extra: Any) -> dict:
-    return {
-        "preset": "quality",
-        "panel": [f"openai:{n}" for n in panel or ["a", "b"]],
-        "judge": {"provider": "openai", "model": "judge", "structured_output": judge_method},
-        "synthesizer": "openai:synth",
-        "tool_mode": "off",
-        **extra,
-    }
+    judge = judge_spec(structured_output=judge_method)
+    return fake_context(panel or ["a", "b"], judge=judge, **extra)
 
 
 # --------------------------------------------------------- cut while the SDK retried an error

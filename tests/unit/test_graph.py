@@ -10,20 +10,11 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.errors import FusionError
-from tests.fakes import FakeFactory, Script, judge_json
-
-JUDGE_PROMPT = {"provider": "openai", "model": "judge", "structured_output": "prompt"}
+from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
 
 
 def context(n: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "preset": "quality",
-        "panel": [f"openai:m{i}" for i in range(1, n + 1)],
-        "judge": JUDGE_PROMPT,
-        "synthesizer": "openai:synth",
-        "tool_mode": "off",
-        **extra,
-    }
+    return fake_context([f"m{i}" for i in range(1, n + 1)], **extra)
 
 
 def factory_for(n: int, judge: Any = None, synth: Any = "Final answer.") -> FakeFactory:

@@ -9,7 +9,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from fusiongraph.graph.builder import build_graph
-from tests.fakes import FakeFactory, Script, judge_json, tool_call
+from tests.support.fakes import FakeFactory, Script, judge_json, judge_spec, tool_call
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def corpus(tmp_path: Path) -> Path:
 def ctx(corpus: Path, **extra: Any) -> dict[str, Any]:
     return {
         "panel": ["openai:agent"],
-        "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
+        "judge": judge_spec(),
         "synthesizer": "openai:synth",
         "search_provider": "corpus",
         "corpus_dir": str(corpus),

@@ -17,20 +17,13 @@ from fusiongraph.graph import config as config_module
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.config import config_of, plan_of, resolve_config
 from fusiongraph.graph.errors import FusionConfigError
-from tests.fakes import FakeFactory, Script, judge_json
+from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
 
 BASE = "http://127.0.0.1:9/v1"  # never dialled: the fakes answer
 
 
 def context(**extra: Any) -> dict[str, Any]:
-    return {
-        "preset": "quality",
-        "panel": [{"model": f"m{i}", "base_url": BASE} for i in (1, 2, 3)],
-        "judge": {"model": "judge", "base_url": BASE, "structured_output": "prompt"},
-        "synthesizer": {"model": "synth", "base_url": BASE},
-        "tool_mode": "off",
-        **extra,
-    }
+    return fake_context(["m1", "m2", "m3"], base_url=BASE, **extra)
 
 
 def scripts(slow_m3: float = 0.0) -> dict[str, Script]:

@@ -11,12 +11,12 @@ import pytest
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 
-from bench.fake_upstream import UpstreamServer
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.models import default_model_factory, quiet, reports_sends
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes import send_order
 from fusiongraph.nodes.send_order import SendOrder, remember_latency, slowest_first
+from tests.support.upstream import UpstreamServer
 
 
 def fusion_context(panel: list[str]) -> dict:

@@ -14,18 +14,18 @@ import pytest
 from pydantic import BaseModel
 
 from fusiongraph.graph.models import FUSION_DEPTH_HEADER
-from tests.fakes import FakeFactory, Script
-from tests.unit.test_server_support import (
+from tests.support.fakes import FakeFactory, Script
+from tests.support.server_app import (
     ANSWER,
     MODEL,
     USER,
     WEATHER_TOOL,
     app_for,
-    running_server,
     scripts,
     served,
     tool_call_reply,
 )
+from tests.support.servers import running_server
 
 
 class Sized(BaseModel):

@@ -12,8 +12,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.serve.server import THREAD_HEADER, create_app
-from tests.fakes import FakeFactory, Script
-from tests.unit.test_server_support import ALIAS, ANSWER, MODEL, running_server, scripts, wait_for
+from tests.support.fakes import FakeFactory, Script
+from tests.support.server_app import ALIAS, ANSWER, MODEL, scripts
+from tests.support.servers import running_server, wait_for
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Capital of France?"}]}
 

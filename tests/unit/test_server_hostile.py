@@ -29,15 +29,9 @@ from fusiongraph.graph.specs import MAX_PRICE_PER_MTOK, ModelSpec, Price
 from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.serve.openai_errors import OpenAIError
 from fusiongraph.serve.openai_request import MAX_JSON_DEPTH, RequestLimits, check_json_values
-from tests.unit.test_server_support import (
-    ALIAS,
-    MODEL,
-    FakeFactory,
-    app_for,
-    fake_graph,
-    running_server,
-    scripts,
-)
+from tests.support.fakes import FakeFactory
+from tests.support.server_app import ALIAS, MODEL, app_for, fake_graph, scripts
+from tests.support.servers import running_server
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}

@@ -7,15 +7,9 @@ from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from tests.fakes import FakeFactory
-from tests.unit.test_server_support import (
-    ANSWER,
-    MODEL,
-    app_for,
-    running_server,
-    scripts,
-    tool_call_reply,
-)
+from tests.support.fakes import FakeFactory
+from tests.support.server_app import ANSWER, MODEL, app_for, scripts, tool_call_reply
+from tests.support.servers import running_server
 
 
 @pytest.fixture

@@ -15,14 +15,9 @@ import pytest
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.serve.openai_request import RequestLimits
 from fusiongraph.serve.server import create_app
-from tests.unit.test_server_support import (
-    ALIAS,
-    MODEL,
-    FakeFactory,
-    running_server,
-    scripts,
-    served,
-)
+from tests.support.fakes import FakeFactory
+from tests.support.server_app import ALIAS, MODEL, scripts, served
+from tests.support.servers import running_server
 
 LIMITS = RequestLimits(
     max_body_bytes=4096, max_messages=3, max_panel=2, max_tokens=100, max_tool_calls=4

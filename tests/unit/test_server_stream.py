@@ -11,20 +11,19 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import FakeFactory, Script
-from tests.unit.test_server_support import (
+from tests.support.fakes import FakeFactory, Script
+from tests.support.server_app import (
     ANSWER,
     MODEL,
     USER,
     WEATHER_TOOL,
     CancelAwareFactory,
     app_for,
-    running_server,
     scripts,
     served,
     tool_call_reply,
-    wait_for,
 )
+from tests.support.servers import running_server, wait_for
 
 
 def sse_lines(base_url: str, body: dict[str, Any]) -> list[str]:

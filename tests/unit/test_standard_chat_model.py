@@ -25,15 +25,16 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.chat_model import FusionChatModel
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.messages import last_user_text
-from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json
+from tests.support.fakes import (
+    FakeFactory,
+    Script,
+    ScriptedChatModel,
+    fake_context,
+    judge_json,
+    with_usage,
+)
 
-CONTEXT: dict[str, Any] = {
-    "preset": "quality",
-    "panel": ["openai:m1", "openai:m2", "openai:m3"],
-    "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
-    "synthesizer": "openai:synth",
-    "tool_mode": "off",
-}
+CONTEXT: dict[str, Any] = fake_context(["m1", "m2", "m3"])
 GENERIC_NAME_PARTS = {"get", "my", "tool", "function", "generator", "the"}
 _ids = itertools.count(1)
 
@@ -124,17 +125,7 @@ class PlumbingScript(Script):
             self.calls.append(messages)
             self.kwargs.append(kwargs)
         reply = plumbing_reply(messages, kwargs)
-        n_in = sum(len(str(m.content).split()) for m in messages)
-        n_out = max(1, len((reply.text or json.dumps(reply.tool_calls)).split()))
-        return reply.model_copy(
-            update={
-                "usage_metadata": {
-                    "input_tokens": n_in,
-                    "output_tokens": n_out,
-                    "total_tokens": n_in + n_out,
-                }
-            }
-        )
+        return with_usage(reply, messages, reply.text or json.dumps(reply.tool_calls))
 
 
 class PlumbingSynthesizer(ScriptedChatModel):

@@ -14,15 +14,16 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.chat_model import FusionChatModel
 from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.tool import fusion_tool
-from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json, tool_call
+from tests.support.fakes import (
+    FakeFactory,
+    Script,
+    ScriptedChatModel,
+    fake_context,
+    judge_json,
+    tool_call,
+)
 
-CONTEXT: dict[str, Any] = {
-    "preset": "quality",
-    "panel": ["openai:m1", "openai:m2", "openai:m3"],
-    "judge": {"provider": "openai", "model": "judge", "structured_output": "prompt"},
-    "synthesizer": "openai:synth",
-    "tool_mode": "off",
-}
+CONTEXT: dict[str, Any] = fake_context(["m1", "m2", "m3"])
 
 
 def judge_reply(messages: list[Any]) -> str:

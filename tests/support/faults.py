@@ -40,11 +40,10 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
-from fusiongraph.nodes import prompts
+from tests.support.upstream import classify
 
 HUGE_BYTES = 50 * 1024 * 1024
 _PIECE = 1024 * 1024
-_JUDGE_MARK = prompts.JUDGE[:48]
 
 
 def answer_text(model: str) -> str:
@@ -64,14 +63,6 @@ def _analysis(body: dict[str, Any]) -> str:
             "blind_spots": [],
         }
     )
-
-
-def is_judge(body: dict[str, Any]) -> bool:
-    fmt = (body.get("response_format") or {}).get("type")
-    system = " ".join(
-        str(m.get("content")) for m in body.get("messages") or [] if m.get("role") == "system"
-    )
-    return fmt in ("json_schema", "json_object") or _JUDGE_MARK in system
 
 
 class FaultUpstream:
@@ -199,7 +190,7 @@ class FaultUpstream:
             )
         elif mode == "judgegarbage":
             content = "<<< I refuse to emit JSON >>> ]]} {{ nope"
-        elif is_judge(body):
+        elif classify(body) == "judge":
             content = _analysis(body)
         else:
             content = answer_text(model)

@@ -46,18 +46,16 @@ class Script:
         message = AIMessage(content=reply) if isinstance(reply, str) else reply
         if message.usage_metadata is None:
             text = message.text or json.dumps([c["args"] for c in message.tool_calls])
-            n_in = sum(len(str(m.content).split()) for m in messages)
-            n_out = max(1, len(text.split()))
-            message = message.model_copy(
-                update={
-                    "usage_metadata": {
-                        "input_tokens": n_in,
-                        "output_tokens": n_out,
-                        "total_tokens": n_in + n_out,
-                    }
-                }
-            )
+            message = with_usage(message, messages, text)
         return message
+
+
+def with_usage(message: AIMessage, messages: list[BaseMessage], text: str) -> AIMessage:
+    """`message` with its usage counted in words: of the input `messages`, of the output `text`."""
+    n_in = sum(len(str(m.content).split()) for m in messages)
+    n_out = max(1, len(text.split()))
+    usage = {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+    return message.model_copy(update={"usage_metadata": usage})
 
 
 def stream_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
@@ -157,3 +155,30 @@ def judge_json(**sections: Any) -> str:
 
 def tool_call(name: str, call_id: str, **args: Any) -> dict[str, Any]:
     return {"name": name, "args": args, "id": call_id, "type": "tool_call"}
+
+
+def judge_spec(**overrides: Any) -> dict[str, Any]:
+    """The scripted judge: model `judge`, asked for its analysis in the prompt (a fake model has
+    no native structured output). A new dict each call, so no test can change another's."""
+    return {"provider": "openai", "model": "judge", "structured_output": "prompt", **overrides}
+
+
+def fake_context(
+    panel: Sequence[str], *, base_url: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The usual context of a scripted run: the quality preset, `panel` (model names of the
+    openai provider, or with `base_url` specs of that endpoint), the scripted judge, synthesizer
+    `synth`, no tools; `extra` adds or overrides settings."""
+
+    def spec(name: str) -> Any:
+        return f"openai:{name}" if base_url is None else {"model": name, "base_url": base_url}
+
+    judge = judge_spec() if base_url is None else {**spec("judge"), "structured_output": "prompt"}
+    return {
+        "preset": "quality",
+        "panel": [spec(name) for name in panel],
+        "judge": judge,
+        "synthesizer": spec("synth"),
+        "tool_mode": "off",
+        **extra,
+    }

@@ -1,20 +1,16 @@
-"""Shared pieces of the server tests: the real app under uvicorn on 127.0.0.1, scripted graphs.
-
-No tests here; the other test_server*.py modules import these helpers.
-"""
+"""The server tests' setup: the real OpenAI-compatible app on a scripted graph, served on
+127.0.0.1 in a thread, and an SDK client for it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import openai
-import uvicorn
 from fastapi import FastAPI
 from langchain_core.messages import AIMessage
 from langgraph.graph.state import CompiledStateGraph
@@ -22,18 +18,13 @@ from langgraph.graph.state import CompiledStateGraph
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.serve.server import create_app
-from tests.fakes import FakeFactory, Script, ScriptedChatModel, judge_json
+from tests.support.fakes import FakeFactory, ScriptedChatModel, fake_context, judge_json
+from tests.support.servers import running_server
 
 ANSWER = "Paris is the capital of France, as every panelist agreed."
-JUDGE = {"provider": "openai", "model": "judge", "structured_output": "prompt"}
 MODEL = "fusion-test"
-ALIAS = {
-    "preset": "quality",
-    "panel": ["openai:m1", "openai:m2", "openai:m3"],
-    "judge": JUDGE,
-    "synthesizer": "openai:synth",
-    "tool_mode": "off",
-}
+ALIAS = fake_context(["m1", "m2", "m3"])
+USER = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -67,6 +58,8 @@ def tool_call_reply(
 
 
 def scripts(**overrides: Any) -> dict[str, Any]:
+    """Panelists m1..m9 (each names itself: ANSWER-p<i>), a judge that finds a consensus, and a
+    synthesizer that says ANSWER; `overrides` replaces any of them."""
     base: dict[str, Any] = {
         f"m{i}": [f"Panelist {i} says Paris. ANSWER-p{i}"] for i in range(1, 10)
     }
@@ -117,36 +110,10 @@ def fake_graph(factory: FakeFactory) -> CompiledStateGraph:
 
 
 def app_for(factory: FakeFactory, **kwargs: Any) -> FastAPI:
+    """The server app on `factory`'s graph: no API keys, the alias MODEL -> ALIAS."""
     kwargs.setdefault("api_keys", [])
     kwargs.setdefault("aliases", {MODEL: ALIAS})
     return create_app(fake_graph(factory), **kwargs)
-
-
-@contextmanager
-def running_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @contextmanager
@@ -157,33 +124,3 @@ def served(factory: FakeFactory, **app_kwargs: Any) -> Iterator[tuple[str, opena
         openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
     ):
         yield url, client
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    """Poll `predicate` until true or `timeout`; a bound on waiting, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
-__all__ = [
-    "ALIAS",
-    "ANSWER",
-    "MODEL",
-    "WEATHER_TOOL",
-    "CancelAwareFactory",
-    "FakeFactory",
-    "Script",
-    "app_for",
-    "running_server",
-    "scripts",
-    "served",
-    "tool_call_reply",
-    "wait_for",
-]
-
-
-USER = [{"role": "user", "content": "What is the capital of France?"}]

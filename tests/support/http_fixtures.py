@@ -1,4 +1,4 @@
-"""A tiny threaded HTTP server on 127.0.0.1 for the web tools' integration tests.
+"""A tiny threaded HTTP server on 127.0.0.1 with routes, for the web tools' tests.
 
 Plain HTTP by default, HTTPS with `ssl_context` (see `self_signed_localhost`). Routes map a path
 (without query) to a function returning (status, headers, body); every request is recorded so

@@ -1,0 +1,443 @@
+"""A fake OpenAI-compatible upstream: known latencies, real HTTP, full records.
+
+The benchmark's instrument (bench/fake_upstream.py runs it as a process) and the tests' stand-in
+for a provider. It speaks /v1/chat/completions (JSON, and SSE streaming with `data: {chunk}`
+lines, a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`) and
+/v1/models, on 127.0.0.1.
+
+Latency per model: an explicit `Behaviour` per model name, or encoded in the name:
+`<anything>-<seconds>s` (e.g. `p1-0.300s`) takes that long in total; a name containing `never`
+never answers and holds the request until the client disconnects. Streaming answers come in
+`chunks` pieces `chunk_delay_s` apart; the first content chunk leaves at
+`total - (chunks - 1) * chunk_delay_s` after arrival, so streamed and non-streamed calls of one
+model take equally long.
+
+Every request is recorded (`RequestRecord`): arrival, first content chunk sent, completion, and
+whether the client went away first (so a benchmark can check that stragglers are cancelled).
+Times are `time.monotonic()`, which on Linux is the system-wide CLOCK_MONOTONIC and so comparable
+with the benchmark's own clock across processes. A `[bench:<tag>]` marker anywhere in the
+messages tags the request so concurrent runs can be told apart. Judge calls (detected by
+`response_format` or the judge's system prompt) get a valid analysis JSON.
+GET /_bench/requests?since=ID returns the records, DELETE /_bench/requests clears them.
+
+In-process: `UpstreamServer` (uvicorn in a thread). As a process: `python -m bench.fake_upstream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from fusiongraph.nodes import prompts
+from tests.support.servers import ThreadedServer, bind
+
+_LATENCY_RE = re.compile(r"(\d+(?:\.\d+)?)s$")
+_TAG_RE = re.compile(r"\[bench:([\w.-]+)\]")
+_LABEL_RE = re.compile(r"Response ([A-Z]):")
+_JUDGE_MARK = prompts.JUDGE[:48]
+_SYNTHESIS_MARK = prompts.SYNTHESIS[:48]
+RECORDED_OPTIONS = ("response_format", "usage", "tools", "tool_choice")
+
+PANEL_TEXT = (
+    "Water boils at a lower temperature at high altitude because the air pressure is lower, so "
+    "the vapour pressure of water reaches the surrounding pressure sooner. At about 3,000 m it "
+    "boils near 90 °C, which is why cooking takes longer there and pressure cookers help. "
+)
+SYNTHESIS_TEXT = (
+    "At altitude the atmospheric pressure drops, so water reaches its boiling point at a lower "
+    "temperature: roughly 1 °C less for every 300 m of climb, about 90 °C at 3,000 m. Food "
+    "therefore cooks more slowly, and a pressure cooker restores the higher temperature."
+)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How one model answers: time to its first content chunk, then `chunks` pieces."""
+
+    ttft_s: float
+    chunks: int = 10
+    chunk_delay_s: float = 0.01
+    never: bool = False
+
+    @property
+    def total_s(self) -> float:
+        return self.ttft_s + (self.chunks - 1) * self.chunk_delay_s
+
+
+@dataclass
+class RequestRecord:
+    """What the upstream saw of one request (monotonic seconds)."""
+
+    id: int
+    model: str
+    role: str  # panel | judge | synthesis
+    tag: str | None
+    stream: bool
+    arrival: float
+    first_chunk: float | None = None  # first content chunk sent (non-streamed: the body)
+    done: float | None = None  # response finished, or the client left
+    disconnected: bool = False  # the client went away before the response was complete
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # Body fields beyond the messages that a caller may want to check (response_format, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.done is None else self.done - self.arrival
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_chunk is None else self.first_chunk - self.arrival
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def classify(body: dict[str, Any]) -> str:
+    """panel, judge or synthesis, from the request the fusion graph sent."""
+    messages = body.get("messages") or []
+    system = " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
+    fmt = (body.get("response_format") or {}).get("type")
+    if fmt in ("json_schema", "json_object") or _JUDGE_MARK in system:
+        return "judge"
+    if _SYNTHESIS_MARK in system:
+        return "synthesis"
+    return "panel"
+
+
+def judge_json(body: dict[str, Any]) -> str:
+    """A valid analysis for the labels the judge prompt shows (Response A, B, ...)."""
+    text = " ".join(_text(m.get("content")) for m in body.get("messages") or [])
+    labels = sorted(set(_LABEL_RE.findall(text))) or ["A"]
+    analysis = {
+        "consensus": ["Water boils at a lower temperature at altitude because pressure is lower."],
+        "contradictions": [
+            {
+                "topic": "The boiling point at 3,000 m",
+                "stances": [
+                    {"panelist": x, "stance": f"about {89 + i} °C"}
+                    for i, x in enumerate(labels[:2])
+                ],
+            }
+        ]
+        if len(labels) > 1
+        else [],
+        "partial_coverage": [{"point": "Cooking takes longer", "panelists": labels[:1]}],
+        "unique_insights": [{"panelist": labels[-1], "insight": "Pressure cookers compensate."}],
+        "blind_spots": ["Dissolved salt raises the boiling point only slightly."],
+    }
+    return json.dumps(analysis)
+
+
+class _Connection:
+    """Watches one request's ASGI `receive` for the client going away."""
+
+    def __init__(self, receive: Any) -> None:
+        self.gone = asyncio.Event()
+        self.finished = False
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.gone.set()
+                return
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless the client leaves first; False when it did."""
+        if self.gone.is_set():
+            return False
+        if seconds <= 0:
+            return True
+        if math.isinf(seconds):
+            await self.gone.wait()
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self.gone.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.finished = True
+        self._task.cancel()
+
+
+class FakeUpstream:
+    """The ASGI app. `models` maps names to behaviours; other names are parsed (see module doc)."""
+
+    def __init__(
+        self,
+        models: dict[str, Behaviour] | None = None,
+        *,
+        chunks: int = 10,
+        chunk_delay_s: float = 0.01,
+        default_latency_s: float = 0.0,
+    ) -> None:
+        self.models = dict(models or {})
+        self.chunks = chunks
+        self.chunk_delay_s = chunk_delay_s
+        self.default_latency_s = default_latency_s
+        self.records: list[RequestRecord] = []
+        self._next_id = 1
+
+    def behaviour(self, model: str) -> Behaviour:
+        if model in self.models:
+            return self.models[model]
+        if "never" in model:
+            return Behaviour(ttft_s=float("inf"), never=True)
+        match = _LATENCY_RE.search(model)
+        total = float(match.group(1)) if match else self.default_latency_s
+        spread = (self.chunks - 1) * self.chunk_delay_s
+        if total < spread:
+            return Behaviour(ttft_s=total, chunks=self.chunks, chunk_delay_s=0.0)
+        return Behaviour(
+            ttft_s=total - spread, chunks=self.chunks, chunk_delay_s=self.chunk_delay_s
+        )
+
+    def records_since(self, since: int = 0) -> list[RequestRecord]:
+        return [r for r in list(self.records) if r.id > since]
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if path == "/v1/chat/completions" and method == "POST":
+            await self._chat(scope, receive, send)
+        elif path == "/v1/models" and method == "GET":
+            data = [
+                {"id": name, "object": "model", "created": 0, "owned_by": "bench"}
+                for name in self.models
+            ]
+            await _json(send, 200, {"object": "list", "data": data})
+        elif path == "/_bench/requests" and method == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode())
+            since = int(query.get("since", ["0"])[0])
+            await _json(send, 200, [_record_dict(r) for r in self.records_since(since)])
+        elif path == "/_bench/requests" and method == "DELETE":
+            self.clear()
+            await _json(send, 200, {"cleared": True})
+        elif path == "/health":
+            await _json(send, 200, {"status": "ok"})
+        else:
+            await _json(send, 404, {"error": {"message": f"no route {method} {path}"}})
+
+    async def _chat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        arrival = time.monotonic()
+        raw = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            await _json(send, 400, {"error": {"message": "invalid JSON", "type": "bad_request"}})
+            return
+        model = str(body.get("model", ""))
+        text = " ".join(_text(m.get("content")) for m in body.get("messages") or [])
+        tag = _TAG_RE.search(text)
+        record = RequestRecord(
+            id=self._next_id,
+            model=model,
+            role=classify(body),
+            tag=tag.group(1) if tag else None,
+            stream=bool(body.get("stream")),
+            arrival=arrival,
+            prompt_tokens=max(1, len(text) // 4),
+            options={k: body[k] for k in RECORDED_OPTIONS if k in body},
+        )
+        self._next_id += 1
+        self.records.append(record)
+        if record.role == "judge":
+            content = judge_json(body)
+        elif record.role == "synthesis":
+            content = SYNTHESIS_TEXT
+        else:
+            content = f"[{model}] {PANEL_TEXT}"
+        record.completion_tokens = max(1, len(content) // 4)
+        conn = _Connection(receive)
+        try:
+            if record.stream:
+                await self._stream(send, conn, record, body, content)
+            else:
+                await self._complete(send, conn, record, content)
+        finally:
+            conn.close()
+            if record.done is None:
+                record.done = time.monotonic()
+
+    async def _complete(
+        self, send: Any, conn: _Connection, record: RequestRecord, content: str
+    ) -> None:
+        behaviour = self.behaviour(record.model)
+        if not await conn.sleep(behaviour.total_s):
+            record.disconnected = True
+            return
+        body = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": record.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(record),
+        }
+        conn.finished = True
+        record.first_chunk = time.monotonic()
+        await _json(send, 200, body)
+        record.done = time.monotonic()
+
+    async def _stream(
+        self,
+        send: Any,
+        conn: _Connection,
+        record: RequestRecord,
+        body: dict[str, Any],
+        content: str,
+    ) -> None:
+        behaviour = self.behaviour(record.model)
+        if not await conn.sleep(behaviour.ttft_s):
+            record.disconnected = True
+            return
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            payload = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": record.model,
+                "system_fingerprint": None,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        pieces = _split(content, behaviour.chunks)
+        await _body(send, chunk({"role": "assistant", "content": "", "refusal": None}))
+        for i, piece in enumerate(pieces):
+            if i and not await conn.sleep(behaviour.chunk_delay_s):
+                record.disconnected = True
+                return
+            await _body(send, chunk({"content": piece}))
+            if i == 0:
+                record.first_chunk = time.monotonic()
+        tail = chunk({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": record.model,
+                "choices": [],
+                "usage": _usage(record),
+            }
+            tail += b"data: " + json.dumps(usage).encode() + b"\n\n"
+        conn.finished = True
+        await _body(send, tail + b"data: [DONE]\n\n", more=False)
+        record.done = time.monotonic()
+
+
+def _split(text: str, parts: int) -> list[str]:
+    parts = max(1, parts)
+    size = -(-len(text) // parts)
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _usage(record: RequestRecord) -> dict[str, int]:
+    return {
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "total_tokens": record.prompt_tokens + record.completion_tokens,
+    }
+
+
+def _record_dict(record: RequestRecord) -> dict[str, Any]:
+    return asdict(record)
+
+
+async def _body(send: Any, data: bytes, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def _json(send: Any, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+# How the upstream runs under uvicorn, in a thread or as a process (bench/fake_upstream.py).
+UVICORN_CONFIG: dict[str, Any] = {"access_log": False, "backlog": 2048, "timeout_keep_alive": 30}
+
+
+class UpstreamServer(ThreadedServer):
+    """Serve a FakeUpstream from a background thread (its own event loop) on 127.0.0.1."""
+
+    start_timeout_s = 10.0
+
+    def __init__(self, app: FakeUpstream | None = None, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(
+            app or FakeUpstream(), bind(host, port), name="fake-upstream", **UVICORN_CONFIG
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
