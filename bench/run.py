@@ -1,6 +1,6 @@
 """Latency, streaming and cost of a fusion run, as ratios measured in one run of this script.
 
-    python -m bench.run [--runs 30] [--quick] [--items 1,2,3,4] [--scale 4]
+    python -m bench.run [--runs 30] [--quick] [--items 1,2,3,4,5] [--scale 4]
 
 Everything talks real HTTP on 127.0.0.1: the fake upstream (bench.fake_upstream) runs in its
 own process; the graph is driven in this process with the real default model factory (real
@@ -15,6 +15,8 @@ the run (arrival, first chunk, completion of each call), never from the configur
    the straggler's request really cancelled; and the same run without quorum or deadline.
 4. 200 concurrent fusion requests (N=3, 1 s per upstream call) through the server: all succeed,
    p95 overhead, peak RSS of the server process, CPU ms per fusion run.
+5. early exit and cascade (N=3, a panel that agrees or disagrees): upstream calls made and wall
+   time against the full path (synthesize), as ratios (bench/savings.py).
 
 Results: a table on stdout and JSON in bench/results/.
 
@@ -46,6 +48,7 @@ from bench.drivers import Driver, GraphDriver, HttpDriver
 from bench.fake_upstream import UpstreamProcess
 from bench.items import item_load, item_overhead, item_quorum
 from bench.plans import LOAD_CALL_S
+from bench.savings import item_savings
 from bench.server import ServerProcess
 from bench.stats import Row, table
 
@@ -121,6 +124,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     await surface(HttpDriver(server.base_url, client), server)
             finally:
                 server.stop()
+        if 5 in items:
+            log("\n== graph: early exit and cascade against the full path")
+            r, raw["savings"] = await item_savings(
+                GraphDriver(), upstream, args.runs, args.scale, rng, log
+            )
+            rows += r
         if 4 in items:
             log(f"\n== http: {args.concurrency} concurrent runs")
             r, raw["load"] = await item_load(upstream, args.concurrency, args.load_call_s, log)
@@ -142,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="fusiongraph latency, streaming and cost bench")
     parser.add_argument("--runs", type=int, default=30, help="runs per measurement (≥30)")
     parser.add_argument("--quick", action="store_true", help="5 runs, 50 concurrent, no extras")
-    parser.add_argument("--items", default="1,2,3,4", help="which items to run")
+    parser.add_argument("--items", default="1,2,3,4,5", help="which items to run")
     parser.add_argument("--sizes", default="1,3,8", help="panel sizes for item 1")
     parser.add_argument(
         "--scale",

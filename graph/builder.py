@@ -1,4 +1,15 @@
-"""Assemble the fusion graph: dispatch -> panelist x N (Send) -> judge -> synthesis."""
+"""Assemble the fusion graph.
+
+    dispatch ──Send──> panelist x N (a cascade: its first k) ──> gate
+    gate ──> panelist (Send: a cascade's rest, when the first k disagree) ──> gate
+    gate ──> judge ──> synthesis ──> END        (synthesize; a selection that falls back)
+    gate ──> finish ──> END                     (early exit, a vote's winner: no model call)
+    gate ──> synthesis                          (the same, with the caller's tools: a draft)
+    judge ──> finish                            (select, a vote's tie: the answer verbatim)
+    dispatch ──Send──> classify ──> gate        (auto, when its rules cannot tell)
+
+The strategy decisions live in nodes/aggregation.py; the gate and finish nodes only apply them.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +27,13 @@ from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.models import ModelFactory, aclose_models, default_model_factory
 from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, panel_cache
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
+from fusiongraph.nodes.aggregation import after_judge
 from fusiongraph.nodes.dispatch import fan_out, make_dispatch, panel_cache_key
+from fusiongraph.nodes.finish import finish
+from fusiongraph.nodes.gate import after_gate, gate
 from fusiongraph.nodes.judge import make_judge
 from fusiongraph.nodes.panel import make_panelist
+from fusiongraph.nodes.routing import make_classify
 from fusiongraph.nodes.synthesis import make_synthesis
 from fusiongraph.tools.aio import run_coroutine
 
@@ -81,13 +96,19 @@ def build_graph(
     builder.add_node(
         "panelist", sync_and_async(make_panelist(model_factory)), cache_policy=panel_policy
     )
+    builder.add_node("classify", sync_and_async(make_classify(model_factory)))
+    builder.add_node("gate", sync_and_async(gate))
     builder.add_node("judge", sync_and_async(make_judge(model_factory)))
     builder.add_node("synthesis", sync_and_async(make_synthesis(model_factory)))
+    builder.add_node("finish", sync_and_async(finish))
     builder.add_edge(START, "dispatch")
-    builder.add_conditional_edges("dispatch", fan_out, ["panelist"])
-    builder.add_edge("panelist", "judge")
-    builder.add_edge("judge", "synthesis")
+    builder.add_conditional_edges("dispatch", fan_out, ["panelist", "classify"])
+    builder.add_edge("panelist", "gate")
+    builder.add_edge("classify", "gate")
+    builder.add_conditional_edges("gate", after_gate, ["panelist", "judge", "synthesis", "finish"])
+    builder.add_conditional_edges("judge", after_judge, ["synthesis", "finish"])
     builder.add_edge("synthesis", END)
+    builder.add_edge("finish", END)
     return builder.compile(name="fusion", cache=answers, **compile_kwargs)
 
 

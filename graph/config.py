@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -22,6 +22,14 @@ from fusiongraph.graph.presets import (
     PRESETS,
 )
 from fusiongraph.graph.specs import ModelSpec, Price, ToolMode
+from fusiongraph.nodes.answers import check_how
+from fusiongraph.tools.mcp import (
+    MCP_SERVERS_ENV,
+    McpServerSettings,
+    check_server_names,
+    read_servers,
+    require_mcp,
+)
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 
 MAX_PANEL = 8
@@ -77,8 +85,38 @@ class FusionContext(BaseModel):
     judge_input_chars: int | None = Field(
         default=None, description="how much of each answer the judge reads"
     )
+    judge_tools: bool | None = Field(
+        default=None,
+        description="let the judge call web_search/web_fetch to check contradictions (off)",
+    )
+    judge_max_tool_calls: int | None = Field(
+        default=None, description="1-16 tool calls the checking judge may make (4)"
+    )
     include_raw_answers: bool | None = Field(
         default=None, description="give the synthesizer the raw answers, not only the analysis"
+    )
+    # Strategy names live here only: code that lists strategies reads this annotation.
+    aggregation: Literal["synthesize", "select", "vote", "auto", None] = Field(
+        default=None,
+        description="synthesize (default) | select (the judge picks an answer, verbatim) | vote "
+        "(majority of extracted answers) | auto (chosen per request)",
+    )
+    early_exit: bool | None = Field(
+        default=None,
+        description="skip judge and synthesis when every answer agrees (default: on for vote "
+        "and auto)",
+    )
+    vote_answer: str | None = Field(
+        default=None,
+        description="how an answer is extracted for vote and early exit: auto | number | letter "
+        "| boxed | marked | regex:<pattern> | json:<field>",
+    )
+    cascade: int | None = Field(
+        default=None,
+        description="ask this many panelists first (the cheapest); the rest only if they disagree",
+    )
+    classifier: SpecInput | None = Field(
+        default=None, description="model spec that classifies what auto's rules cannot"
     )
     search_provider: str | None = Field(
         default=None, description="auto | tavily | duckduckgo | searxng | corpus | none"
@@ -87,6 +125,11 @@ class FusionContext(BaseModel):
     searxng_url: str | None = Field(default=None, description="base URL of a SearxNG instance")
     fetch_allow_private: list[str] | None = Field(
         default=None, description="hosts, IPs or CIDRs web_fetch may reach although private"
+    )
+    mcp_servers: dict[str, McpServerSettings] | None = Field(
+        default=None,
+        description="MCP servers whose tools agentic panelists get: name -> {transport, "
+        "command/args or url}",
     )
     max_cost_usd: float | None = Field(
         default=None, description="refuse a run whose worst case costs more"
@@ -116,9 +159,16 @@ class FusionContext(BaseModel):
 
 
 CONTEXT_FIELDS = frozenset(FusionContext.model_fields)
+# The settings that name one model (the panel names a list of them): where a request's spec
+# may not carry an endpoint or a key (serve/), and where every spec is checked.
+MODEL_FIELDS = ("judge", "synthesizer", "classifier")
+# The aggregation strategies, read from the setting's annotation: the one list there is.
+STRATEGIES: tuple[str, ...] = tuple(
+    s for s in get_args(FusionContext.model_fields["aggregation"].annotation) if s is not None
+)
 # Settings only the operator makes (aliases, the CLI, Python): per request they would reach the
 # server's files or network. The OpenAI-compatible server refuses them in a request's `fusion`.
-OPERATOR_ONLY = frozenset({"corpus_dir", "searxng_url", "fetch_allow_private"})
+OPERATOR_ONLY = frozenset({"corpus_dir", "searxng_url", "fetch_allow_private", "mcp_servers"})
 # Settings that a chat-completions request makes through its own OpenAI parameters (temperature,
 # max_tokens, tools, tool_choice, and the model name for the preset), not through `fusion`.
 OPENAI_PARAMS = frozenset({"preset", "temperature", "max_tokens", "synthesis_tools", "tool_choice"})
@@ -156,19 +206,45 @@ class FusionConfig(BaseModel):
     straggler_grace_s: float = Field(default=0.0, ge=0)
     deadline_s: float | None = Field(default=None, gt=0)
     judge_input_chars: int = Field(default=8000, ge=200)
+    judge_tools: bool = False
+    judge_max_tool_calls: int = Field(default=4, ge=1, le=16)
     include_raw_answers: bool = False
+    aggregation: Literal["synthesize", "select", "vote", "auto"] = "synthesize"
+    early_exit: bool | None = None  # None: on for vote and auto (nodes/aggregation.py)
+    vote_answer: str | None = None  # None: "auto" for vote, "marked" for agreement elsewhere
+    cascade: int | None = Field(default=None, ge=2)
+    classifier: ModelSpec | None = None
     search: SearchSettings = Field(default_factory=SearchSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
     max_cost_usd: float | None = Field(default=None, gt=0)
     prices: dict[str, Price] = Field(default_factory=dict)
     synthesis_tools: list[dict[str, Any]] = Field(default_factory=list)
     tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("vote_answer")
+    @classmethod
+    def _known_extraction(cls, how: str | None) -> str | None:
+        if how is not None:
+            check_how(how)
+        return how
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _mcp_server_names(cls, servers: dict[str, Any]) -> dict[str, Any]:
+        check_server_names(servers)
+        return servers
 
     def panel_tool_mode(self, spec: ModelSpec) -> ToolMode:
         return spec.tool_mode or self.tool_mode
 
     def panel_max_tool_calls(self, spec: ModelSpec) -> int:
         return spec.max_tool_calls or self.max_tool_calls
+
+    def judge_tool_mode(self) -> ToolMode:
+        """How the checking judge (judge_tools) reaches the tools: its spec's tool_mode; unset,
+        `prefetch` for the bundled local model (no tool calling), else `agentic`."""
+        return self.judge.tool_mode or ("prefetch" if self.judge.provider == "local" else "agentic")
 
     def all_specs(self) -> list[ModelSpec]:
         return [*self.panel, self.judge, self.synthesizer]
@@ -191,11 +267,19 @@ class FusionConfig(BaseModel):
                     "straggler_grace_s",
                     "deadline_s",
                     "judge_input_chars",
+                    "judge_tools",
+                    "judge_max_tool_calls",
                     "include_raw_answers",
                     "max_cost_usd",
+                    "aggregation",
+                    "early_exit",
+                    "vote_answer",
+                    "cascade",
                 },
             ),
+            "classifier": self.classifier.name if self.classifier else None,
             "search_provider": self.search.provider,
+            "mcp_servers": sorted(self.mcp_servers),
         }
 
 
@@ -227,13 +311,24 @@ def _env_fallbacks() -> dict[str, Any]:
         search["corpus_dir"] = os.environ["FUSIONGRAPH_CORPUS_DIR"]
     if os.environ.get("SEARXNG_URL"):
         search["searxng_url"] = os.environ["SEARXNG_URL"]
-    return {"search": search}
+    fallbacks: dict[str, Any] = {"search": search}
+    if os.environ.get(MCP_SERVERS_ENV, "").strip():
+        try:
+            fallbacks["mcp_servers"] = read_servers(os.environ[MCP_SERVERS_ENV])
+        except ValueError as exc:
+            raise FusionConfigError("mcp_servers", f"{MCP_SERVERS_ENV}: {exc}") from None
+    return fallbacks
+
+
+# Maps whose entries a later layer replaces whole (a server's command and another's URL must
+# never combine into one server).
+_WHOLE = ("prices", "mcp_servers")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "prices":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _WHOLE:
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -336,6 +431,18 @@ def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionC
         raise FusionConfigError(
             "quorum", f"{config.quorum} exceeds the panel size {len(config.panel)}"
         )
+    if config.judge_tools and config.judge_tool_mode() == "off":
+        raise FusionConfigError(
+            "judge_tools",
+            "the judge's tool_mode is off, so it cannot check anything; set its tool_mode to "
+            "agentic or prefetch, or leave judge_tools off",
+        )
+    if config.cascade is not None and config.cascade >= len(config.panel):
+        raise FusionConfigError(
+            "cascade",
+            f"{config.cascade} must be below the panel size {len(config.panel)}: cascade asks "
+            "that many panelists first and the rest only when they disagree",
+        )
     _check_runnable(config)
     return config
 
@@ -384,7 +491,7 @@ def _remember(plan: dict[str, Any], config: FusionConfig) -> None:
 def _check_runnable(config: FusionConfig) -> None:
     """Refuse what would fail on the first call: recursion, missing keys, missing packages."""
     named = [(f"panel[{i}]", s) for i, s in enumerate(config.panel)]
-    named += [("judge", config.judge), ("synthesizer", config.synthesizer)]
+    named += [(name, getattr(config, name)) for name in MODEL_FIELDS if getattr(config, name)]
     for field_name, spec in named:
         if spec.is_fusion():
             raise FusionConfigError(
@@ -404,3 +511,8 @@ def _check_runnable(config: FusionConfig) -> None:
                 ) from None
         if spec.provider == "openai_compatible" and not spec.base_url:
             raise FusionConfigError(field_name, "an object model spec needs base_url")
+    if config.mcp_servers:
+        try:
+            require_mcp()
+        except ImportError as exc:
+            raise FusionConfigError("mcp_servers", str(exc)) from None

@@ -31,6 +31,7 @@ CHARS_PER_TOKEN = 4
 ASSUMED_MAX_TOKENS = 4096  # when a call has no max_tokens set
 JUDGE_OUTPUT_TOKENS = 1200
 SYNTHESIS_OVERHEAD_TOKENS = 2500  # instructions + analysis
+CLASSIFIER_OUTPUT_TOKENS = 8  # nodes/routing.py caps its reply (one word)
 
 
 def price_of(spec: ModelSpec, config: FusionConfig) -> Price | None:
@@ -94,8 +95,26 @@ def worst_case_cost(config: FusionConfig, prompt_chars: int) -> tuple[float, lis
             calls = [(base, out)]
         add(spec, calls)
     panel_out = len(config.panel) * config.judge_input_chars // CHARS_PER_TOKEN
-    add(config.judge, [(base + panel_out, config.judge.max_tokens or JUDGE_OUTPUT_TOKENS)])
+    add(config.judge, judge_calls(config, base + panel_out, tool_tokens))
     synth_out = config.max_tokens or config.synthesizer.max_tokens or ASSUMED_MAX_TOKENS
     synth_in = base + SYNTHESIS_OVERHEAD_TOKENS + (panel_out if config.include_raw_answers else 0)
     add(config.synthesizer, [(synth_in, synth_out)])
+    if config.classifier is not None and config.aggregation == "auto":  # auto's one-word call
+        add(config.classifier, [(base, CLASSIFIER_OUTPUT_TOKENS)])
     return total, unknown
+
+
+def judge_calls(config: FusionConfig, prompt: int, tool_tokens: int) -> list[tuple[int, int]]:
+    """The judge's calls at their largest (input, output tokens). With judge_tools: agentic, a
+    tool loop like a panelist's (each step re-sends the growing history), then the analysis
+    with every tool result and the notes; prefetch, the analysis, then again with a search
+    result per contradiction (at most judge_max_tool_calls)."""
+    out = config.judge.max_tokens or JUDGE_OUTPUT_TOKENS
+    if not config.judge_tools:
+        return [(prompt, out)]
+    steps = config.judge_max_tool_calls
+    evidence = steps * tool_tokens
+    if config.judge_tool_mode() == "prefetch":
+        return [(prompt, out), (prompt + evidence, out)]
+    loop = [(prompt + k * (tool_tokens + out), out) for k in range(steps + 1)]
+    return [*loop, (prompt + evidence + out, out)]

@@ -15,6 +15,10 @@ from langgraph.graph.state import CompiledStateGraph
 
 from fusiongraph.graph.config import FusionContext
 
+# The nodes that write a run's final message: the synthesizer, or `finish` when a strategy
+# decided the answer without a model call (nodes/aggregation.py).
+FINAL_NODES = ("synthesis", "finish")
+
 
 @dataclass
 class RunEvent:
@@ -38,6 +42,7 @@ async def stream_run(
     synthesis tokens (messages mode), then the result. `messages=None` resumes the unfinished
     run of the checkpointed thread in `config`."""
     final: AIMessage | None = None
+    final_node = ""
     inputs = None if messages is None else {"messages": list(messages)}
     modes = ["custom", "messages", "updates"] if progress else ["messages", "updates"]
     async for mode, data in graph.astream(
@@ -49,8 +54,14 @@ async def stream_run(
             chunk, meta = data
             if meta.get("langgraph_node") == "synthesis" and isinstance(chunk, AIMessageChunk):
                 yield RunEvent("token", chunk=chunk)
-        elif mode == "updates" and "synthesis" in data:
-            final = data["synthesis"]["messages"][-1]
+        elif mode == "updates" and isinstance(data, dict):
+            for node in FINAL_NODES:
+                if isinstance(data.get(node), dict) and data[node].get("messages"):
+                    final, final_node = data[node]["messages"][-1], node
     if final is None:
-        raise RuntimeError("the graph ended without a synthesis message")
+        raise RuntimeError("the graph ended without a final message")
+    if final_node == "finish" and final.content:
+        # A final no model wrote (early exit, a vote, a selection: nodes/finish.py) still
+        # reaches the caller as content, the way a synthesis stream would.
+        yield RunEvent("token", chunk=AIMessageChunk(content=final.content, id=final.id))
     yield RunEvent("final", message=final)

@@ -98,7 +98,9 @@ class ModelSpec(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=200_000, description="per answer")
     timeout_s: float | None = Field(default=None, gt=0, description="per HTTP call")
     tool_mode: ToolMode | None = Field(
-        default=None, description="panel only: agentic | prefetch | off; unset: the run's"
+        default=None,
+        description="panel (and a judge with judge_tools): agentic | prefetch | off; unset: the "
+        "run's (judge: agentic, the local model prefetch)",
     )
     max_tool_calls: int | None = Field(
         default=None, ge=1, le=16, description="panel only: tool steps; unset: the run's"

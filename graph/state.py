@@ -49,6 +49,9 @@ class PanelTask(TypedDict):
     started_at: float
     messages: list[AnyMessage]
     plan: dict[str, Any]  # the run's plan, as in FusionState
+    # The clock this branch shares (a cascade's second wave has its own) and its quorum.
+    clock_key: NotRequired[str]
+    quorum: NotRequired[int | None]
     # The resolved model spec and tool settings (nodes.dispatch.panel_identity): the cache key.
     spec: NotRequired[dict[str, Any]]
     tools: NotRequired[dict[str, Any]]
@@ -85,6 +88,8 @@ class FusionState(TypedDict, total=False):
     panel: Annotated[list[PanelResult], reduce_panel]
     analysis: dict[str, Any] | None
     judge: dict[str, Any]  # {"ok", "error", "usage", "latency_s", "order"}
+    # How the run aggregates and what it decided, as plain data (nodes/aggregation.py).
+    aggregation: dict[str, Any]
 
 
 def empty_usage() -> Usage:

@@ -67,7 +67,11 @@ def render_analysis(fusion: dict[str, Any]) -> str:
         + (f", {len(failed)} failed" if failed else "")
         + "."
     ]
-    if analysis is None:
+    aggregation = fusion.get("aggregation") or {}
+    if analysis is None and not (fusion.get("judge") or {}).get("model"):
+        # No judge was needed: every answer agreed, or a vote had a clear winner.
+        lines.append(_clip(f"No judge was needed: {aggregation.get('note') or 'decided'}."))
+    elif analysis is None:
         error = ((fusion.get("judge") or {}).get("error") or {}).get("message") or "no analysis"
         lines.append(
             f"The judge gave no usable analysis ({_clip(error, 120)}); the answer was "
@@ -111,6 +115,10 @@ def render_analysis(fusion: dict[str, Any]) -> str:
                 lines.extend(f"- {item}" for item in items[:MAX_ITEMS])
                 if len(items) > MAX_ITEMS:
                     lines.append(f"- ... {len(items) - MAX_ITEMS} more")
+    selected = aggregation.get("selected")
+    if selected:
+        how = "draft" if aggregation.get("draft") else "answer"
+        lines.append(_clip(f"The {how} is {selected['panelist']}'s: {selected['reason']}"))
     for f in failed:
         lines.append(f"Failed: {f.get('panelist')} ({f.get('model')}): {f.get('reason')}")
     sources = list(

@@ -24,6 +24,10 @@ class Stance(BaseModel):
 class Contradiction(BaseModel):
     topic: str
     stances: list[Stance] = Field(max_length=8)
+    # Set by a judge that checks (judge_tools): whether it looked the dispute up, on which URLs
+    # (nodes/judge_tools.py keeps only URLs its own tool calls returned).
+    checked: bool = False
+    sources: list[str] = Field(default_factory=list, max_length=8)
 
 
 class PartialCoverage(BaseModel):
@@ -37,19 +41,35 @@ class UniqueInsight(BaseModel):
 
 
 class Analysis(BaseModel):
-    """Consensus, contradictions, partial coverage, unique insights and blind spots."""
+    """Consensus, contradictions, partial coverage, unique insights and blind spots; and, when
+    the run selects an answer (aggregation select, or a vote's tie), the best response's label
+    and why, in the same call."""
 
     consensus: list[str] = Field(default_factory=list, max_length=_ITEMS)
     contradictions: list[Contradiction] = Field(default_factory=list, max_length=_ITEMS)
     partial_coverage: list[PartialCoverage] = Field(default_factory=list, max_length=_ITEMS)
     unique_insights: list[UniqueInsight] = Field(default_factory=list, max_length=_ITEMS)
     blind_spots: list[str] = Field(default_factory=list, max_length=_ITEMS)
+    best: str | None = Field(default=None, description="label of the best response")
+    best_reason: str | None = Field(default=None, description="one sentence: why it is best")
 
     def is_empty(self) -> bool:
-        return not any(getattr(self, name) for name in type(self).model_fields)
+        return not any(getattr(self, name) for name in SECTIONS) and not self.best
 
 
-SECTIONS = tuple(Analysis.model_fields)
+class SelectingAnalysis(Analysis):
+    """The analysis a selecting judge must return: `best` and `best_reason` required."""
+
+    best: str = Field(description="label of the best response, e.g. A")
+    best_reason: str = Field(description="one sentence: why it is best")
+
+
+SECTIONS = ("consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots")
+SELECTION = ("best", "best_reason")
+
+
+def analysis_model(*, select: bool = False) -> type[Analysis]:
+    return SelectingAnalysis if select else Analysis
 
 
 # Grammar bounds: a small model constrained by a grammar otherwise fills a string or a list until
@@ -76,8 +96,10 @@ def _bound(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _closed(node: dict[str, Any]) -> dict[str, Any]:
+    """Strict mode (as openai's SDK derives it): closed objects, every property required."""
     if node.get("type") == "object":
         node["additionalProperties"] = False
+        node["required"] = list(node.get("properties", {}))
     return node
 
 
@@ -94,14 +116,18 @@ def inline_refs(schema: Any, defs: dict[str, Any] | None = None) -> Any:
 
 
 @functools.cache
-def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
+def analysis_json_schema(*, grammar: bool = False, select: bool = False) -> dict[str, Any]:
     """A self-contained schema (no $ref), which every grammar converter accepts. Built once;
     callers must not mutate it.
 
     `grammar=True` adds tight length bounds for grammar-constrained decoding (llama.cpp).
+    `select=True` asks for `best` and `best_reason` too (otherwise they are not asked at all).
     """
-    schema = inline_refs(Analysis.model_json_schema())
-    schema["required"] = list(SECTIONS)
+    schema = inline_refs(analysis_model(select=select).model_json_schema())
+    if not select:
+        for name in SELECTION:
+            schema["properties"].pop(name)
+    schema["required"] = [*SECTIONS, *(SELECTION if select else ())]
     for prop in schema["properties"].values():
         prop.pop("default", None)
     if not grammar:
@@ -114,16 +140,16 @@ def analysis_json_schema(*, grammar: bool = False) -> dict[str, Any]:
 
 
 @functools.cache
-def _strict_schema() -> dict[str, Any]:
-    return _map_dicts(analysis_json_schema(), _closed)
+def _strict_schema(select: bool = False) -> dict[str, Any]:
+    return _map_dicts(analysis_json_schema(select=select), _closed)
 
 
-def json_schema_response_format() -> dict[str, Any]:
+def json_schema_response_format(select: bool = False) -> dict[str, Any]:
     """OpenAI's strict `response_format` for the analysis, built once: the same schema the SDK
     derives from the pydantic model, without regenerating it on every judge call (4-5 ms)."""
     return {
         "type": "json_schema",
-        "json_schema": {"name": "Analysis", "schema": _strict_schema(), "strict": True},
+        "json_schema": {"name": "Analysis", "schema": _strict_schema(select), "strict": True},
     }
 
 
@@ -162,7 +188,12 @@ def coerce_analysis(data: dict[str, Any]) -> Analysis:
             except ValidationError:
                 continue
         cleaned[name] = items
-    return Analysis(**cleaned)
+    chosen = {
+        name: str(data[name]).strip()
+        for name in SELECTION
+        if isinstance(data.get(name), str | int) and str(data[name]).strip()
+    }
+    return Analysis(**cleaned, **chosen)
 
 
 def _label_to_id(label: str, mapping: dict[str, str]) -> str:
@@ -171,8 +202,14 @@ def _label_to_id(label: str, mapping: dict[str, str]) -> str:
 
 
 def map_labels(analysis: Analysis, mapping: dict[str, str]) -> dict[str, Any]:
-    """The analysis as a dict with anonymous labels replaced by panelist ids."""
+    """The analysis as a dict with anonymous labels replaced by panelist ids. `best` is kept only
+    when the judge named one (a label it was not shown stays as written: no valid selection)."""
     data = analysis.model_dump()
+    if data.get("best"):
+        data["best"] = _label_to_id(data["best"], mapping)
+    else:
+        for name in SELECTION:
+            data.pop(name, None)
     for item in data["contradictions"]:
         for stance in item["stances"]:
             stance["panelist"] = _label_to_id(stance["panelist"], mapping)

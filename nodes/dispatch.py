@@ -34,12 +34,16 @@ from fusiongraph.graph.models import ModelFactory, close_model, prepare_models
 from fusiongraph.graph.pricing import worst_case_cost
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, PanelTask
+from fusiongraph.nodes.aggregation import event as aggregation_event
+from fusiongraph.nodes.aggregation import start as start_aggregation
 from fusiongraph.nodes.judge import judge_spec
 from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.nodes.panel import panel_spec
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.routing import classifier_spec
 from fusiongraph.nodes.send_order import slowest_first
 from fusiongraph.nodes.synthesis import synthesis_spec
+from fusiongraph.tools.mcp import servers_identity
 
 
 def make_dispatch(model_factory: ModelFactory):
@@ -56,8 +60,17 @@ def make_dispatch(model_factory: ModelFactory):
         specs = plan_specs(config)
         await prepare_models(model_factory, specs)
         await warm_models(model_factory, specs)
-        emit("run_started", preset=config.preset, panel=[s.name for s in config.panel])
+        aggregation = start_aggregation(config, state["messages"])
+        emit(
+            "run_started",
+            preset=config.preset,
+            panel=[s.name for s in config.panel],
+            aggregation=config.aggregation,
+        )
+        if aggregation["applied"] is not None and config.aggregation == "auto":
+            emit("aggregation_chosen", **aggregation_event(aggregation))
         return {
+            "aggregation": aggregation,  # the strategy, as plain data (nodes/aggregation.py)
             "run_key": uuid.uuid4().hex,
             "started_at": time.time(),
             "plan": plan_of(config),  # what every later node of this run (and a resume) uses
@@ -72,7 +85,8 @@ def make_dispatch(model_factory: ModelFactory):
 def plan_specs(config: FusionConfig) -> list[ModelSpec]:
     """Every model of the run, as its node will build it (so the build here is the one reused)."""
     panel = [panel_spec(config, i) for i in range(len(config.panel))]
-    return [*panel, judge_spec(config), synthesis_spec(config)]
+    extra = [classifier_spec(config)] if config.classifier and config.aggregation == "auto" else []
+    return [*panel, judge_spec(config), synthesis_spec(config), *extra]
 
 
 async def warm_models(model_factory: ModelFactory, specs: list[ModelSpec]) -> None:
@@ -104,12 +118,37 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
 
 
 def fan_out(state: FusionState) -> list[Send]:
-    """One `Send` per panelist: the branches run in parallel and join at the judge. The
-    slowest-expected panelist is sent first (its request leaves first: nodes/send_order.py)."""
+    """One `Send` per panelist (a cascade: its first wave only): the branches run in parallel
+    and join at the gate. With `auto` undecided by its rules, the classifier runs beside them."""
+    config = config_of(state["plan"])
+    record = state.get("aggregation") or {}
+    cascade = record.get("cascade")
+    if cascade:
+        indices = [int(p.removeprefix("p")) - 1 for p in cascade["first"]]
+    else:
+        indices = list(range(len(config.panel)))
+    sends = panel_sends(state, config, indices)
+    if record.get("applied") is None and config.classifier is not None:
+        payload = {k: state[k] for k in ("plan", "messages", "started_at", "aggregation")}
+        sends.append(Send("classify", payload))
+    return sends
+
+
+def panel_sends(
+    state: FusionState,
+    config: FusionConfig,
+    indices: list[int],
+    *,
+    clock_key: str | None = None,
+    quorum: int | None = None,
+) -> list[Send]:
+    """The panelists at `indices` as Sends, the slowest-expected first (its request leaves
+    first: nodes/send_order.py). A cascade's second wave has a clock of its own (`clock_key`)
+    and the quorum that is left."""
     plan = state["plan"]
-    config = config_of(plan)
-    tasks: list[PanelTask] = [
-        {
+    tasks: dict[int, PanelTask] = {}
+    for i in indices:
+        task: PanelTask = {
             "panelist": f"p{i + 1}",
             "index": i,
             "run_key": state["run_key"],
@@ -118,10 +157,12 @@ def fan_out(state: FusionState) -> list[Send]:
             "plan": plan,
             **panel_identity(config, i),
         }
-        for i in range(len(config.panel))
-    ]
-    order = slowest_first([spec.latency_key() for spec in config.panel])
-    return [Send("panelist", tasks[i]) for i in order]
+        if clock_key is not None:
+            task["clock_key"] = clock_key
+            task["quorum"] = quorum
+        tasks[i] = task
+    order = slowest_first([config.panel[i].latency_key() for i in indices])
+    return [Send("panelist", tasks[indices[k]]) for k in order]
 
 
 def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
@@ -136,6 +177,8 @@ def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
         tools["fetch"] = config.fetch.model_dump(mode="json")
         if mode == "agentic":
             tools["max_tool_calls"] = config.panel_max_tool_calls(spec)
+            if config.mcp_servers:  # another server, or the same one reached otherwise
+                tools["mcp_servers"] = servers_identity(config.mcp_servers)
     return {
         "spec": {
             **spec.model_dump(mode="json", exclude={"price"}),

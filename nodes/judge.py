@@ -34,11 +34,13 @@ from fusiongraph.nodes import prompts
 from fusiongraph.nodes.analysis import (
     Analysis,
     analysis_json_schema,
+    analysis_model,
     json_schema_response_format,
     map_labels,
     parse_analysis,
 )
 from fusiongraph.nodes.failures import NamedFailure, cut_error, describe, failure_reason
+from fusiongraph.nodes.judge_tools import judge_with_checks
 from fusiongraph.nodes.messages import last_user_text, text_of
 from fusiongraph.nodes.metadata import fusion_failure
 from fusiongraph.nodes.panel_clock import release_clock, run_deadline_cutoff
@@ -70,7 +72,10 @@ def judge_spec(config: FusionConfig) -> ModelSpec:
     )
 
 
-def judge_messages(state: FusionState, order: list[PanelResult], max_chars: int) -> list[Any]:
+def judge_messages(
+    state: FusionState, order: list[PanelResult], max_chars: int, *, select: bool = False
+) -> list[Any]:
+    """The judge's prompt; `select` also asks it to name the best response (nodes/aggregation)."""
     blocks = []
     for label, result in zip(string.ascii_uppercase, order, strict=False):
         content = result["content"]
@@ -82,11 +87,17 @@ def judge_messages(state: FusionState, order: list[PanelResult], max_chars: int)
     user = prompts.JUDGE_USER.format(
         question=last_user_text(state["messages"]), responses="\n\n".join(blocks)
     )
-    return [SystemMessage(content=prompts.JUDGE), HumanMessage(content=user)]
+    system = prompts.JUDGE + (prompts.JUDGE_SELECT if select else "")
+    return [SystemMessage(content=system), HumanMessage(content=user)]
 
 
 async def structured_call(
-    model: BaseChatModel, method: StructuredMethod, messages: list[Any], spent: list[Usage]
+    model: BaseChatModel,
+    method: StructuredMethod,
+    messages: list[Any],
+    spent: list[Usage],
+    *,
+    select: bool = False,
 ) -> Analysis:
     """Ask for the analysis with one method; raise on any failure (the caller falls back).
 
@@ -94,7 +105,8 @@ async def structured_call(
     was still paid for.
     """
     if method == "function_calling":
-        runnable = model.with_structured_output(Analysis, method=method, include_raw=True)
+        schema = analysis_model(select=select)
+        runnable = model.with_structured_output(schema, method=method, include_raw=True)
         out = await runnable.ainvoke(messages, NOSTREAM)
         spent.append(usage_of(out["raw"]))
         if out.get("parsed") is not None:
@@ -105,9 +117,12 @@ async def structured_call(
         # json_schema the strict format is precomputed (LangChain's route rebuilds it per call);
         # for llama.cpp the schema becomes a grammar, and a truncated reply is still parsed.
         fmt = (
-            json_schema_response_format()
+            json_schema_response_format(select)
             if method == "json_schema"
-            else {"type": "json_object", "schema": analysis_json_schema(grammar=True)}
+            else {
+                "type": "json_object",
+                "schema": analysis_json_schema(grammar=True, select=select),
+            }
         )
         extra_body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt}
         reply = await model.bind(extra_body=extra_body).ainvoke(messages, NOSTREAM)
@@ -126,7 +141,12 @@ def _parsed(text: str) -> Analysis:
 
 
 async def run_judge(
-    model: BaseChatModel, method: StructuredMethod, messages: list[Any], spent: list[Usage]
+    model: BaseChatModel,
+    method: StructuredMethod,
+    messages: list[Any],
+    spent: list[Usage],
+    *,
+    select: bool = False,
 ) -> tuple[Analysis, list[str]]:
     """The strongest method first, then a plain prompt parsed tolerantly.
 
@@ -139,7 +159,7 @@ async def run_judge(
     last: Exception | None = None  # chained, so the upstream's own exception is kept
     for attempt in dict.fromkeys([method, "prompt"]):
         try:
-            analysis = await structured_call(model, attempt, messages, spent)  # type: ignore[arg-type]
+            analysis = await structured_call(model, attempt, messages, spent, select=select)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -177,6 +197,11 @@ def make_judge(model_factory: ModelFactory):
         release_clock(state.get("run_key", ""))
         panel = state.get("panel", [])
         answers = successful(panel)
+        # The strategy's ask (nodes/aggregation.py): name the best response, among these only.
+        ask = state.get("aggregation") or {}
+        select = bool(ask.get("judge_select"))
+        if ask.get("candidates"):
+            answers = [r for r in answers if r["panelist"] in ask["candidates"]]
         if not answers:
             reasons = {r["error"]["reason"] for r in panel if r["error"]}
             reason = "all_panelists_failed"
@@ -193,11 +218,14 @@ def make_judge(model_factory: ModelFactory):
         mapped = None
         with track_upstream_status() as upstream:
             try:
-                work = run_judge(
+                work = judge_with_checks(  # checked against the web when judge_tools is on
                     model,
                     spec.resolved_structured_output(),
-                    judge_messages(state, order, config.judge_input_chars),
+                    judge_messages(state, order, config.judge_input_chars, select=select),
+                    config,
                     spent,
+                    info,
+                    functools.partial(run_judge, select=select),
                 )
                 analysis, notes = await asyncio.wait_for(work, _judge_timeout(state, config))
                 mapped = map_labels(analysis, labels)

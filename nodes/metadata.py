@@ -16,6 +16,7 @@ from fusiongraph.graph.state import (
     empty_usage,
     panel_index,
 )
+from fusiongraph.nodes.aggregation import summary as aggregation_summary
 
 
 def failed_entry(result: PanelResult) -> dict[str, Any]:
@@ -78,26 +79,43 @@ def fusion_metadata(
     synthesis_usage = synthesis_usage or empty_usage()
     panel_cost = _sum(panel_costs)
     total = add_usage(add_usage(panel_usage, judge_usage), synthesis_usage)
+    # auto's classifier, when it ran: its call counts in the totals (nodes/routing.py).
+    classifier = (state.get("aggregation") or {}).get("classifier") or {}
+    extra_usage, extra_cost = {}, {}
+    if classifier and config.classifier is not None:
+        extra_usage["classifier"] = classifier.get("usage") or empty_usage()
+        extra_cost["classifier"] = cost_of(
+            extra_usage["classifier"], price_of(config.classifier, config)
+        )
+        total = add_usage(total, extra_usage["classifier"])
     return {
         "preset": config.preset,
         "settings": config.settings_used(),
         "panel": entries,
         "failed_models": failed,
         "analysis": state.get("analysis"),
-        "degraded": not judge.get("ok", False),
-        "judge": {k: judge.get(k) for k in ("model", "ok", "error", "latency_s", "fallbacks")},
+        # The judge failed on a path that needed it (early exit and a vote's winner need none).
+        "degraded": bool(judge) and not judge.get("ok", False),
+        "aggregation": aggregation_summary(
+            state, config, synthesized=synthesis_latency_s is not None
+        ),
+        "judge": {
+            k: judge.get(k) for k in ("model", "ok", "error", "latency_s", "fallbacks", "tools")
+        },
         "synthesizer": {"model": config.synthesizer.name, "latency_s": synthesis_latency_s},
         "usage": {
             "panel": panel_usage,
             "judge": judge_usage,
             "synthesis": synthesis_usage,
+            **extra_usage,
             "total": total,
         },
         "cost_usd": {
             "panel": panel_cost,
             "judge": judge_cost,
             "synthesis": synthesis_cost,
-            "total": _sum([panel_cost, judge_cost, synthesis_cost]),
+            **extra_cost,
+            "total": _sum([panel_cost, judge_cost, synthesis_cost, *extra_cost.values()]),
         },
     }
 

@@ -1,17 +1,17 @@
 """The panelist node: one model answers the conversation on its own, with web tools.
 
-Tool modes: `agentic` (a bounded tool-calling loop over web_search and web_fetch), `prefetch`
-(search the question once, fetch the top pages, answer from them: for models without tool
-calling) and `off`. A failing panelist never fails the run: it returns a result with `error` set.
+Tool modes: `agentic` (a bounded tool-calling loop over web_search, web_fetch and the tools of
+the operator's MCP servers), `prefetch` (search the question once, fetch the top pages, answer
+from them: for models without tool calling) and `off`. A failing panelist never fails the run:
+it returns a result with `error` set.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AnyMessage
 
 from fusiongraph.graph.config import FusionConfig, config_of
 from fusiongraph.graph.models import (
@@ -22,37 +22,26 @@ from fusiongraph.graph.models import (
     track_upstream_status,
 )
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import PanelResult, PanelTask, Source, add_usage, empty_usage, usage_of
+from fusiongraph.graph.state import PanelResult, PanelTask
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import cut_error, describe, failure_reason
 from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, text_of, with_system
 from fusiongraph.nodes.panel_clock import PanelDeadline, clock_for, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.send_order import remember_latency
+from fusiongraph.nodes.tool_loop import ToolTally, run_tool_loop
+from fusiongraph.tools.mcp import mcp_tools
 from fusiongraph.tools.web import make_web_tools, prefetch_context
 
 NOSTREAM = {"tags": ["nostream", "fusion:panel"]}
 
 
-class PanelAnswer:
+class PanelAnswer(ToolTally):
     """What a panelist produced, accumulated across its tool loop."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.content = ""
-        self.usage = empty_usage()
-        self.sources: list[Source] = []
-        self.tool_calls = 0
-
-    def add_sources(self, items: list[dict[str, Any]]) -> None:
-        seen = {s["url"] for s in self.sources}
-        for item in items:
-            if item.get("url") and item["url"] not in seen:
-                seen.add(item["url"])
-                self.sources.append({"url": item["url"], "title": item.get("title") or ""})
-
-    def count(self, message: AIMessage) -> AIMessage:
-        self.usage = add_usage(self.usage, usage_of(message))
-        return message
 
 
 async def answer_off(model: BaseChatModel, messages: list[AnyMessage], out: PanelAnswer) -> None:
@@ -78,50 +67,22 @@ async def answer_agentic(
     out: PanelAnswer,
 ) -> None:
     """Tool loop: at most `max_calls` tool calls in total, then one answer without tools."""
-    tools = {t.name: t for t in make_web_tools(config.search, config.fetch)}
-    bound = model.bind_tools(list(tools.values()))
-    history = with_system(messages, prompts.PANELIST_AGENTIC.format(max_calls=max_calls))
-    while True:
-        reply = out.count(await bound.ainvoke(history, NOSTREAM))
-        history.append(reply)
-        if not reply.tool_calls:
-            out.content = text_of(reply)
-            return
-        for call in reply.tool_calls:
-            history.append(
-                await _run_tool(tools, call, out, budget_left=out.tool_calls < max_calls)
-            )
-        if out.tool_calls >= max_calls:
-            break
-    final_model = model.bind_tools(list(tools.values()), tool_choice="none")
-    history.append(HumanMessage(content=prompts.TOOL_BUDGET_SPENT))
-    reply = out.count(await final_model.ainvoke(history, NOSTREAM))
+    web = make_web_tools(config.search, config.fetch)
+    # The operator's MCP servers add their tools (tools/mcp.py), under the same budget.
+    async with mcp_tools(config.mcp_servers, taken=frozenset(t.name for t in web)) as extra:
+        system = prompts.PANELIST_AGENTIC.format(max_calls=max_calls)
+        if extra:
+            system += prompts.PANELIST_MCP_TOOLS.format(names=", ".join(t.name for t in extra))
+        reply = await run_tool_loop(
+            model,
+            [*web, *extra],
+            with_system(messages, system),
+            max_calls=max_calls,
+            tally=out,
+            budget_spent=prompts.TOOL_BUDGET_SPENT,
+            config=NOSTREAM,
+        )
     out.content = text_of(reply)
-
-
-async def _run_tool(
-    tools: dict[str, Any], call: dict[str, Any], out: PanelAnswer, budget_left: bool
-) -> ToolMessage:
-    call_id = call.get("id") or ""
-    if not budget_left:
-        return ToolMessage(content="Not run: the tool budget is spent.", tool_call_id=call_id)
-    tool = tools.get(call["name"])
-    if tool is None:
-        return ToolMessage(
-            content=f"Unknown tool {call['name']!r}; use web_search or web_fetch.",
-            tool_call_id=call_id,
-            status="error",
-        )
-    out.tool_calls += 1
-    try:
-        result = await tool.ainvoke({**call, "type": "tool_call"})
-    except Exception as exc:  # a broken tool is the model's problem to route around, not ours
-        return ToolMessage(
-            content=f"{call['name']} failed: {describe(exc)}", tool_call_id=call_id, status="error"
-        )
-    artifact = getattr(result, "artifact", None) or {}
-    out.add_sources(artifact.get("sources", []))
-    return result
 
 
 def panel_spec(config: FusionConfig, index: int) -> ModelSpec:
@@ -143,9 +104,9 @@ def make_panelist(model_factory: ModelFactory):
         # (about a second), which is no part of this panelist's time (dispatch warms it too).
         model = quiet(model_factory(spec))
         clock = clock_for(
-            task["run_key"],
+            task.get("clock_key", task["run_key"]),  # a cascade's second wave: its own clock
             timeout_s=config.panel_timeout_s,
-            quorum=config.quorum,
+            quorum=task.get("quorum", config.quorum),
             grace_s=config.straggler_grace_s,
             hard_cutoff=run_deadline_cutoff(task.get("started_at"), config.deadline_s, share=0.6),
         )

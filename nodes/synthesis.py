@@ -2,7 +2,10 @@
 
 The caller's tools are bound here and only here, so an agent using fusion as its model gets its
 tool calls from this step; its tokens are the ones that stream. When the judge failed, it works
-from the raw panel answers instead and the metadata says the run was degraded.
+from the raw panel answers instead and the metadata says the run was degraded. It sees the raw
+answers too whenever the strategy needs their details (nodes/aggregation.needs_raw_answers).
+When a strategy decided the answer (a selection, a vote's winner, an early exit) but the caller
+bound tools, it writes from that answer as its draft: a panel answer can make no tool call.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fusiongraph.graph.models import ModelFactory, close_model
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, estimate_usage, usage_of
 from fusiongraph.nodes import prompts
+from fusiongraph.nodes.aggregation import decided, needs_raw_answers
 from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.judge import successful
 from fusiongraph.nodes.messages import flatten_tool_history, with_system
@@ -35,16 +39,20 @@ def synthesis_instructions(state: FusionState, config: FusionConfig) -> str:
     if analysis is not None:
         text = json.dumps(analysis, ensure_ascii=False, indent=1)
         parts.append(prompts.SYNTHESIS_ANALYSIS.format(analysis=delimit_untrusted(text, "judge")))
-    else:
+    elif judge:  # the judge ran and failed
         reason = (judge.get("error") or {}).get("reason", "no analysis")
         parts.append(prompts.SYNTHESIS_DEGRADED.format(reason=reason))
-    if analysis is None or config.include_raw_answers:
+    if analysis is None or needs_raw_answers(state, config):
         answers = "\n\n".join(
             f"{r['panelist']} ({r['model']}):\n"
             + delimit_untrusted(r["content"][: config.judge_input_chars], r["panelist"])
             for r in successful(state.get("panel", []))
         )
         parts.append(prompts.SYNTHESIS_ANSWERS.format(answers=answers))
+    draft = decided(state)  # a decided answer with the caller's tools bound: the draft
+    if draft is not None:
+        block = delimit_untrusted(draft["content"], draft["panelist"])
+        parts.append(prompts.SYNTHESIS_DRAFT.format(reason=draft["reason"], draft=block))
     return "\n\n".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""The `fusiongraph` command line: ask, presets, local start|stop|status (and serve)."""
+"""The `fusiongraph` command line: ask, presets, local start|stop|status, serve and mcp."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from langchain_core.messages import HumanMessage
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from fusiongraph.graph.config import CONTEXT_FIELDS
+from fusiongraph.graph.config import CONTEXT_FIELDS, STRATEGIES
 from fusiongraph.graph.errors import FusionError, ThreadConflict, ThreadNotFound
 
 app = typer.Typer(
@@ -40,6 +41,14 @@ CheckpointerOption = Annotated[
     ),
 ]
 CacheOption = Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")]
+McpServersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mcp-servers",
+        help="MCP servers whose tools agentic panelists get: a JSON object or a JSON file, name "
+        '-> {"command": ..., "args": [...]} or {"url": ...} (also FUSIONGRAPH_MCP_SERVERS).',
+    ),
+]
 err_console = Console(stderr=True)
 
 
@@ -70,6 +79,13 @@ def setting_option(value: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
+
+
+def _strategy(value: str | None) -> str | None:
+    """--aggregation: one of the strategies the context schema lists."""
+    if value is not None and value not in STRATEGIES:
+        raise typer.BadParameter(f"{value!r}: use one of {', '.join(STRATEGIES)}")
+    return value
 
 
 def _context(
@@ -129,6 +145,12 @@ class ProgressView:
                 if kind == "panelist_finished"
                 else ""
             )
+        elif kind == "cascade_expanded":
+            self.stage = "panel: the first panelists disagree, asking the rest"
+        elif kind == "aggregation_chosen":
+            self.stage = f"panel (auto: {event.get('applied')})"
+        elif kind == "aggregation_decided":
+            self.stage = str(event.get("note") or event.get("outcome"))
         elif kind == "judge_started":
             self.stage = "judge"
         elif kind == "synthesis_started":
@@ -155,6 +177,47 @@ class ProgressView:
         return Group(*parts)
 
 
+def show_aggregation(record: dict[str, Any] | None) -> None:
+    """How the answers became one: the strategy and why, the vote table, the selection, the
+    cascade, and the calls saved against the full path."""
+    if not record:
+        return
+    lines = [f"strategy: {record['applied']} (requested {record['requested']}): {record['reason']}"]
+    if record.get("note"):
+        lines.append(str(record["note"]))
+    cascade = record.get("cascade")
+    if cascade:
+        rest = "called" if cascade.get("rest_called") else "never called"
+        lines.append(
+            f"cascade: asked {', '.join(cascade['first'])} first ({cascade['chosen_by']}); "
+            f"agreed: {cascade.get('agreed')}; the rest ({', '.join(cascade['rest'])}) {rest}"
+        )
+    selected = record.get("selected")
+    if selected:
+        lines.append(f"answer from {selected['panelist']}: {selected['reason']}")
+    if record.get("fallback"):
+        lines.append(f"fallback: {record['fallback']}")
+    calls, saved = record["calls"], record["saved"]
+    cost = saved.get("cost_usd")
+    lines.append(
+        f"calls: {calls['made']} of {calls['full_path']} on the full path; saved "
+        f"{saved['calls']} calls" + (f", about ${cost:.6f}" if cost is not None else "")
+    )
+    parts: list[Any] = ["\n".join(lines)]
+    vote = record.get("vote")
+    if vote:
+        table = Table(title=f"vote ({vote['how']})", expand=False)
+        for column in ("panelist", "answer", "votes"):
+            table.add_column(column)
+        for panelist, answer in vote["answers"].items():
+            votes = vote["counts"].get(answer, 0) if answer is not None else 0
+            winner = answer is not None and answer == vote.get("winner")
+            shown = "(none found)" if answer is None else answer
+            table.add_row(panelist, f"[bold]{shown}" if winner else shown, str(votes))
+        parts.append(table)
+    console.print(Panel(Group(*parts), title="aggregation"))
+
+
 def show_result(fusion: dict[str, Any], answer: str) -> None:
     for entry in fusion["panel"]:
         sources = "".join(f"\n  - {s['title'] or s['url']} <{s['url']}>" for s in entry["sources"])
@@ -170,7 +233,9 @@ def show_result(fusion: dict[str, Any], answer: str) -> None:
             f"{failed['reason']} — {failed['message']}"
         )
     analysis = fusion.get("analysis")
-    if analysis is None:
+    if analysis is None and not fusion["judge"].get("model"):
+        pass  # no judge was needed (early exit, a vote's winner): show_aggregation says why
+    elif analysis is None:
         console.print(
             Panel(
                 f"judge unavailable: {fusion['judge'].get('error')}; the answer was "
@@ -181,12 +246,15 @@ def show_result(fusion: dict[str, Any], answer: str) -> None:
         )
     else:
         for section, items in analysis.items():
+            if not isinstance(items, list):  # the selection (best, best_reason): below
+                continue
             lines = [
                 json.dumps(i, ensure_ascii=False) if isinstance(i, dict) else str(i) for i in items
             ] or ["(none)"]
             console.print(
                 Panel("\n".join(f"• {line}" for line in lines), title=section.replace("_", " "))
             )
+    show_aggregation(fusion.get("aggregation"))
     console.print(Panel(Markdown(answer or "(no text)"), title="final answer", style="bold"))
     total = fusion["usage"]["total"]
     console.print(f"tokens: {total['input_tokens']} in, {total['output_tokens']} out")
@@ -299,6 +367,14 @@ def ask(
     max_tool_calls: Annotated[int | None, typer.Option(min=1, max=16)] = None,
     quorum: Annotated[int | None, typer.Option(min=1, max=8)] = None,
     deadline: Annotated[float | None, typer.Option(help="Overall deadline in seconds.")] = None,
+    aggregation: Annotated[
+        str | None,
+        typer.Option(
+            callback=_strategy,
+            help="How the answers become one: synthesize (default), select (the judge picks one "
+            "verbatim), vote (the majority's answer), auto (chosen per question).",
+        ),
+    ] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option(
@@ -311,6 +387,7 @@ def ask(
     checkpointer: CheckpointerOption = None,
     thread: Annotated[str | None, typer.Option(help="Thread id: continue or resume it.")] = None,
     cache: CacheOption = False,
+    mcp_servers: McpServersOption = None,
 ) -> None:
     """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
     load_dotenv()
@@ -327,6 +404,10 @@ def ask(
         deadline,
         settings,
     )
+    if aggregation:
+        ctx["aggregation"] = aggregation
+    if (servers := _mcp_servers(mcp_servers)) is not None:
+        ctx["mcp_servers"] = servers
     try:
         code = asyncio.run(_ask(question, ctx, as_json, checkpointer, thread, cache))
     except (ThreadConflict, ThreadNotFound) as exc:
@@ -378,6 +459,72 @@ def presets() -> None:
     console.print(table)
 
 
+@app.command("eval")
+def eval_command(
+    tasks: Annotated[
+        str,
+        typer.Argument(
+            help="A bundled suite (humaneval, math, research, choice) or a .jsonl/.csv file."
+        ),
+    ],
+    preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
+    panel: Annotated[
+        list[str] | None, typer.Option(help="A panel model spec (as for `ask`); repeat.")
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="The judge's model spec.")] = None,
+    synthesizer: Annotated[str | None, typer.Option(help="The synthesizer's model spec.")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any setting as KEY=VALUE (as for `ask`); repeat."),
+    ] = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated: fusion:<strategy>, panelist:pN, self-consistency:<model>, "
+            "self-fusion:<model>; fusion, panelist, ... alone: all of theirs. Default: all."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N items (seeded).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=32, help="Items at once.")] = 2,
+    grader: Annotated[
+        str | None, typer.Option(help="Model spec grading open answers (default: the judge).")
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(min=2, max=8, help="k of self-consistency/self-fusion (default: panel size)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per item and arm.")] = 900.0,
+    out: Annotated[Path, typer.Option(help="Folder of the reports.")] = Path("fusion-evals"),
+) -> None:
+    """Does fusion pay off on these tasks? Each arm on the same items, per task type: accuracy,
+    win/tie/loss against the best panelist, cost, latency; cached, so a rerun resumes."""
+    load_dotenv()
+    from fusiongraph.evals import run_eval
+
+    ctx = _context(preset, panel, judge, synthesizer, None, None, None, None, None, None, settings)
+    try:
+        report = run_eval(
+            tasks,
+            context=ctx,
+            arms=arms.split(",") if arms else None,
+            limit=limit,
+            concurrency=concurrency,
+            out_dir=out,
+            grader=model_spec_option(grader) if grader else None,
+            samples=samples,
+            item_timeout_s=timeout,
+            progress=True,
+        )
+    except (ValueError, OSError) as exc:  # a bad task file, suite, arm or setting
+        err_console.print(f"[red]cannot run the eval:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: run the same command again to resume from the cache")
+        raise typer.Exit(130) from None
+    print(report.markdown)
+    err_console.print(f"report: {report.folder / 'report.html'}", soft_wrap=True)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -395,9 +542,11 @@ def serve(
     checkpointer: CheckpointerOption = None,
     cache: CacheOption = False,
 ) -> None:
-    """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/models) with uvicorn.
+    """Serve the HTTP API (/v1/chat/completions, /v1/messages, /v1/responses, /v1/models) with
+    uvicorn, and the web playground at `/`.
 
-    API keys come from FUSIONGRAPH_API_KEYS (comma-separated); without it there is no auth.
+    API keys come from FUSIONGRAPH_API_KEYS (comma-separated; sent as a bearer token or in
+    x-api-key); without it there is no auth.
     """
     load_dotenv()
     import uvicorn
@@ -413,6 +562,128 @@ def serve(
         err_console.print(f"[red]cannot start the server:[/red] {exc}")
         raise typer.Exit(2) from None
     uvicorn.run(server_app, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def playground(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    preset: Annotated[
+        str | None, typer.Option(help="Preset behind the model `fusion` (default: local).")
+    ] = None,
+    aliases: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file: model alias -> fusion settings.", exists=True, dir_okay=False
+        ),
+    ] = None,
+    evals_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of `fusiongraph eval` reports to list (default: ./fusion-evals).",
+            envvar="FUSIONGRAPH_EVALS_DIR",
+        ),
+    ] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the page in the browser.")
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    checkpointer: CheckpointerOption = None,
+    cache: CacheOption = False,
+) -> None:
+    """Start the server and open the web playground (the page `serve` also has at `/`)."""
+    load_dotenv()
+    import uvicorn
+
+    from fusiongraph.serve.playground import open_when_ready
+    from fusiongraph.serve.server import create_app
+
+    try:
+        alias_map = json.loads(aliases.read_text()) if aliases else None
+        server_app = create_app(
+            aliases=alias_map,
+            default_preset=preset,
+            checkpointer_url=checkpointer,
+            cache=cache,
+            evals_dir=str(evals_dir) if evals_dir else None,
+        )
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]cannot start the server:[/red] {exc}")
+        raise typer.Exit(2) from None
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    err_console.print(f"playground: {url}", soft_wrap=True)
+    if open_browser:
+        open_when_ready(url)
+    uvicorn.run(server_app, host=host, port=port, log_level=log_level)
+
+
+def _mcp_servers(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    from fusiongraph.tools.mcp import read_servers
+
+    try:
+        return read_servers(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mcp-servers") from None
+
+
+@app.command("mcp")
+def mcp_command(
+    transport: Annotated[
+        str, typer.Option(help="stdio (the client starts this process) | http (streamable HTTP)")
+    ] = "stdio",
+    host: Annotated[str, typer.Option(help="http: interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="http: port.")] = 8765,
+    preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any setting for every call as KEY=VALUE (as for `ask`; the operator-only ones "
+            "too: corpus_dir, model base_url, ...); repeat. A call may override the others.",
+        ),
+    ] = None,
+    mcp_servers: McpServersOption = None,
+    cache: CacheOption = False,
+    log_level: Annotated[str, typer.Option(help="http: uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the `deliberate` tool over MCP, for desktop assistants, IDEs and agents.
+
+    http serves streamable HTTP at http://HOST:PORT/mcp; FUSIONGRAPH_API_KEYS (comma-separated)
+    then requires Authorization: Bearer <key>.
+    """
+    load_dotenv()
+    if transport not in ("stdio", "http"):
+        raise typer.BadParameter("use stdio or http", param_hint="--transport")
+    try:
+        from fusiongraph.serve.mcp_server import create_mcp_server
+        from fusiongraph.serve.mcp_server import serve as serve_mcp
+    except ImportError as exc:
+        err_console.print(
+            "[red]fusiongraph mcp needs the `mcp` extra:[/red] "
+            + escape(f"pip install 'fusiongraph[mcp]' ({exc})"),
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    ctx: dict[str, Any] = {"preset": preset} if preset else {}
+    ctx.update(setting_option(item) for item in settings or [])
+    if (servers := _mcp_servers(mcp_servers)) is not None:
+        ctx["mcp_servers"] = servers
+    try:
+        server = create_mcp_server(context=ctx, cache=cache)
+    except FusionError as exc:
+        err_console.print(
+            f"[red]cannot start the MCP server:[/red] {escape(exc.message)}", soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+    serve_mcp(
+        server,
+        "http" if transport == "http" else "stdio",
+        host=host,
+        port=port,
+        log_level=log_level,
+    )
 
 
 @local_app.command("start")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from fusiongraph.graph.config import OPENAI_PARAMS, OPERATOR_ONLY
+from fusiongraph.graph.config import MODEL_FIELDS, OPENAI_PARAMS, OPERATOR_ONLY
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.analysis import inline_refs
 
@@ -197,7 +197,7 @@ def fusion_options_model(context_schema: type[BaseModel]) -> type[BaseModel]:
         annotation = info.annotation
         if name == "panel":
             annotation = list[RequestSpec] | None
-        elif name in ("judge", "synthesizer"):
+        elif name in MODEL_FIELDS:
             annotation = RequestSpec | None
         fields[name] = (annotation, Field(default=None, description=info.description))
     return create_model(  # type: ignore[call-overload, no-any-return]

@@ -20,7 +20,7 @@ from langchain_core.messages import SystemMessage as LCSystemMessage
 from langchain_core.messages import ToolMessage as LCToolMessage
 from pydantic import BaseModel, ValidationError
 
-from fusiongraph.graph.config import MAX_PANEL, FusionContext
+from fusiongraph.graph.config import MAX_PANEL, MODEL_FIELDS, FusionContext
 from fusiongraph.graph.errors import field_path
 from fusiongraph.nodes.messages import is_utf8
 from fusiongraph.serve.openai_errors import OpenAIError, bad_request
@@ -183,11 +183,12 @@ def check_limits(
             )
         for i, spec in enumerate(panel):
             _check_spec_limits(spec, f"fusion.panel[{i}]", limits)
-    for key in ("judge", "synthesizer"):
+    for key in MODEL_FIELDS:
         _check_spec_limits(overrides.get(key), f"fusion.{key}", limits)
     for key, limit, name in (
         ("panel_max_tokens", limits.max_tokens, "max_tokens"),
         ("max_tool_calls", limits.max_tool_calls, "max_tool_calls"),
+        ("judge_max_tool_calls", limits.max_tool_calls, "max_tool_calls"),
     ):
         value = _number(overrides.get(key))
         if value is not None and value > limit:
@@ -293,9 +294,9 @@ def load_json(raw: str | bytes, where: str | None = None) -> Any:
     return value
 
 
-def _error_param(err: Any) -> str | None:
+def error_param(err: Any, tags: frozenset[str] = DISCRIMINATOR_TAGS) -> str | None:
     """The parameter a pydantic error is about, as OpenAI names it (`messages[2].role`): without
-    the union members and discriminator tags pydantic adds to the location."""
+    the union members and discriminator `tags` pydantic adds to the location."""
     parts: list[str | int] = []
     for part in err["loc"]:
         tag = isinstance(part, str) and bool(parts) and isinstance(parts[-1], int)
@@ -304,7 +305,7 @@ def _error_param(err: Any) -> str | None:
             or part in ("str", "int", "float", "bool")
             or part[:1].isupper()  # a model of a union (NamedToolChoice)
         )
-        if not member and not (tag and part in DISCRIMINATOR_TAGS):
+        if not member and not (tag and part in tags):
             parts.append(part)
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         parts.append(str(err.get("ctx", {}).get("discriminator", "type")).strip("'"))
@@ -322,7 +323,7 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = _error_param(err)
+        param = error_param(err)
         message = err["msg"].removeprefix("Value error, ")
         if param and param.startswith("tools["):
             message = 'a tool must be {"type": "function", "function": {"name": ...}}'
@@ -430,7 +431,7 @@ def fusion_overrides(
     if isinstance(context.get("panel"), list):
         for i, spec in enumerate(context["panel"]):
             _check_spec(spec, f"fusion.panel[{i}]")
-    for key in ("judge", "synthesizer"):
+    for key in MODEL_FIELDS:
         _check_spec(context.get(key), f"fusion.{key}")
     if not isinstance(server.get("progress", False), bool):
         raise bad_request("progress must be true or false", "fusion.progress")
@@ -499,11 +500,19 @@ def request_body_schema(
     props["messages"].update(minItems=1, maxItems=limits.max_messages)
     for key in ("max_tokens", "max_completion_tokens"):
         props[key]["anyOf"][0]["maximum"] = limits.max_tokens
-    fusion = openapi_schema(fusion_options_model(context_schema))
-    fusion["description"] = props["fusion"].get("description", "")
-    _bound_fusion(fusion["properties"], limits)
-    props["fusion"] = {"anyOf": [fusion, {"type": "null"}]}
+    props["fusion"] = fusion_schema(limits, context_schema, props["fusion"].get("description", ""))
     return body
+
+
+def fusion_schema(
+    limits: RequestLimits, context_schema: type[BaseModel], description: str
+) -> dict[str, Any]:
+    """The JSON schema of a request's `fusion` object, with this server's limits filled in (the
+    same object on every API surface)."""
+    fusion = openapi_schema(fusion_options_model(context_schema))
+    fusion["description"] = description
+    _bound_fusion(fusion["properties"], limits)
+    return {"anyOf": [fusion, {"type": "null"}]}
 
 
 def _bound_fusion(props: dict[str, Any], limits: RequestLimits) -> None:
@@ -515,12 +524,13 @@ def _bound_fusion(props: dict[str, Any], limits: RequestLimits) -> None:
 
     bound("panel", minItems=1, maxItems=limits.max_panel)
     bound("max_tool_calls", minimum=1, maximum=limits.max_tool_calls)
+    bound("judge_max_tool_calls", minimum=1, maximum=limits.max_tool_calls)
     bound("panel_max_tokens", minimum=1, maximum=limits.max_tokens)
     bound("quorum", minimum=1, maximum=limits.max_panel)
     for key in ("panel_timeout_s", "deadline_s"):
         bound(key, minimum=MIN_TIMEOUT_S)
     specs = [props["panel"]["anyOf"][0]["items"]] if "panel" in props else []
-    specs += [props[k] for k in ("judge", "synthesizer") if k in props]
+    specs += [props[k] for k in MODEL_FIELDS if k in props]
     for spec in specs:
         for member in _spec_objects(spec):
             member["properties"]["max_tokens"]["anyOf"][0]["maximum"] = limits.max_tokens

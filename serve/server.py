@@ -1,4 +1,6 @@
-"""The OpenAI-compatible HTTP face of the fusion graph: /v1/chat/completions and /v1/models.
+"""The HTTP face of the fusion graph: /v1/chat/completions and /v1/models (OpenAI), plus
+/v1/messages (Anthropic, serve/anthropic_api.py) and /v1/responses (serve/responses_api.py), all
+on the same runs (serve/runs.py).
 
 `model` names a preset (`fusion` is the default preset, `fusion-<preset>` each preset) or an alias
 the operator configured (a FusionContext dict). Requests may add a `fusion` object with per-request
@@ -11,7 +13,6 @@ with it the graph's node tasks and their upstream HTTP calls. Error mapping: see
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import hmac
@@ -23,26 +24,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from langchain_core.messages import AIMessage, AIMessageChunk
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import AIMessage
 from langgraph.graph.state import CompiledStateGraph
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from fusiongraph.graph.config import FusionContext, resolve_config
+from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.errors import FusionConfigError, FusionError
-from fusiongraph.graph.models import FUSION_DEPTH_HEADER, aclose_models
+from fusiongraph.graph.models import aclose_models
 from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
-from fusiongraph.graph.runner import RunEvent, stream_run
-from fusiongraph.graph.threads import (
-    ThreadConflict,
-    ThreadNotFound,
-    ThreadPlan,
-    digest,
-    owner_of,
-    plan_thread,
-)
-from fusiongraph.nodes.messages import check_conversation
+from fusiongraph.graph.runner import RunEvent
+from fusiongraph.serve.anthropic_api import install_anthropic_api
 from fusiongraph.serve.openai_errors import (
     OpenAIError,
     from_fusion_error,
@@ -57,25 +49,29 @@ from fusiongraph.serve.openai_protocol import (
     openapi_schema,
 )
 from fusiongraph.serve.openai_request import (
-    ChatCompletionRequest,
     RequestLimits,
     RunRequest,
-    build_run,
     parse_request,
-    read_body,
     request_body_schema,
 )
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
-from fusiongraph.tools.aio import Pump, cancel_and_wait
+from fusiongraph.serve.playground import install_playground
+from fusiongraph.serve.responses_api import install_responses_api
+from fusiongraph.serve.runs import (
+    CLIENT_CLOSED,
+    THREAD_HEADER,
+    ClientGone,
+    RunService,
+    open_stream,
+    progress_comment,
+    read_request,
+    reject_recursion,
+)
+from fusiongraph.tools.aio import Pump
 
 API_KEYS_ENV = "FUSIONGRAPH_API_KEYS"
 PRESET_ENV = "FUSIONGRAPH_PRESET"
 DEFAULT_MODEL = "fusion"
-# Names the checkpointed thread of a request (durable servers): sent by clients to resume or
-# replay a run, returned on every response.
-THREAD_HEADER = "X-Fusion-Thread-Id"
-# Status logged for a request whose client went away (nginx's convention; never sent).
-CLIENT_CLOSED = 499
 
 _ERROR_SCHEMA = openapi_schema(ErrorResponse)
 
@@ -152,24 +148,6 @@ def _check_aliases(aliases: dict[str, dict[str, Any]]) -> None:
             raise ValueError(f"alias {name!r}: unknown preset {context['preset']!r}")
 
 
-async def _wait_disconnect(request: Request) -> None:
-    """Return when the client goes away (the body has been read, so receive() waits for that)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _race_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
-    """Wait for `work` unless the client disconnects first; True when it did."""
-    watcher = asyncio.create_task(_wait_disconnect(request))
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    return not work.done()
-
-
 def freeze_startup_heap() -> None:
     """Move everything alive at start-up (modules, schemas, the compiled graph) out of the cyclic
     GC's reach. It lives as long as the server; re-scanning it in every full collection stalled
@@ -187,6 +165,7 @@ def create_app(
     limits: RequestLimits | None = None,
     checkpointer_url: str | None = None,
     cache: bool = False,
+    evals_dir: str | None = None,
 ) -> FastAPI:
     """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
     (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`, request
@@ -231,7 +210,7 @@ def create_app(
 
     app = FastAPI(
         title="fusiongraph",
-        summary="Multi-model deliberation behind the OpenAI API.",
+        summary="Multi-model deliberation behind the OpenAI and Anthropic APIs.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -241,15 +220,22 @@ def create_app(
         """The caller's API key (None when the server has no auth); a 401 when it is wrong."""
         if not keys:
             return None
+        # Bearer for OpenAI clients; x-api-key is how Anthropic clients send theirs.
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        token = token or request.headers.get("x-api-key", "").strip()
+        if not token:
             raise OpenAIError(
-                401, "missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
+                401,
+                "missing API key: send Authorization: Bearer <key> (or x-api-key: <key>)",
+                code="invalid_api_key",
             )
         if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise OpenAIError(401, "incorrect API key", code="invalid_api_key")
         return token
+
+    # The run plumbing every API surface shares (serve/runs.py).
+    service = RunService(holder, models, limits, context_schema)
 
     def model_card(name: str) -> dict[str, Any]:
         context = models[name]
@@ -306,90 +292,37 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         """A fusion run as an OpenAI chat completion (JSON, or SSE with `stream`)."""
         api_key = authorize(request)
-        if FUSION_DEPTH_HEADER.lower() in request.headers:
-            raise OpenAIError(
-                400,
-                "this request comes from inside a fusion run; a fusion model cannot sit "
-                "on its own panel",
-                param="model",
-                code="recursion",
-            )
-        raw = await read_body(
-            request.stream(),
-            request.headers.get("content-length"),
-            limits.max_body_bytes,
-            limits.body_timeout_s,
+        reject_recursion(request)
+        body = parse_request(await read_request(request, limits))
+        prepared = await service.prepare(
+            body, api_key=api_key, thread_id=request.headers.get(THREAD_HEADER)
         )
-        body = parse_request(raw)
-        if body.model not in models:
-            raise OpenAIError(
-                400,
-                f"the model {body.model!r} does not exist; GET /v1/models lists {sorted(models)}",
-                param="model",
-                code="model_not_found",
-            )
-        run = build_run(body, models[body.model], limits, context_schema)
-        check_conversation(run.messages)
-        resolve_config(context_schema(**run.context))  # a bad configuration: 400, before any run
-        graph = holder["graph"]
-        plan = await _thread_plan(graph, request.headers.get(THREAD_HEADER), body, run, api_key)
-        messages = plan.inputs(run.messages, whole_conversation=True)
-        if run.stream:
-            if plan.replay is not None:
-                events = _replay(plan.replay)
+        run = prepared.run
+        try:
+            if run.stream:
+                response = await _stream(prepared.events(), run, request)
             else:
-                events = stream_run(
-                    graph, messages, run.context, plan.config, progress=run.progress
-                )
-            # The run's own task reads the graph: cancelling it cancels the run (tools/aio.py).
-            response = await _stream(Pump(events, name="fusion-run"), run, request)
-        elif plan.replay is not None:
-            response = _completion(plan.replay, run)
-        else:
-            response = await _complete(graph, messages, run, request, plan)
-        if plan.thread_id:
-            response.headers[THREAD_HEADER] = plan.thread_id
+                response = _completion(await prepared.final(request), run)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        if prepared.plan.thread_id:
+            response.headers[THREAD_HEADER] = prepared.plan.thread_id
         return response
 
-    return app
+    # The Anthropic Messages API and the OpenAI Responses API, on the same runs.
+    install_anthropic_api(app, service, authorize, sorted(models))
+    install_responses_api(app, service, authorize, sorted(models))
 
-
-async def _thread_plan(
-    graph: CompiledStateGraph,
-    thread_id: str | None,
-    body: ChatCompletionRequest,
-    run: RunRequest,
-    api_key: str | None,
-) -> ThreadPlan:
-    """With a checkpointer every run has a thread: the client's X-Fusion-Thread-Id, or a new one,
-    returned in that header. The request's digest (model, conversation, settings: not how it is
-    delivered, so a streamed retry matches) decides between resume, replay and a new turn
-    (graph/threads.py); threads belong to the API key that made them."""
-    request = digest({"model": body.model, "messages": body.messages, "context": run.context})
-    try:
-        return await plan_thread(graph, thread_id, request=request, owner=owner_of(api_key))
-    except ThreadNotFound as exc:
-        raise OpenAIError(404, str(exc), param=THREAD_HEADER, code="thread_not_found") from None
-    except ThreadConflict as exc:
-        raise OpenAIError(409, str(exc), param=THREAD_HEADER, code="thread_conflict") from None
-
-
-async def _replay(final: AIMessage) -> AsyncIterator[RunEvent]:
-    """A finished thread's answer as the events of a run: its text, then the final message."""
-    yield RunEvent(
-        "token",
-        chunk=AIMessageChunk(
-            content=final.content, id=final.id, tool_call_chunks=_tool_chunks(final)
-        ),
+    # The web playground at `/` (serve/playground.py); eval reports from `evals_dir`.
+    install_playground(
+        app,
+        graph=lambda: holder["graph"],
+        authorize=authorize,
+        context_schema=context_schema,
+        auth_required=bool(keys),
+        evals_dir=evals_dir,
     )
-    yield RunEvent("final", message=final)
-
-
-def _tool_chunks(message: AIMessage) -> list[Any]:
-    return [
-        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
-        for i, c in enumerate(message.tool_calls)
-    ]
+    return app
 
 
 def _completion(final: AIMessage, run: RunRequest) -> Response:
@@ -397,59 +330,19 @@ def _completion(final: AIMessage, run: RunRequest) -> Response:
     return JSONResponse(body)
 
 
-async def _complete(
-    graph: CompiledStateGraph,
-    messages: list[Any] | None,
-    run: RunRequest,
-    request: Request,
-    plan: ThreadPlan,
-) -> Response:
-    inputs = None if messages is None else {"messages": messages}
-    task = asyncio.ensure_future(graph.ainvoke(inputs, config=plan.config, context=run.context))
-    try:
-        gone = await _race_disconnect(request, task)
-    finally:
-        await cancel_and_wait(task)
-    if gone:
-        logger.info("client disconnected; run cancelled")
-        return Response(status_code=CLIENT_CLOSED)
-    return _completion(task.result()["messages"][-1], run)  # FusionError goes to its handler
-
-
 async def _stream(handle: Pump[RunEvent], run: RunRequest, request: Request) -> Response:
-    """Start the run and hold the response until its first answer token, so that every failure
-    before the synthesis writes (config, budget, all panelists failing, rate limits, the local
-    server not starting) is still a proper status code for a standard client. A request with
-    `fusion.progress` wants to watch the panel, so its stream opens at the first progress event.
-    """
-    first = asyncio.ensure_future(_first_event(handle, run.progress))
+    """The run as chat.completion.chunk events, opened at its first answer token (runs.py:
+    a failure before then is a plain error response with its status code)."""
     try:
-        gone = await _race_disconnect(request, first)
-    except BaseException:
-        first.cancel()
-        await handle.cancel()
-        raise
-    if gone:
-        first.cancel()
-        await handle.cancel()
-        logger.info("client disconnected before the stream opened; run cancelled")
-        return Response(status_code=CLIENT_CLOSED)
-    try:
-        event = first.result()
+        event = await open_stream(handle, run.progress, request)
     except FusionError as exc:
         return from_fusion_error(exc).response()
+    except ClientGone:
+        raise
     except Exception:
         logger.exception("fusion run failed before streaming")
         return internal_error().response()
     return EventSourceResponse(_sse(handle, event, run), sep="\n")
-
-
-async def _first_event(handle: Pump[RunEvent], progress: bool) -> RunEvent | None:
-    """The event that opens the stream: the first one at all, or the first non-progress one."""
-    while True:
-        event = await anext(handle, None)
-        if event is None or progress or event.kind != "progress":
-            return event
 
 
 def _data(payload: dict[str, Any]) -> ServerSentEvent:
@@ -471,11 +364,7 @@ async def _sse(
             event = first
             while event is not None:
                 if event.kind == "progress" and run.progress and event.progress:
-                    yield ServerSentEvent(
-                        comment=json.dumps(
-                            {"object": "fusion.progress", **event.progress}, default=str
-                        )
-                    )
+                    yield ServerSentEvent(comment=progress_comment(event))
                 elif event.kind == "token" and event.chunk is not None:
                     for chunk in writer.token(event.chunk):
                         yield _data(chunk)

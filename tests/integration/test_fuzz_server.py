@@ -84,6 +84,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fusiongraph.nodes.panel.prefetch_context", no_search)
 
 
+# The event that ends a whole stream of the APIs whose events are typed.
+STREAM_END = {"/v1/messages": "message_stop", "/v1/responses": "response.completed"}
+
+
 def complete_answer(ctx: CheckContext, response: Response, case: Case) -> bool | None:
     """No crash: every response is a whole, well-formed answer or error."""
     SEEN[(case.operation.label, response.status_code)] += 1
@@ -91,14 +95,19 @@ def complete_answer(ctx: CheckContext, response: Response, case: Case) -> bool |
     content_type = response.headers.get("content-type", [""])[0]
     if content_type.startswith("text/event-stream"):
         events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
-        assert events and events[-1] == "[DONE]", response.text[-500:]
-        for event in events[:-1]:
+        last = STREAM_END.get(case.operation.path)
+        if last is None:  # chat completions
+            assert events and events[-1] == "[DONE]", response.text[-500:]
+            events = events[:-1]
+        else:  # the Anthropic and Responses APIs: typed events, the last one known
+            assert events and json.loads(events[-1])["type"] == last, response.text[-500:]
+        for event in events:
             payload = json.loads(event)
-            assert "error" not in payload, payload
+            assert "error" not in payload and payload.get("type") != "error", payload
         return True
     body = json.loads(response.text)
     assert isinstance(body, dict) and ({"choices", "error", "data", "id"} & set(body)), body
-    if "error" in body:
+    if body.get("error") is not None:  # a response object says `"error": null`
         assert body["error"]["message"] and "Traceback" not in body["error"]["message"]
     return True
 

@@ -7,7 +7,10 @@ lines, a usage chunk when `stream_options.include_usage` is set, then `data: [DO
 
 Latency per model: an explicit `Behaviour` per model name, or encoded in the name:
 `<anything>-<seconds>s` (e.g. `p1-0.300s`) takes that long in total; a name containing `never`
-never answers and holds the request until the client disconnects. Streaming answers come in
+never answers and holds the request until the client disconnects. A panel model whose name holds
+`-ans<X>-` (e.g. `p1-ans42-1.000s`) ends its answer with "Answer: <X>.", so panelists can be made
+to agree (the same X) or disagree (different ones) on a short final answer; without it every
+panel answer is the same text but for the model's name. Streaming answers come in
 `chunks` pieces `chunk_delay_s` apart; the first content chunk leaves at
 `total - (chunks - 1) * chunk_delay_s` after arrival, so streamed and non-streamed calls of one
 model take equally long.
@@ -40,6 +43,7 @@ from tests.support.servers import ThreadedServer, bind
 
 _LATENCY_RE = re.compile(r"(\d+(?:\.\d+)?)s$")
 _TAG_RE = re.compile(r"\[bench:([\w.-]+)\]")
+_ANSWER_RE = re.compile(r"-ans([A-Za-z0-9.]+?)(?=-|$)")
 _LABEL_RE = re.compile(r"Response ([A-Z]):")
 _JUDGE_MARK = prompts.JUDGE[:48]
 _SYNTHESIS_MARK = prompts.SYNTHESIS[:48]
@@ -140,6 +144,13 @@ def judge_json(body: dict[str, Any]) -> str:
         "blind_spots": ["Dissolved salt raises the boiling point only slightly."],
     }
     return json.dumps(analysis)
+
+
+def panel_text(model: str) -> str:
+    """A panel answer; with `-ans<X>-` in the model's name it commits to the final answer X."""
+    answer = _ANSWER_RE.search(model)
+    final = f"Answer: {answer.group(1)}." if answer else ""
+    return f"[{model}] {PANEL_TEXT}{final}"
 
 
 class _Connection:
@@ -284,7 +295,7 @@ class FakeUpstream:
         elif record.role == "synthesis":
             content = SYNTHESIS_TEXT
         else:
-            content = f"[{model}] {PANEL_TEXT}"
+            content = panel_text(model)
         record.completion_tokens = max(1, len(content) // 4)
         conn = _Connection(receive)
         try:

@@ -115,6 +115,27 @@ def test_only_the_model_factory_reaches_the_local_model() -> None:
     )
 
 
+def test_the_core_never_imports_the_evals() -> None:
+    assert violations(CORE, (f"{PACKAGE}.evals",)) == [], (
+        "evals/ measure the graph from outside: graph/, nodes/ and tools/ must not import them"
+    )
+
+
+def test_the_evals_never_import_the_cli_or_server() -> None:
+    # `fusiongraph eval` (serve/cli.py) drives the eval engine, never the reverse.
+    assert violations(("evals",), (SERVE,)) == []
+
+
+def test_only_the_inspect_modules_import_inspect_ai() -> None:
+    # inspect-ai comes with the optional `eval` extra: the rest of the package runs without it.
+    found = [
+        v
+        for v in violations((*CORE, "serve", "evals", "local_model"), ("inspect_ai",))
+        if not v.startswith("evals/inspect_")
+    ]
+    assert found == []
+
+
 def test_the_local_model_imports_only_its_name_from_the_project() -> None:
     found = []
     for path in modules("local_model"):

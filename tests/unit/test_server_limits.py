@@ -123,6 +123,7 @@ def test_max_tokens(server: tuple[str, FakeFactory], body: dict[str, Any], param
     ("fusion", "param"),
     [
         ({"max_tool_calls": 5}, "fusion.max_tool_calls"),
+        ({"judge_max_tool_calls": 5}, "fusion.judge_max_tool_calls"),
         ({"panel": [{"model": "m1", "max_tool_calls": 16}]}, "fusion.panel[0].max_tool_calls"),
     ],
 )

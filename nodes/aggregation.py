@@ -1,0 +1,360 @@
+"""How a run turns its panel answers into one: the strategies, as decisions on plain data.
+
+- `synthesize` (default): the judge compares, the synthesizer writes the answer.
+- `select`: the judge, in its same structured call, names the best response; that panelist's
+  answer is the final answer verbatim. With the caller's tools bound (`synthesis_tools`, an
+  agent needs tool calls from the final step) the synthesizer runs with the selection as its
+  draft instead. A judge that fails, or names no response it was shown, falls back to synthesis.
+- `vote`: each answer is reduced to its final answer (nodes/answers.py, `vote_answer`) and
+  counted; a clear winner is the answer, with no judge or synthesis call; a tie goes to the
+  judge, which selects among the tied answers only.
+- `auto`: the request's kind picks one of the three (nodes/routing.py).
+
+Two ways to spend less, with any strategy:
+- early exit (on by default for vote and auto): when every successful answer agrees, judge and
+  synthesis are skipped; the first agreeing answer is the final answer.
+- cascade (`cascade: k`): the k cheapest panelists answer first; when they agree, the rest are
+  never called. Otherwise the rest are dispatched and the run goes on as usual.
+
+Dispatch writes the run's record (`start`), the gate node decides after each panel wave
+(`after_panel`), `after_judge` routes a selection, and `summary` is the run record's
+`fusion.aggregation`. Everything here reads and returns plain data, so a resumed run continues
+from its checkpointed record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fusiongraph.graph.config import FusionConfig, config_of
+from fusiongraph.graph.pricing import cost_of, price_of
+from fusiongraph.graph.state import FusionState, PanelResult, Usage
+from fusiongraph.nodes.answers import answers_agree, extract_answer, normalise_answer
+from fusiongraph.nodes.routing import auto_decision
+
+# Task kinds whose answers hold details a rewrite from the analysis would lose.
+DETAILED_TASKS = ("code", "math")
+
+
+def answered(panel: list[PanelResult]) -> list[PanelResult]:
+    """The successful answers, in panel order."""
+    return [r for r in panel if r["error"] is None and r["content"].strip()]
+
+
+def start(config: FusionConfig, messages: list[Any]) -> dict[str, Any]:
+    """The run's aggregation record as dispatch writes it: the strategy (auto's rule decision,
+    or pending the classifier) and the cascade's first wave."""
+    record: dict[str, Any] = {
+        "requested": config.aggregation,
+        "applied": config.aggregation,
+        "task": None,
+        "reason": "requested",
+        "outcome": None,  # early_exit | vote | judge: what the gate decided
+        "vote": None,
+        "judge_select": False,
+        "candidates": None,
+        "cascade": None,
+        "classifier": None,
+    }
+    if config.aggregation == "auto":
+        record.update(auto_decision(config, messages))
+    if config.cascade is not None:
+        first = cheapest(config, config.cascade)
+        record["cascade"] = {
+            "k": config.cascade,
+            "first": [f"p{i + 1}" for i in first],
+            "rest": [f"p{i + 1}" for i in range(len(config.panel)) if i not in first],
+            "chosen_by": "price" if _all_priced(config) else "order",
+            "agreed": None,
+            "rest_called": False,
+        }
+    return record
+
+
+def _all_priced(config: FusionConfig) -> bool:
+    return all(price_of(spec, config) is not None for spec in config.panel)
+
+
+def cheapest(config: FusionConfig, k: int) -> list[int]:
+    """Panel indices of the k cheapest panelists by the price table (input + output price;
+    ties and unknown prices keep panel order); the first k when no price is known."""
+    if not _all_priced(config):
+        return list(range(k))
+
+    def price(i: int) -> float:
+        p = price_of(config.panel[i], config)
+        assert p is not None
+        return p.input + p.output
+
+    return sorted(sorted(range(len(config.panel)), key=price)[:k])
+
+
+def early_exit_on(config: FusionConfig) -> bool:
+    """The caller's `early_exit`; unset, on for vote and auto (whose agreement test for open
+    questions is strict: see agreement_how)."""
+    if config.early_exit is not None:
+        return config.early_exit
+    return config.aggregation in ("vote", "auto")
+
+
+def agreement_how(config: FusionConfig, applied: str | None) -> str:
+    """How answers are compared for early exit and a cascade: the caller's `vote_answer`; else
+    `auto` for vote, and for the others only a boxed or marked answer (or equal texts), so two
+    essays that end on the same year are not taken to agree."""
+    if config.vote_answer is not None:
+        return config.vote_answer
+    return "auto" if applied == "vote" else "marked"
+
+
+def tally(answers: list[PanelResult], how: str) -> dict[str, Any]:
+    """The vote: each answer's normalised final answer, the counts, the winner or the tie.
+
+    A clear winner has more votes than any other answer, and at least two unless it is the only
+    answer; otherwise the leading answers are tied (no answer extracted: all of them are)."""
+    per: dict[str, str | None] = {}
+    for r in answers:
+        found = extract_answer(r["content"], how)
+        per[r["panelist"]] = normalise_answer(found) if found is not None else None
+    counts = Counter(a for a in per.values() if a is not None)
+    ranked = counts.most_common()
+    winner, tied = None, None
+    if ranked:
+        top = ranked[0][1]
+        leaders = [a for a, n in ranked if n == top]
+        if len(leaders) == 1 and (top >= 2 or len(answers) == 1):
+            winner = leaders[0]
+        else:
+            tied = leaders
+    return {
+        "how": how,
+        "answers": per,
+        "counts": dict(ranked),
+        "winner": winner,
+        "tied": tied,
+        "decided_by": "most_votes" if winner is not None else "judge",
+    }
+
+
+def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
+    """The gate's decision after a panel wave: the updated record, whose `route` is `rest`
+    (dispatch the cascade's other panelists), `finish` (the answer is decided: no judge, no
+    synthesis; with the caller's tools bound, `synthesis` from it as a draft) or `judge`."""
+    record = dict(state.get("aggregation") or start(config, state.get("messages", [])))
+    answers = answered(state.get("panel", []))
+    applied = record["applied"] or "synthesize"
+    record["applied"] = applied
+    how = agreement_how(config, applied)
+    agreed = answers_agree([r["content"] for r in answers], how) if len(answers) >= 2 else None
+    cascade = dict(record["cascade"]) if record.get("cascade") else None
+    if cascade is not None and not cascade["rest_called"] and cascade["agreed"] is None:
+        cascade["agreed"] = agreed is not None
+        cascade["answer"] = agreed
+        record["cascade"] = cascade
+        if agreed is None:
+            cascade["rest_called"] = True
+            return {**record, "route": "rest"}
+    if agreed is not None and early_exit_on(config):
+        return {
+            **record,
+            "outcome": "early_exit",
+            "agreed": agreed,
+            "route": _finish_route(config),
+            "note": f"every answer agreed on {agreed!r}: {_skipped(config)}",
+        }
+    if applied == "vote" and answers:
+        vote = tally(answers, config.vote_answer or "auto")
+        record["vote"] = vote
+        if vote["winner"] is not None:
+            return {
+                **record,
+                "outcome": "vote",
+                "route": _finish_route(config),
+                "note": f"{vote['winner']!r} won the vote: {_skipped(config)}",
+            }
+        tied = vote["tied"]
+        candidates = [p for p, a in vote["answers"].items() if tied is None or a in tied]
+        return {
+            **record,
+            "outcome": "judge",
+            "judge_select": True,
+            "candidates": candidates,
+            "route": "judge",
+            "note": "a tie: the judge selects among the tied answers",
+        }
+    return {
+        **record,
+        "outcome": "judge",
+        "judge_select": applied == "select",
+        "route": "judge",
+        "note": "the judge compares the answers",
+    }
+
+
+def _skipped(config: FusionConfig) -> str:
+    if config.synthesis_tools:
+        return "judge skipped; the synthesizer drafts from it (the caller's tools are bound)"
+    return "judge and synthesis skipped"
+
+
+def _finish_route(config: FusionConfig) -> str:
+    """A decided answer ends the run, unless the caller bound tools: a panel answer can make no
+    tool call (the panel never sees the caller's tools), so the synthesizer writes from it as its
+    draft, with the tools bound."""
+    return "synthesis" if config.synthesis_tools else "finish"
+
+
+def selection(state: FusionState) -> str | None:
+    """The panelist the judge selected, when the run asked it to and it named a valid one."""
+    record = state.get("aggregation") or {}
+    judge = state.get("judge") or {}
+    if not record.get("judge_select") or not judge.get("ok"):
+        return None
+    best = (state.get("analysis") or {}).get("best")
+    allowed = record.get("candidates") or [r["panelist"] for r in answered(state.get("panel", []))]
+    return best if best in allowed else None
+
+
+def after_judge(state: FusionState) -> str:
+    """The judge's conditional edge: `finish` with a valid selection (the caller's tools not
+    bound), else `synthesis` (the usual path, and the fallback of a failed selection)."""
+    if selection(state) is not None and not config_of(state["plan"]).synthesis_tools:
+        return "finish"
+    return "synthesis"
+
+
+def fallback_reason(state: FusionState) -> str | None:
+    """Why a selecting run ended in synthesis instead (None when it did not need to)."""
+    record = state.get("aggregation") or {}
+    if not record.get("judge_select") or selection(state) is not None:
+        return None
+    judge = state.get("judge") or {}
+    if not judge.get("ok"):
+        reason = (judge.get("error") or {}).get("reason", "error")
+        return f"the judge failed ({reason}): synthesis from the raw answers instead"
+    best = (state.get("analysis") or {}).get("best")
+    if not best:
+        return "the judge named no best response: synthesis instead"
+    return f"the judge named {best!r}, not one of the responses it was shown: synthesis instead"
+
+
+def decided(state: FusionState) -> dict[str, Any] | None:
+    """The panel answer that is the final answer, when a strategy decided one: {"panelist",
+    "reason", "content"}; None when synthesis writes it."""
+    record = state.get("aggregation") or {}
+    answers = answered(state.get("panel", []))
+    if record.get("outcome") == "early_exit" and answers:
+        first = answers[0]
+        reason = f"every answer agreed on {record.get('agreed')!r}; the first in panel order"
+        return {"panelist": first["panelist"], "reason": reason, "content": first["content"]}
+    vote = record.get("vote") or {}
+    if record.get("outcome") == "vote" and vote.get("winner") is not None:
+        for r in answers:
+            if vote["answers"].get(r["panelist"]) == vote["winner"]:
+                count = vote["counts"][vote["winner"]]
+                reason = f"{vote['winner']!r} won {count} of {len(answers)} votes"
+                return {"panelist": r["panelist"], "reason": reason, "content": r["content"]}
+    chosen = selection(state)
+    if chosen is not None:
+        reason = (state.get("analysis") or {}).get("best_reason") or "the judge's choice"
+        content = next(r["content"] for r in answers if r["panelist"] == chosen)
+        return {"panelist": chosen, "reason": reason, "content": content}
+    return None
+
+
+def needs_raw_answers(state: FusionState, config: FusionConfig) -> bool:
+    """Whether the synthesizer sees the panel's own answers beside the analysis: asked for; the
+    details matter (auto classified code or math); a selection fell back or is the draft; or an
+    answer holds a code block that a rewrite from one-sentence items would lose."""
+    record = state.get("aggregation") or {}
+    return (
+        config.include_raw_answers
+        or record.get("task") in DETAILED_TASKS
+        or bool(record.get("judge_select"))
+        or any("```" in r["content"] for r in answered(state.get("panel", [])))
+    )
+
+
+def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> dict[str, Any]:
+    """`fusion.aggregation` of the run record: what was requested and applied and why, the
+    vote, the selection, the cascade, and the calls and cost saved against the full path (every
+    panelist, the judge and the synthesizer)."""
+    record = state.get("aggregation") or start(config, state.get("messages", []))
+    panel = state.get("panel", [])
+    judged = bool(state.get("judge"))
+    classifier = record.get("classifier")
+    made = sum(not r.get("cached") for r in panel) + judged + synthesized + bool(classifier)
+    full = len(config.panel) + 2
+    choice = decided(state)
+    cascade = record.get("cascade")
+    final = "synthesis"
+    if choice is not None and not synthesized:
+        final = {"early_exit": "early_exit", "vote": "vote"}.get(record.get("outcome"), "select")
+    return {
+        "requested": record["requested"],
+        "applied": record.get("applied") or "synthesize",
+        "reason": record.get("reason"),
+        "task": record.get("task"),
+        "final": final,
+        "early_exit": record.get("outcome") == "early_exit",
+        "note": record.get("note"),
+        "vote": record.get("vote"),
+        "selected": (
+            {"panelist": choice["panelist"], "reason": choice["reason"]} if choice else None
+        ),
+        "draft": choice["panelist"] if choice is not None and synthesized else None,
+        "fallback": fallback_reason(state),
+        "raw_answers": synthesized
+        and (state.get("analysis") is None or needs_raw_answers(state, config)),
+        "cascade": cascade,
+        "classifier": classifier,
+        "calls": {"made": made, "full_path": full},
+        "saved": {
+            "calls": full - made,
+            "cost_usd": saved_cost(state, config, judged=judged, synthesized=synthesized),
+            "estimated": True,
+        },
+    }
+
+
+def saved_cost(
+    state: FusionState, config: FusionConfig, *, judged: bool, synthesized: bool
+) -> float | None:
+    """What the skipped calls would have cost, estimated from this run: a panelist never called
+    as the mean usage of those that were, at its own price; a skipped judge or synthesizer as
+    reading the prompt and every answer and writing a panel answer's length; minus the
+    classifier's cost. None when a price it needs is unknown."""
+    panel = state.get("panel", [])
+    called = {r["panelist"] for r in panel}
+    used = [r["usage"] for r in panel if not r.get("cached")] or [r["usage"] for r in panel]
+    n = max(len(used), 1)
+    mean: Usage = {
+        "input_tokens": sum(u["input_tokens"] for u in used) // n,
+        "output_tokens": sum(u["output_tokens"] for u in used) // n,
+        "total_tokens": 0,
+    }
+    reader: Usage = {
+        "input_tokens": mean["input_tokens"] + sum(u["output_tokens"] for u in used),
+        "output_tokens": mean["output_tokens"],
+        "total_tokens": 0,
+    }
+    costs: list[float | None] = []
+    for i, spec in enumerate(config.panel):
+        if f"p{i + 1}" not in called:
+            costs.append(cost_of(mean, price_of(spec, config)))
+    if not judged:
+        costs.append(cost_of(reader, price_of(config.judge, config)))
+    if not synthesized:
+        costs.append(cost_of(reader, price_of(config.synthesizer, config)))
+    classifier = (state.get("aggregation") or {}).get("classifier")
+    if classifier and config.classifier is not None:
+        spent = cost_of(classifier.get("usage") or reader, price_of(config.classifier, config))
+        costs.append(None if spent is None else -spent)
+    if any(c is None for c in costs):
+        return None
+    return round(sum(c or 0.0 for c in costs), 8)
+
+
+def event(record: dict[str, Any]) -> dict[str, Any]:
+    """The progress event's fields for a strategy decision."""
+    return {k: record.get(k) for k in ("requested", "applied", "task", "reason")}
