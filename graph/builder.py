@@ -14,9 +14,10 @@ The strategy decisions live in nodes/aggregation.py; the gate and finish nodes o
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.cache.base import BaseCache
 from langgraph.graph import END, START, StateGraph
@@ -24,8 +25,10 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import CachePolicy
 
 from fusiongraph.graph.config import FusionContext
+from fusiongraph.graph.model_objects import ObjectModels
 from fusiongraph.graph.models import ModelFactory, aclose_models, default_model_factory
 from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, panel_cache
+from fusiongraph.graph.prewarm import start_client_prewarm
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
 from fusiongraph.nodes.aggregation import after_judge
 from fusiongraph.nodes.dispatch import fan_out, make_dispatch, panel_cache_key
@@ -66,6 +69,7 @@ def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableCallable:
 def build_graph(
     model_factory: ModelFactory = default_model_factory,
     *,
+    models: Mapping[str, BaseChatModel] | None = None,
     cache: bool | BaseCache | None = None,
     cache_ttl_s: int | None = DEFAULT_CACHE_TTL_S,
     context_schema: type[FusionContext] = FusionContext,
@@ -81,7 +85,18 @@ def build_graph(
     `cache_ttl_s` seconds (None: forever). `True` keeps them in memory; a LangGraph BaseCache
     (SqliteCache, RedisCache) shares them between processes. Only successful answers are kept;
     the judge and the synthesizer always run.
+
+    `models` registers chat model objects (`{"claude": ChatAnthropic(...)}`) that the run's
+    context names as specs `object:claude` for any panelist, the judge or the synthesizer; the
+    other specs go to `model_factory`. Such an object brings its own temperature, seed,
+    max_tokens, timeout, endpoint and key: those spec settings (and the run's temperature and
+    max_tokens) do not reach it, as `fusion.settings.model_objects` says. The context stays
+    plain data; a request to the server cannot name an object (graph/model_objects.py).
     """
+    if model_factory is default_model_factory:
+        start_client_prewarm()  # the clients' imports, in the background (graph/prewarm.py)
+    if models:
+        model_factory = ObjectModels(models, model_factory)
     answers = panel_cache(cache)
     panel_policy = (
         CachePolicy(key_func=panel_cache_key, ttl=cache_ttl_s) if answers is not None else None

@@ -40,9 +40,10 @@ from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
 from langchain_core.tracers.base import BaseTracer
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from fusiongraph.graph.config import PRESET_ENV, FusionContext
+from fusiongraph.graph.model_objects import place_models
 from fusiongraph.graph.models import aclose_models
 from fusiongraph.graph.runner import stream_run
 from fusiongraph.tools.aio import Pump, call_blocking, iterate
@@ -159,6 +160,11 @@ class FusionChatModel(BaseChatModel):
     writes its full reply), usage_metadata (totals over every call of the run) and
     response_metadata["fusion"] (panel answers, analysis, failures, per-node usage and cost).
     A run that cannot answer raises FusionError with its `reason`.
+
+    Panelists, judge and synthesizer may be chat model objects next to specs:
+    `FusionChatModel(context={"panel": [ChatOllama(...), "openai:gpt-5.5"], "judge": claude})`
+    (or `models={"claude": claude}` and the spec `object:claude`). Each object keeps its own
+    sampling, endpoint and key; this model runs them on a graph of its own that holds them.
     """
 
     preset: str = Field(default="", description="local | quality | budget; empty: env or local")
@@ -171,11 +177,19 @@ class FusionChatModel(BaseChatModel):
         repr=False,
         description="a compiled fusion graph; default: the package's `graph`",
     )
+    models: dict[str, Any] = Field(
+        default_factory=dict,
+        exclude=True,
+        repr=False,
+        description="chat model objects by name, for `object:<name>` specs (objects placed in "
+        "the context's panel/judge/synthesizer are added here)",
+    )
     temperature: float | None = Field(default=None, description="synthesis step")
     max_tokens: int | None = Field(default=None, description="synthesis step")
     timeout: float | None = Field(default=None, description="run deadline in seconds")
     stop: list[str] | None = None
     streaming: bool = False
+    _object_graph: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -184,7 +198,14 @@ class FusionChatModel(BaseChatModel):
         if not isinstance(values, dict):
             return values
         values = {k: v for k, v in values.items() if k not in _IGNORED_INIT_ARGS}
-        context = dict(values.get("context") or {})
+        # Model objects in the context become `object:<name>` specs: the context stays data.
+        context, models = place_models(values.get("context") or {}, values.get("models"))
+        if models and values.get("graph") is not None:
+            raise ValueError(
+                "model objects with graph=: register them on that graph instead, "
+                "build_graph(models={name: model}), and name them object:<name>"
+            )
+        values["models"] = models
         FusionContext(**context)  # a FusionConfigError (a ValueError) naming a bad setting
         model = values.pop("model", None)
         preset = (
@@ -319,6 +340,12 @@ class FusionChatModel(BaseChatModel):
     def _graph(self) -> Any:
         if self.graph is not None:
             return self.graph
+        if self.models:  # a graph of this model's own, whose factory holds its objects
+            if self._object_graph is None:
+                from fusiongraph.graph.builder import build_graph
+
+                self._object_graph = build_graph(models=self.models)
+            return self._object_graph
         from fusiongraph.graph.builder import graph
 
         return graph

@@ -21,7 +21,8 @@ from fusiongraph.graph.presets import (
     LOCAL_SYNTHESIS_TUNING,
     PRESETS,
 )
-from fusiongraph.graph.specs import ModelSpec, Price, ToolMode
+from fusiongraph.graph.providers import missing_package, object_models_note
+from fusiongraph.graph.specs import ModelSpec, Price, ReasoningEffort, ToolMode
 from fusiongraph.nodes.answers import check_how
 from fusiongraph.tools.mcp import (
     MCP_SERVERS_ENV,
@@ -94,6 +95,11 @@ class FusionContext(BaseModel):
     )
     include_raw_answers: bool | None = Field(
         default=None, description="give the synthesizer the raw answers, not only the analysis"
+    )
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="none | minimal | low | medium | high | xhigh, for the panelists and the "
+        "judge whose spec sets none, where the provider has it",
     )
     # Strategy names live here only: code that lists strategies reads this annotation.
     aggregation: Literal["synthesize", "select", "vote", "auto", None] = Field(
@@ -209,6 +215,7 @@ class FusionConfig(BaseModel):
     judge_tools: bool = False
     judge_max_tool_calls: int = Field(default=4, ge=1, le=16)
     include_raw_answers: bool = False
+    reasoning_effort: ReasoningEffort | None = None
     aggregation: Literal["synthesize", "select", "vote", "auto"] = "synthesize"
     early_exit: bool | None = None  # None: on for vote and auto (nodes/aggregation.py)
     vote_answer: str | None = None  # None: "auto" for vote, "marked" for agreement elsewhere
@@ -270,6 +277,7 @@ class FusionConfig(BaseModel):
                     "judge_tools",
                     "judge_max_tool_calls",
                     "include_raw_answers",
+                    "reasoning_effort",
                     "max_cost_usd",
                     "aggregation",
                     "early_exit",
@@ -280,6 +288,10 @@ class FusionConfig(BaseModel):
             "classifier": self.classifier.name if self.classifier else None,
             "search_provider": self.search.provider,
             "mcp_servers": sorted(self.mcp_servers),
+            # The caller's model objects, and the settings their own configuration replaces.
+            "model_objects": object_models_note(
+                [*self.all_specs(), *([self.classifier] if self.classifier else [])]
+            ),
         }
 
 
@@ -497,18 +509,14 @@ def _check_runnable(config: FusionConfig) -> None:
             raise FusionConfigError(
                 field_name, f"{spec.name} is a fusion model; a fusion run cannot contain itself"
             )
+        missing = missing_package(spec.provider)  # the provider's extra (graph/providers.py)
+        if missing:
+            raise FusionConfigError(field_name, missing)
         key_env = spec.resolved_key_env()
         if key_env and not os.environ.get(key_env):
             raise FusionConfigError(
                 field_name, f"{spec.name} needs the environment variable {key_env} (API key)"
             )
-        if spec.provider == "anthropic":
-            try:
-                import langchain_anthropic  # noqa: F401
-            except ImportError:
-                raise FusionConfigError(
-                    field_name, "anthropic: models need the package langchain-anthropic"
-                ) from None
         if spec.provider == "openai_compatible" and not spec.base_url:
             raise FusionConfigError(field_name, "an object model spec needs base_url")
     if config.mcp_servers:

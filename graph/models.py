@@ -1,7 +1,10 @@
 """Turn a ModelSpec into a LangChain chat model.
 
 Every OpenAI-compatible endpoint (OpenAI, OpenRouter, the bundled llama.cpp server, any gateway)
-goes through ChatOpenAI(base_url=...); Anthropic through ChatAnthropic (langchain-anthropic).
+goes through ChatOpenAI(base_url=...); every other provider LangChain's init_chat_model knows
+(anthropic, ollama, groq, bedrock, ...) through init_chat_model, with its own client
+(graph/providers.py). An `object:` spec names a caller's model object, which only the factory of a
+graph built with `build_graph(models=...)` has (graph/model_objects.py): this one refuses it.
 Models are built once per event loop and reused (`LoopModels`): every call on a loop shares one
 httpx client and its keep-alive connections. Building a ChatOpenAI and opening a connection cost
 several milliseconds of CPU per call, which sat on the run's critical path three times over.
@@ -39,6 +42,9 @@ from typing import Any
 import httpx
 from langchain_core.language_models import BaseChatModel
 
+from fusiongraph.graph.errors import FusionConfigError
+from fusiongraph.graph.prewarm import prewarm_pending, wait_client_prewarm
+from fusiongraph.graph.providers import LANGCHAIN_PROVIDERS, OBJECT_PROVIDER, build_chat_model
 from fusiongraph.graph.specs import ModelSpec, register_base_url
 from fusiongraph.local_model.settings import local_base_url
 
@@ -244,6 +250,22 @@ async def aclose_models() -> None:
         await models.aclose()
 
 
+@functools.cache
+def sync_http_client() -> httpx.Client:
+    """The one client of every model's synchronous path (the nodes call models async only).
+
+    Without it, langchain-openai builds and caches a sync client per base URL and timeout, and
+    building one loads the CA bundle again: about 40 ms on a process's first run, and again on
+    the first run of every new endpoint, for a client the graph never calls.
+    """
+    return httpx.Client(
+        timeout=DEFAULT_CALL_TIMEOUT_S,
+        verify=_tls_context(),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        cookies=_NoCookies(),
+    )
+
+
 def _http_client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=timeout,
@@ -279,16 +301,8 @@ class DefaultModelFactory:
     def __call__(self, spec: ModelSpec) -> BaseChatModel:
         """The real chat model for a spec, reused on the running event loop (keys are read from
         the environment on every call, so a changed key builds a new model)."""
-        if spec.provider == "anthropic":
-            from langchain_anthropic import ChatAnthropic
-
-            return ChatAnthropic(
-                model=spec.model,
-                temperature=spec.temperature,
-                max_tokens=spec.max_tokens or 4096,
-                timeout=_timeout(spec),
-                max_retries=2,
-            )
+        if spec.provider == OBJECT_PROVIDER:
+            raise _no_object(spec)
         models = loop_models()
         if models is None:  # no loop yet: a model of its own, closed by close_model
             return _build_model(spec, _http_client(_timeout(spec)))
@@ -296,6 +310,11 @@ class DefaultModelFactory:
 
     async def prepare(self, specs: Iterable[ModelSpec]) -> None:
         """Start (or reuse) the local model server when a spec needs it, off the event loop."""
+        for spec in specs:
+            if spec.provider == OBJECT_PROVIDER:
+                raise _no_object(spec)
+        if prewarm_pending():  # the client stack a graph build started loading (prewarm.py)
+            await asyncio.to_thread(wait_client_prewarm)
         if any(spec.provider == "local" for spec in specs):
             from fusiongraph.local_model.launcher import aensure_local_server
 
@@ -363,10 +382,22 @@ def warm_client_stack() -> None:
     ChatCompletionChunk.construct(**_SAMPLE_CHUNK)
 
 
+def _no_object(spec: ModelSpec) -> FusionConfigError:
+    return FusionConfigError(
+        "models",
+        f"{spec.name} names a model object, which only a graph built with "
+        f"build_graph(models={{{spec.model!r}: <chat model>}}) has (a request, an alias or the "
+        "CLI cannot carry one)",
+    )
+
+
 def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
+    if spec.provider in LANGCHAIN_PROVIDERS:  # ollama, groq, bedrock, ...: their own clients
+        return build_chat_model(spec, _timeout(spec))
     from langchain_openai import ChatOpenAI
 
     from fusiongraph.graph.completions import DirectCompletions
+    from fusiongraph.graph.reasoning import chat_openai_kwargs
 
     warm_client_stack()
     timeout = _timeout(spec)
@@ -376,6 +407,11 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
     if spec.provider == "openrouter":
         # Ask OpenRouter to report the real cost of each call in `usage.cost`.
         kwargs["extra_body"] = {"usage": {"include": True}}
+    # The spec's reasoning effort, in the form its endpoint reads (graph/reasoning.py).
+    reasoning = chat_openai_kwargs(spec)
+    if "extra_body" in reasoning:
+        kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **reasoning.pop("extra_body")}
+    kwargs.update(reasoning)
     model = ChatOpenAI(
         model=spec.model,
         base_url=spec.resolved_base_url(),
@@ -388,6 +424,7 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         stream_chunk_timeout=timeout,
         default_headers={FUSION_DEPTH_HEADER: "1", "X-Title": "fusiongraph"},
         http_async_client=client,
+        http_client=sync_http_client(),
         **kwargs,
     )
     if DirectCompletions is not None:
@@ -404,9 +441,10 @@ def quiet(model: BaseChatModel) -> BaseChatModel:
 
 
 async def close_model(model: Any) -> None:
-    """Close the HTTP client a model owns (a no-op for shared clients, fakes and wrappers)."""
+    """Close the HTTP client a model owns (a no-op for shared clients, fakes and wrappers). Only
+    a client this module made is closed: a caller's model object keeps the client it came with."""
     client = getattr(model, "http_async_client", None)
     loop = _running_loop()
     shared = loop is not None and loop in _LOOP_MODELS and _LOOP_MODELS[loop].owns(client)
-    if isinstance(client, httpx.AsyncClient) and not shared:
+    if isinstance(client, httpx.AsyncClient) and not shared and reports_sends(model):
         await client.aclose()

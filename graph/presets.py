@@ -31,10 +31,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "quality": {
         "description": "Frontier panel on OpenRouter; Claude Opus judges and writes.",
+        # OpenRouter's names have no LangChain model profile: `images` says they read images.
         "panel": [
-            "openrouter:anthropic/claude-opus-4.8",
-            "openrouter:google/gemini-3.1-pro",
-            "openrouter:openai/gpt-5.5",
+            {"provider": "openrouter", "model": "anthropic/claude-opus-4.8", "images": True},
+            {"provider": "openrouter", "model": "google/gemini-3.1-pro", "images": True},
+            {"provider": "openrouter", "model": "openai/gpt-5.5", "images": True},
         ],
         "judge": "openrouter:anthropic/claude-opus-4.8",
         "synthesizer": "openrouter:anthropic/claude-opus-4.8",
@@ -45,9 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "budget": {
         "description": "Fast, cheap OpenRouter models; fewer tool steps.",
         "panel": [
-            "openrouter:google/gemini-3-flash",
-            "openrouter:deepseek/deepseek-v3.2",
-            "openrouter:openai/gpt-5-mini",
+            {"provider": "openrouter", "model": "google/gemini-3-flash", "images": True},
+            "openrouter:deepseek/deepseek-v3.2",  # text only: it gets a note for each image
+            {"provider": "openrouter", "model": "openai/gpt-5-mini", "images": True},
         ],
         "judge": "openrouter:google/gemini-3-flash",
         "synthesizer": "openrouter:google/gemini-3-flash",

@@ -1,4 +1,5 @@
-"""Model specs: which model, behind which OpenAI-compatible endpoint, with which key.
+"""Model specs: which model, behind which endpoint (OpenAI-compatible, or any provider LangChain's
+init_chat_model knows, e.g. `ollama:llama3.2`), with which key.
 
 A spec is written as a string (`openrouter:anthropic/claude-opus-4.8`, `openai:gpt-5.5`,
 `anthropic:claude-opus-4.8`, `local:smollm2-135m`) or as an object with model, base_url and the
@@ -13,11 +14,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Provider = Literal["openai", "openrouter", "anthropic", "local", "openai_compatible"]
+from fusiongraph.graph.providers import LANGCHAIN_PROVIDERS, OBJECT_PROVIDER
+
+# The built-in OpenAI-compatible providers (and anthropic), then every other provider LangChain's
+# init_chat_model knows, then `object` (a caller's chat model object): see graph/providers.py.
+BUILTIN_PROVIDERS = ("openai", "openrouter", "anthropic", "local", "openai_compatible")
+PROVIDERS: tuple[str, ...] = (
+    *BUILTIN_PROVIDERS,
+    *(p for p in LANGCHAIN_PROVIDERS if p not in BUILTIN_PROVIDERS),
+    OBJECT_PROVIDER,
+)
+Provider = Literal[PROVIDERS]  # type: ignore[valid-type]
 ToolMode = Literal["agentic", "prefetch", "off"]
 # How the judge asks for its structure: OpenAI json_schema; llama.cpp's JSON mode constrained by
 # a schema grammar; tool calling; plain JSON mode; or only a prompt (always parsed tolerantly).
 StructuredMethod = Literal["json_schema", "json_object_schema", "function_calling", "prompt"]
+# OpenAI's reasoning effort levels (OpenRouter's `reasoning.effort` takes the same names).
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
     "openai": {
@@ -51,6 +64,18 @@ PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
         "structured_output": "json_schema",
     },
 }
+# The init_chat_model providers and model objects: the provider's own client finds its endpoint;
+# tool calling is the structured-output method every LangChain chat model with tools has.
+for _provider in PROVIDERS:
+    PROVIDER_DEFAULTS.setdefault(
+        _provider,
+        {
+            "base_url_env": None,
+            "base_url": None,
+            "api_key_env": getattr(LANGCHAIN_PROVIDERS.get(_provider), "api_key_env", None),
+            "structured_output": "function_calling",
+        },
+    )
 
 
 # Base URLs known only at run time, per provider: the bundled local server's depends on its port
@@ -87,9 +112,13 @@ class ModelSpec(BaseModel):
     model: str = Field(min_length=1, description="the model's name at its endpoint")
     provider: Provider = Field(
         default="openai_compatible",
-        description="openai | openrouter | anthropic | local | openai_compatible (needs base_url)",
+        description="openai | openrouter | anthropic | local | openai_compatible (needs base_url)"
+        " | any init_chat_model provider (ollama, groq, google_genai, bedrock, ...; its extra) "
+        "| object (a model object given to build_graph(models=...))",
     )
-    base_url: str | None = Field(default=None, description="an OpenAI-compatible endpoint")
+    base_url: str | None = Field(
+        default=None, description="an OpenAI-compatible endpoint (or the provider's own)"
+    )
     api_key_env: str | None = Field(
         default=None, description="the environment variable holding the API key"
     )
@@ -111,6 +140,16 @@ class ModelSpec(BaseModel):
         "unset: the provider's strongest",
     )
     price: Price | None = Field(default=None, description="USD per million tokens")
+    images: bool | None = Field(
+        default=None,
+        description="panel only: whether it is sent the conversation's images; unset: the "
+        "model's profile (image_inputs), else a text note in place of each image",
+    )
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="none | minimal | low | medium | high | xhigh, where the provider has it; "
+        "unset: the run's reasoning_effort (panel and judge)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -159,8 +198,10 @@ def parse_spec_string(text: str) -> dict[str, Any]:
     if not sep or not model:
         raise ValueError(
             f"model spec {text!r} needs a provider prefix, one of "
-            "openai:, openrouter:, anthropic:, local: (or an object with model and base_url)"
+            "openai:, openrouter:, anthropic:, local:, an init_chat_model provider such as "
+            "ollama: (or an object with model and base_url)"
         )
     if provider not in PROVIDER_DEFAULTS or provider == "openai_compatible":
-        raise ValueError(f"unknown provider {provider!r} in model spec {text!r}")
+        known = ", ".join(p for p in PROVIDERS if p != "openai_compatible")
+        raise ValueError(f"unknown provider {provider!r} in model spec {text!r}; known: {known}")
     return {"provider": provider, "model": model}

@@ -13,6 +13,7 @@ class Usage(TypedDict, total=False):
     input_tokens: int
     output_tokens: int
     total_tokens: int
+    reasoning_tokens: int  # of output_tokens, the model's hidden reasoning (where reported)
     reported_cost_usd: float  # what the provider billed, when it says (OpenRouter's usage.cost)
 
 
@@ -38,6 +39,7 @@ class PanelResult(TypedDict):
     tool_calls: int
     error: PanelError | None
     cached: NotRequired[bool]  # served by the panel-answer cache: no call made, nothing paid
+    images: NotRequired[int]  # images it was sent (0: none, or a note in place of each)
 
 
 class PanelTask(TypedDict):
@@ -92,15 +94,15 @@ class FusionState(TypedDict, total=False):
     aggregation: dict[str, Any]
 
 
+TOKEN_KEYS = ("input_tokens", "output_tokens", "total_tokens", "reasoning_tokens")
+
+
 def empty_usage() -> Usage:
-    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "reasoning_tokens": 0}
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:
-    out: Usage = {
-        k: a.get(k, 0) + b.get(k, 0)  # type: ignore[misc]
-        for k in ("input_tokens", "output_tokens", "total_tokens")
-    }
+    out: Usage = {k: a.get(k, 0) + b.get(k, 0) for k in TOKEN_KEYS}  # type: ignore[misc]
     reported = a.get("reported_cost_usd", 0.0) + b.get("reported_cost_usd", 0.0)
     if reported:
         out["reported_cost_usd"] = reported
@@ -111,10 +113,13 @@ def usage_of(message: Any) -> Usage:
     """Token usage of an AIMessage, zero when the provider did not report it."""
     meta = getattr(message, "usage_metadata", None) or {}
     i, o = int(meta.get("input_tokens", 0) or 0), int(meta.get("output_tokens", 0) or 0)
+    # OpenAI's completion_tokens_details.reasoning_tokens, as langchain-core reports it.
+    reasoning = (meta.get("output_token_details") or {}).get("reasoning", 0)
     usage: Usage = {
         "input_tokens": i,
         "output_tokens": o,
         "total_tokens": int(meta.get("total_tokens") or i + o),
+        "reasoning_tokens": int(reasoning or 0),
     }
     token_usage = (getattr(message, "response_metadata", None) or {}).get("token_usage") or {}
     if isinstance(token_usage, dict) and token_usage.get("cost"):
@@ -126,4 +131,17 @@ def estimate_usage(prompt: list[Any], reply: Any) -> Usage:
     """About four characters a token: for endpoints that report no usage (streamed llama.cpp)."""
     i = sum(len(str(m.content)) for m in prompt) // 4
     o = max(1, len(str(reply.content)) // 4)
-    return {"input_tokens": i, "output_tokens": o, "total_tokens": i + o}
+    return {"input_tokens": i, "output_tokens": o, "total_tokens": i + o, "reasoning_tokens": 0}
+
+
+def usage_metadata_of(total: Usage) -> dict[str, Any]:
+    """A run's totals as LangChain's usage_metadata on its final message (reasoning tokens in
+    output_token_details, where the chat model, the server's usage and Responses read them)."""
+    meta: dict[str, Any] = {
+        "input_tokens": total["input_tokens"],
+        "output_tokens": total["output_tokens"],
+        "total_tokens": total["total_tokens"],
+    }
+    if total.get("reasoning_tokens"):
+        meta["output_token_details"] = {"reasoning": total["reasoning_tokens"]}
+    return meta

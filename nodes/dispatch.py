@@ -36,6 +36,8 @@ from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, PanelTask
 from fusiongraph.nodes.aggregation import event as aggregation_event
 from fusiongraph.nodes.aggregation import start as start_aggregation
+from fusiongraph.nodes.images import content_key
+from fusiongraph.nodes.images import prompt_chars as conversation_chars
 from fusiongraph.nodes.judge import judge_spec
 from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.nodes.panel import panel_spec
@@ -100,7 +102,7 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
     """Refuse a plan whose worst case (every max_tokens and tool step used) exceeds max_cost_usd."""
     if config.max_cost_usd is None:
         return
-    prompt_chars = sum(len(str(m.content)) for m in messages)
+    prompt_chars = conversation_chars(messages)  # an image counts as its tokens, not its base64
     worst, unknown = worst_case_cost(config, prompt_chars)
     if unknown:
         raise FusionConfigError(
@@ -184,6 +186,7 @@ def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
             **spec.model_dump(mode="json", exclude={"price"}),
             "base_url": spec.resolved_base_url(),
             "max_tokens": spec.max_tokens or config.panel_max_tokens,
+            "reasoning_effort": panel_spec(config, index).reasoning_effort,
         },
         "tools": tools,
     }
@@ -193,7 +196,7 @@ def _message_key(message: AnyMessage) -> dict[str, Any]:
     # Message ids are new on every request, so they stay out of the key.
     return {
         "type": message.type,
-        "content": message.content,
+        "content": content_key(message.content),  # an image as its digest
         "name": message.name,
         "tool_calls": getattr(message, "tool_calls", None) or None,
         "tool_call_id": getattr(message, "tool_call_id", None),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
-import openai
 from langchain_core.exceptions import (
     ModelAPIError,
     ModelAuthenticationError,
@@ -31,14 +31,22 @@ class NamedFailure(Exception):
 # subclasses), in the order they are tried: a timeout is also a connection error to the SDK.
 _MODEL_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
     (ModelTimeoutError, "timeout"),
-    (openai.APITimeoutError, "timeout"),
     (ModelRateLimitError, "rate_limited"),
     (ModelAuthenticationError, "auth"),
     (ModelPermissionDeniedError, "auth"),
     (ModelAPIError, "upstream_error"),
     (ModelConnectionError, "connection_error"),
-    (openai.APIConnectionError, "connection_error"),
 )
+
+
+def _sdk_error(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is the openai SDK's error `name`, for calls that reach us unwrapped.
+
+    Read from `sys.modules`: importing the SDK costs about 0.3 s, and a process that never
+    imported it cannot hold one of its errors, so this module does not pay for it at import.
+    """
+    openai = sys.modules.get("openai")
+    return openai is not None and isinstance(exc, getattr(openai, name))
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -60,9 +68,15 @@ def failure_reason(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
     if getattr(exc, "code", None) == "recursion" and status == 400:
         return "recursion"  # a fusion server refused our inner call
+    # In langchain-core's order, the SDK's timeout after its own and its connection error last
+    # (a timeout is also a connection error to the SDK).
+    if isinstance(exc, ModelTimeoutError) or _sdk_error(exc, "APITimeoutError"):
+        return "timeout"
     for kind, reason in _MODEL_ERRORS:
         if isinstance(exc, kind):
             return reason
+    if _sdk_error(exc, "APIConnectionError"):
+        return "connection_error"
     if isinstance(status, int):
         if status == 429:
             return "rate_limited"

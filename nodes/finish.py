@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.messages import AIMessage
 
 from fusiongraph.graph.config import config_of
-from fusiongraph.graph.state import FusionState, empty_usage
+from fusiongraph.graph.state import FusionState, empty_usage, usage_metadata_of
 from fusiongraph.nodes.aggregation import decided
 from fusiongraph.nodes.metadata import fusion_metadata
 from fusiongraph.nodes.progress import emit
@@ -32,11 +32,7 @@ async def finish(state: FusionState) -> dict[str, Any]:
         content=choice["content"],
         id=f"fusion-{state.get('run_key', '')}",
         response_metadata={"fusion": meta, "finish_reason": "stop"},
-        usage_metadata={
-            "input_tokens": total["input_tokens"],
-            "output_tokens": total["output_tokens"],
-            "total_tokens": total["total_tokens"],
-        },
+        usage_metadata=usage_metadata_of(total),  # type: ignore[arg-type]
     )
     emit(
         "answer_selected",

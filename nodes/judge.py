@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from fusiongraph.graph.config import FusionConfig, config_of
 from fusiongraph.graph.models import ModelFactory, close_model, quiet, track_upstream_status
+from fusiongraph.graph.reasoning import with_effort
 from fusiongraph.graph.specs import ModelSpec, StructuredMethod
 from fusiongraph.graph.state import (
     FusionState,
@@ -40,6 +41,7 @@ from fusiongraph.nodes.analysis import (
     parse_analysis,
 )
 from fusiongraph.nodes.failures import NamedFailure, cut_error, describe, failure_reason
+from fusiongraph.nodes.images import without_images
 from fusiongraph.nodes.judge_tools import judge_with_checks
 from fusiongraph.nodes.messages import last_user_text, text_of
 from fusiongraph.nodes.metadata import fusion_failure
@@ -66,8 +68,9 @@ def anonymise(answers: list[PanelResult], seed: str) -> tuple[list[PanelResult],
 
 
 def judge_spec(config: FusionConfig) -> ModelSpec:
-    """The judge's model as it runs: temperature 0, a bounded analysis."""
-    return config.judge.model_copy(
+    """The judge's model as it runs: temperature 0, a bounded analysis, the run's reasoning
+    effort unless its spec has its own."""
+    return with_effort(config.judge, config.reasoning_effort).model_copy(
         update={"temperature": 0.0, "max_tokens": config.judge.max_tokens or JUDGE_MAX_TOKENS}
     )
 
@@ -85,7 +88,9 @@ def judge_messages(
             f"Response {label}:\n" + delimit_untrusted(content, f"Response {label}", notice=False)
         )
     user = prompts.JUDGE_USER.format(
-        question=last_user_text(state["messages"]), responses="\n\n".join(blocks)
+        # The judge reads text: a note stands in for each image (nodes/images.py).
+        question=last_user_text(without_images(state["messages"])),
+        responses="\n\n".join(blocks),
     )
     system = prompts.JUDGE + (prompts.JUDGE_SELECT if select else "")
     return [SystemMessage(content=system), HumanMessage(content=user)]

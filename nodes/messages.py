@@ -15,13 +15,7 @@ from langchain_core.messages import (
 )
 
 from fusiongraph.graph.errors import FusionError
-
-# Content blocks (LangChain's and OpenAI's names) that no panelist is given: text_of() drops
-# them, so the panel would answer as if they had never been sent, a silent wrong answer. They
-# are refused until the panel can pass them on.
-MEDIA_BLOCKS = frozenset(
-    {"image", "image_url", "input_image", "audio", "input_audio", "video", "file", "input_file"}
-)
+from fusiongraph.nodes.images import check_images
 
 
 def text_of(message: BaseMessage) -> str:
@@ -58,21 +52,14 @@ def check_conversation(messages: Sequence[AnyMessage]) -> None:
         raise FusionError(
             "invalid_input", "the last message must come from the user (or be a tool result)"
         )
+    # Images are checked and bounded; audio, video and files refused (nodes/images.py).
+    check_images(messages)
     for index, message in enumerate(messages):
-        _check_content(index, message)
+        _check_text(index, message)
 
 
-def _check_content(index: int, message: BaseMessage) -> None:
-    """Media blocks and text no encoder can send fail here, naming the message, not upstream."""
-    blocks = message.content if isinstance(message.content, list) else []
-    for block in blocks:
-        kind = block.get("type") if isinstance(block, dict) else None
-        if isinstance(kind, str) and kind in MEDIA_BLOCKS:
-            raise FusionError(
-                "invalid_input",
-                f"message {index} holds a {kind!r} block: images, audio and files are not "
-                "supported yet, only text",
-            )
+def _check_text(index: int, message: BaseMessage) -> None:
+    """Text no encoder can send fails here, naming the message, not upstream."""
     if not is_utf8(text_of(message)):
         raise FusionError(
             "invalid_input",

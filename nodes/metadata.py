@@ -64,7 +64,14 @@ def fusion_metadata(
                     "tool_calls",
                 )
             }
-            entries.append({**entry, "cost_usd": cost, "cached": result.get("cached", False)})
+            entries.append(
+                {
+                    **entry,
+                    "images": result.get("images", 0),  # sent to it (else a note for each)
+                    "cost_usd": cost,
+                    "cached": result.get("cached", False),
+                }
+            )
         else:
             failed.append(
                 {**failed_entry(result), "latency_s": result["latency_s"], "cost_usd": cost}

@@ -3,7 +3,8 @@
 Tool modes: `agentic` (a bounded tool-calling loop over web_search, web_fetch and the tools of
 the operator's MCP servers), `prefetch` (search the question once, fetch the top pages, answer
 from them: for models without tool calling) and `off`. A failing panelist never fails the run:
-it returns a result with `error` set.
+it returns a result with `error` set. A panelist whose spec (or model profile) accepts images
+is sent the conversation's images; the others get a note in place of each (nodes/images.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from fusiongraph.graph.models import (
     reports_sends,
     track_upstream_status,
 )
+from fusiongraph.graph.reasoning import with_effort
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import PanelResult, PanelTask
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import cut_error, describe, failure_reason
+from fusiongraph.nodes.images import accepts_images, count_images, without_images
 from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, text_of, with_system
 from fusiongraph.nodes.panel_clock import PanelDeadline, clock_for, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
@@ -50,9 +53,18 @@ async def answer_off(model: BaseChatModel, messages: list[AnyMessage], out: Pane
 
 
 async def answer_prefetch(
-    model: BaseChatModel, messages: list[AnyMessage], config: FusionConfig, out: PanelAnswer
+    model: BaseChatModel,
+    messages: list[AnyMessage],
+    config: FusionConfig,
+    out: PanelAnswer,
+    query: str | None = None,
 ) -> None:
-    context, sources = await prefetch_context(last_user_text(messages), config.search, config.fetch)
+    """Search `query` (the last user message's text: never an image or its note) once."""
+    query = last_user_text(messages) if query is None else query
+    if query.strip():
+        context, sources = await prefetch_context(query, config.search, config.fetch)
+    else:  # an image with no words: nothing to search for
+        context, sources = prompts.NOTHING_TO_SEARCH, []
     out.add_sources(sources)
     system = prompts.PANELIST_PREFETCH.format(context=context)
     reply = await model.ainvoke(with_system(messages, system), NOSTREAM)
@@ -86,8 +98,9 @@ async def answer_agentic(
 
 
 def panel_spec(config: FusionConfig, index: int) -> ModelSpec:
-    """The panelist's model as it runs: the run's panel token cap applies unless it has its own."""
-    spec = config.panel[index]
+    """The panelist's model as it runs: the run's panel token cap and reasoning effort apply
+    unless it has its own."""
+    spec = with_effort(config.panel[index], config.reasoning_effort)
     if spec.max_tokens is None and config.panel_max_tokens is not None:
         return spec.model_copy(update={"max_tokens": config.panel_max_tokens})
     return spec
@@ -114,16 +127,22 @@ def make_panelist(model_factory: ModelFactory):
         started = time.monotonic()
         out = PanelAnswer()
         error = None
+        images = 0
         with track_upstream_status() as upstream:
             try:
                 messages = flatten_tool_history(task["messages"])
+                if accepts_images(spec, model):
+                    images = count_images(messages)
+                else:  # a note in place of each image
+                    messages = without_images(messages)
                 mode = config.panel_tool_mode(spec)
                 if mode == "agentic":
                     work = answer_agentic(
                         model, messages, config, config.panel_max_tool_calls(spec), out
                     )
                 elif mode == "prefetch":
-                    work = answer_prefetch(model, messages, config, out)
+                    query = last_user_text(task["messages"])  # its text only
+                    work = answer_prefetch(model, messages, config, out, query)
                 else:
                     work = answer_off(model, messages, out)
                 if mode != "prefetch" and reports_sends(model):  # its first step is a request
@@ -162,6 +181,7 @@ def make_panelist(model_factory: ModelFactory):
             "latency_s": latency,
             "tool_calls": out.tool_calls,
             "error": error,
+            "images": images,
         }
         return {"panel": [result]}
 

@@ -22,6 +22,9 @@ Search results for the question were gathered for you:
 {context}"""
 )
 
+# Prefetch's context when the question is only an image: no words to search for.
+NOTHING_TO_SEARCH = "The question holds no text to search for, so nothing was retrieved."
+
 TOOL_BUDGET_SPENT = (
     "Your tool budget is spent. Answer the user's last message now from what you have, without "
     "calling any tool."

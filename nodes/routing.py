@@ -25,6 +25,7 @@ from fusiongraph.graph.pricing import CLASSIFIER_OUTPUT_TOKENS
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, empty_usage, estimate_usage, usage_of
 from fusiongraph.nodes.failures import describe, failure_reason
+from fusiongraph.nodes.images import without_images
 from fusiongraph.nodes.messages import last_user_text, text_of
 from fusiongraph.nodes.panel_clock import run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
@@ -185,7 +186,7 @@ def make_classify(model_factory: ModelFactory):
         started = time.monotonic()
         prompt = [
             SystemMessage(content=CLASSIFY_PROMPT),
-            HumanMessage(content=last_user_text(state["messages"])[:4000]),
+            HumanMessage(content=last_user_text(without_images(state["messages"]))[:4000]),
         ]
         info: dict[str, Any] = {"model": spec.name, "ok": False, "error": None}
         info["usage"] = empty_usage()  # a failed call reports nothing

@@ -20,10 +20,11 @@ from langchain_core.messages import AIMessage, AnyMessage
 from fusiongraph.graph.config import FusionConfig, config_of
 from fusiongraph.graph.models import ModelFactory, close_model
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import FusionState, estimate_usage, usage_of
+from fusiongraph.graph.state import FusionState, estimate_usage, usage_metadata_of, usage_of
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.aggregation import decided, needs_raw_answers
 from fusiongraph.nodes.failures import describe, failure_reason
+from fusiongraph.nodes.images import without_images
 from fusiongraph.nodes.judge import successful
 from fusiongraph.nodes.messages import flatten_tool_history, with_system
 from fusiongraph.nodes.metadata import fusion_failure, fusion_metadata
@@ -57,8 +58,9 @@ def synthesis_instructions(state: FusionState, config: FusionConfig) -> str:
 
 
 def synthesis_conversation(state: FusionState, config: FusionConfig) -> list[AnyMessage]:
-    """Keep the caller's tool history native only when its tools are bound here."""
-    messages = list(state["messages"])
+    """Keep the caller's tool history native only when its tools are bound here. The
+    synthesizer writes from text: a note stands in for each image (nodes/images.py)."""
+    messages = without_images(state["messages"])
     if not config.synthesis_tools:
         messages = flatten_tool_history(messages)
     return with_system(messages, synthesis_instructions(state, config))
@@ -122,11 +124,7 @@ def make_synthesis(model_factory: ModelFactory):
             invalid_tool_calls=reply.invalid_tool_calls,
             id=reply.id,
             response_metadata={**reply.response_metadata, "fusion": meta},
-            usage_metadata={
-                "input_tokens": total["input_tokens"],
-                "output_tokens": total["output_tokens"],
-                "total_tokens": total["total_tokens"],
-            },
+            usage_metadata=usage_metadata_of(total),  # type: ignore[arg-type]
         )
         emit("synthesis_finished", model=spec.name, latency_s=latency)
         return {"messages": [final]}

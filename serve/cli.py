@@ -20,6 +20,8 @@ from rich.table import Table
 
 from fusiongraph.graph.config import CONTEXT_FIELDS, STRATEGIES
 from fusiongraph.graph.errors import FusionError, ThreadConflict, ThreadNotFound
+from fusiongraph.graph.providers import OBJECT_PROVIDER
+from fusiongraph.graph.shared_cache import open_cache, parse_cache_url
 
 app = typer.Typer(
     help="Multi-model deliberation: a panel answers, a judge compares, one writes.",
@@ -32,6 +34,17 @@ local_app = typer.Typer(
 app.add_typer(local_app, name="local")
 
 console = Console()
+
+
+def _cache_option(value: str | None) -> str | None:
+    """An unknown `--cache` value is a usage error, before anything starts."""
+    try:
+        parse_cache_url(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 # Options that `ask` and `serve` share.
 CheckpointerOption = Annotated[
     str | None,
@@ -40,7 +53,15 @@ CheckpointerOption = Annotated[
         envvar="FUSIONGRAPH_CHECKPOINTER",
     ),
 ]
-CacheOption = Annotated[bool, typer.Option(help="Reuse panel answers of identical requests.")]
+CacheOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Reuse panel answers of identical requests: memory (this process) or redis://host:port"
+        "/db (shared by every replica).",
+        envvar="FUSIONGRAPH_CACHE",
+        callback=_cache_option,
+    ),
+]
 McpServersOption = Annotated[
     str | None,
     typer.Option(
@@ -54,15 +75,21 @@ err_console = Console(stderr=True)
 
 def model_spec_option(value: str) -> str | dict[str, Any]:
     """A model spec as typed: `provider:model`, or a JSON object (`{"model": ..., "base_url":
-    ...}`) for any OpenAI-compatible endpoint."""
-    if not value.lstrip().startswith("{"):
-        return value
-    try:
-        spec = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not a JSON object: {exc}") from None
-    if not isinstance(spec, dict):
-        raise typer.BadParameter("a model spec object must be a JSON object")
+    ...}`) for any OpenAI-compatible endpoint. Not `object:` (a Python graph's model object)."""
+    spec: Any = value
+    if value.lstrip().startswith("{"):
+        try:
+            spec = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not a JSON object: {exc}") from None
+        if not isinstance(spec, dict):
+            raise typer.BadParameter("a model spec object must be a JSON object")
+    provider = spec.get("provider") if isinstance(spec, dict) else spec.partition(":")[0]
+    if provider == OBJECT_PROVIDER:
+        raise typer.BadParameter(
+            "object: names a chat model object of a Python graph (build_graph(models=...)); "
+            "the CLI has none: use a provider spec such as ollama:llama3.2"
+        )
     return spec
 
 
@@ -304,12 +331,12 @@ async def _ask(
     as_json: bool,
     checkpointer: str | None,
     thread: str | None,
-    cache: bool,
+    cache: str | None,
 ) -> int:
     from fusiongraph.graph.persistence import open_graph
     from fusiongraph.graph.threads import ThreadPlan, digest, plan_thread
 
-    async with open_graph(checkpointer, cache=cache or None) as graph:
+    async with open_graph(checkpointer, cache=open_cache(cache)) as graph:
         plan = ThreadPlan()
         if checkpointer:
             request = digest({"question": question, "context": ctx})
@@ -386,7 +413,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
     checkpointer: CheckpointerOption = None,
     thread: Annotated[str | None, typer.Option(help="Thread id: continue or resume it.")] = None,
-    cache: CacheOption = False,
+    cache: CacheOption = None,
     mcp_servers: McpServersOption = None,
 ) -> None:
     """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
@@ -464,7 +491,8 @@ def eval_command(
     tasks: Annotated[
         str,
         typer.Argument(
-            help="A bundled suite (humaneval, math, research, choice) or a .jsonl/.csv file."
+            help="A bundled suite (humaneval, math, research, choice) or a .jsonl/.csv file; "
+            "several, comma-separated (math,choice), make one report."
         ),
     ],
     preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
@@ -540,28 +568,53 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     checkpointer: CheckpointerOption = None,
-    cache: CacheOption = False,
+    cache: CacheOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes on one socket (default: one per core; 1: a single process).",
+            envvar="FUSIONGRAPH_WORKERS",
+        ),
+    ] = None,
+    grace_s: Annotated[
+        float,
+        typer.Option(
+            "--grace-s",
+            min=0,
+            help="On SIGTERM: seconds in-flight runs may take to finish before they are "
+            "cancelled (the client gets a 503 / an error event; checkpointed runs resume).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the HTTP API (/v1/chat/completions, /v1/messages, /v1/responses, /v1/models) with
-    uvicorn, and the web playground at `/`.
+    uvicorn, the web playground at `/`, /metrics (Prometheus), /healthz and /readyz.
 
     API keys come from FUSIONGRAPH_API_KEYS (comma-separated; sent as a bearer token or in
     x-api-key); without it there is no auth.
     """
     load_dotenv()
-    import uvicorn
-
-    from fusiongraph.serve.server import create_app
+    from fusiongraph.serve.workers import ServeSettings, default_workers, run_server
 
     try:
         alias_map = json.loads(aliases.read_text()) if aliases else None
-        server_app = create_app(
-            aliases=alias_map, default_preset=preset, checkpointer_url=checkpointer, cache=cache
+        settings = ServeSettings(
+            aliases=alias_map,
+            default_preset=preset,
+            checkpointer_url=checkpointer,
+            cache=cache,
+            grace_s=grace_s,
+        )
+        run_server(
+            settings,
+            host=host,
+            port=port,
+            workers=workers or default_workers(),
+            log_level=log_level,
         )
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]cannot start the server:[/red] {exc}")
         raise typer.Exit(2) from None
-    uvicorn.run(server_app, host=host, port=port, log_level=log_level)
 
 
 @app.command()
@@ -589,7 +642,7 @@ def playground(
     ] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     checkpointer: CheckpointerOption = None,
-    cache: CacheOption = False,
+    cache: CacheOption = None,
 ) -> None:
     """Start the server and open the web playground (the page `serve` also has at `/`)."""
     load_dotenv()
@@ -645,7 +698,7 @@ def mcp_command(
         ),
     ] = None,
     mcp_servers: McpServersOption = None,
-    cache: CacheOption = False,
+    cache: CacheOption = None,
     log_level: Annotated[str, typer.Option(help="http: uvicorn log level.")] = "warning",
 ) -> None:
     """Serve the `deliberate` tool over MCP, for desktop assistants, IDEs and agents.
@@ -671,7 +724,7 @@ def mcp_command(
     if (servers := _mcp_servers(mcp_servers)) is not None:
         ctx["mcp_servers"] = servers
     try:
-        server = create_mcp_server(context=ctx, cache=cache)
+        server = create_mcp_server(context=ctx, cache=open_cache(cache))
     except FusionError as exc:
         err_console.print(
             f"[red]cannot start the MCP server:[/red] {escape(exc.message)}", soft_wrap=True

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from fusiongraph.graph.config import OPERATOR_ONLY, FusionContext
 from fusiongraph.graph.errors import field_path
 from fusiongraph.graph.presets import PRESETS
+from fusiongraph.graph.providers import OBJECT_PROVIDER
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.tool import deliberation_messages, render
 from fusiongraph.serve.openai_protocol import SPEC_FORBIDDEN, RequestSpec, openapi_schema
@@ -129,9 +130,17 @@ def _check_spec_objects(arguments: dict[str, Any], spec_fields: set[str]) -> Non
         value = arguments[name]
         specs = value if isinstance(value, list) else [value]
         for i, spec in enumerate(specs):
+            where = f"{name}[{i}]" if isinstance(value, list) else name
+            provider = spec.get("provider") if isinstance(spec, dict) else None
+            if isinstance(spec, str):
+                provider = spec.partition(":")[0]
+            if provider == OBJECT_PROVIDER:
+                raise ArgumentError(
+                    f"{where}: an object: spec names a chat model object of a Python graph; "
+                    "a call cannot use one"
+                )
             if not isinstance(spec, dict):
                 continue
-            where = f"{name}[{i}]" if isinstance(value, list) else name
             for key in SPEC_FORBIDDEN:
                 if key in spec:
                     raise ArgumentError(

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from fusiongraph.graph.config import MODEL_FIELDS, OPENAI_PARAMS, OPERATOR_ONLY
-from fusiongraph.graph.specs import ModelSpec
+from fusiongraph.graph.specs import ModelSpec, ReasoningEffort
 from fusiongraph.nodes.analysis import inline_refs
 
 # A model spec object from a request may not choose the endpoint or the key: the server's keys
@@ -41,13 +41,26 @@ class RefusalPart(_Param):
     refusal: str
 
 
+class ImageURL(_Param):
+    url: str = Field(description="an http(s) URL or a base64 data:image/... URL")
+    detail: str | None = None
+
+
+class ImagePart(_Param):
+    """An image in a user message: sent to the panelists that accept images, a text note in
+    its place for the other models (nodes/images.py)."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class MediaPart(_Param):
-    """Images, audio and files: refused with a 400 naming the part (not supported yet)."""
+    """Audio and files: refused with a 400 naming the part."""
 
-    type: Literal["image_url", "input_audio", "file"]
+    type: Literal["input_audio", "file"]
 
 
-ContentPart = Annotated[TextPart | RefusalPart | MediaPart, Field(discriminator="type")]
+ContentPart = Annotated[TextPart | RefusalPart | ImagePart | MediaPart, Field(discriminator="type")]
 Content = str | Annotated[list[ContentPart], Field(min_length=1)]
 
 
@@ -143,6 +156,10 @@ class ChatCompletionRequest(_Param):
     temperature: float | None = Field(default=None, description="of the synthesis step")
     max_tokens: int | None = Field(default=None, ge=1, description="of the synthesis step")
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="of the panelists and the judge whose spec sets none (fusion.reasoning_effort)",
+    )
     n: Literal[1] | None = None
     response_format: ResponseFormat | None = None
     fusion: dict[str, Any] | None = Field(

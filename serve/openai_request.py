@@ -21,7 +21,9 @@ from langchain_core.messages import ToolMessage as LCToolMessage
 from pydantic import BaseModel, ValidationError
 
 from fusiongraph.graph.config import MAX_PANEL, MODEL_FIELDS, FusionContext
-from fusiongraph.graph.errors import field_path
+from fusiongraph.graph.errors import FusionError, field_path
+from fusiongraph.graph.providers import OBJECT_PROVIDER
+from fusiongraph.nodes.images import MAX_IMAGES, check_image
 from fusiongraph.nodes.messages import is_utf8
 from fusiongraph.serve.openai_errors import OpenAIError, bad_request
 from fusiongraph.serve.openai_protocol import (
@@ -31,6 +33,7 @@ from fusiongraph.serve.openai_protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     Content,
+    ImagePart,
     MediaPart,
     Message,
     NamedToolChoice,
@@ -330,23 +333,52 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
         raise bad_request(f"{param}: {message}" if param else message, param) from None
 
 
-def _text(content: Content | None, param: str) -> str:
-    """Text parts joined into a string, what every model accepts. Images, audio and files are
-    refused rather than dropped or forwarded: no panelist reads them yet, and forwarding an image
-    URL had every panelist's provider fetch wherever it pointed."""
+def _content(
+    content: Content | None, param: str, *, images: bool = False
+) -> str | list[dict[str, Any]]:
+    """Text parts joined into a string, what every model accepts; with an image (allowed in user
+    messages only) the parts as a list of text and image_url parts. Each image is checked here,
+    a 400 naming it (nodes/images.py: scheme, size, a non-public host); audio and files are
+    refused rather than dropped or forwarded."""
     if content is None or isinstance(content, str):
         return content or ""
-    parts: list[str] = []
+    parts: list[dict[str, Any]] = []
     for i, part in enumerate(content):
+        where = f"{param}[{i}]"
         if isinstance(part, MediaPart):
             raise bad_request(
-                f"{part.type} content is not supported yet: images, audio and files cannot be "
-                "sent, only text",
-                f"{param}[{i}]",
+                f"{part.type} content is not supported: audio and files cannot be sent, only "
+                "text and images",
+                where,
                 code="unsupported_content",
             )
-        parts.append(part.text if isinstance(part, TextPart) else part.refusal)
-    return "\n".join(parts)
+        if isinstance(part, ImagePart):
+            if not images:
+                raise bad_request(
+                    "images are accepted in user messages only", where, "unsupported_content"
+                )
+            image = {"url": part.image_url.url}
+            if part.image_url.detail is not None:
+                image["detail"] = part.image_url.detail
+            block = {"type": "image_url", "image_url": image}
+            try:
+                check_image(block, where)
+            except FusionError as exc:
+                raise bad_request(exc.message, where, "invalid_image") from None
+            parts.append(block)
+        else:
+            text = part.text if isinstance(part, TextPart) else part.refusal
+            parts.append({"type": "text", "text": text})
+    if any(p["type"] == "image_url" for p in parts):
+        return parts
+    return "\n".join(p["text"] for p in parts)
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    """The words of converted content (its text parts)."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p["text"] for p in content if p["type"] == "text")
 
 
 def _tool_call(call: ToolCall, param: str) -> dict[str, Any]:
@@ -365,16 +397,25 @@ def convert_messages(messages: list[Message]) -> list[AnyMessage]:
             "messages is empty; send at least one user message", "messages", code="invalid_input"
         )
     out: list[AnyMessage] = []
+    images = 0
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
-        text = _text(message.content, f"{param}.content")
+        content = _content(
+            message.content, f"{param}.content", images=isinstance(message, UserMessage)
+        )
+        text = _text(content)
+        if isinstance(content, list):
+            images += sum(1 for p in content if p["type"] == "image_url")
+            if images > MAX_IMAGES:
+                raise limit_error(param, f"{images} images", "max_images", MAX_IMAGES)
         calls = []
         if isinstance(message, AssistantMessage):
             calls = [
                 _tool_call(call, f"{param}.tool_calls[{j}]")
                 for j, call in enumerate(message.tool_calls or [])
             ]
-        if not text.strip() and not calls and not isinstance(message, ToolMessage):
+        empty = not text.strip() and isinstance(content, str)  # an image alone is content
+        if empty and not calls and not isinstance(message, ToolMessage):
             raise bad_request("content is empty", f"{param}.content")
         if isinstance(message, ToolMessage):
             out.append(
@@ -383,7 +424,7 @@ def convert_messages(messages: list[Message]) -> list[AnyMessage]:
         elif isinstance(message, AssistantMessage):
             out.append(AIMessage(content=text, tool_calls=calls, name=message.name))
         elif isinstance(message, UserMessage):
-            out.append(HumanMessage(content=text, name=message.name))
+            out.append(HumanMessage(content=content, name=message.name))  # type: ignore[arg-type]
         else:
             out.append(LCSystemMessage(content=text, name=message.name))
     return out
@@ -399,6 +440,17 @@ def _check_tool_choice(choice: str | NamedToolChoice, tools: list[Tool] | None) 
 
 
 def _check_spec(spec: Any, param: str) -> None:
+    # A model object lives in a Python process's graph: a request can only name it, and must not.
+    provider = spec.partition(":")[0] if isinstance(spec, str) else None
+    if isinstance(spec, dict):
+        provider = spec.get("provider")
+    if provider == OBJECT_PROVIDER:
+        raise bad_request(
+            "an object: spec names a chat model object of a Python graph; a request cannot "
+            "use one (name a provider spec, or configure an alias on the server)",
+            param,
+            code="invalid_config",
+        )
     if isinstance(spec, dict):
         for key in SPEC_FORBIDDEN:
             if key in spec:
@@ -473,6 +525,14 @@ def build_run(
         context["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
     if request.temperature is not None:
         context["temperature"] = request.temperature
+    if request.reasoning_effort is not None:  # OpenAI's parameter for fusion.reasoning_effort
+        if overrides.get("reasoning_effort") not in (None, request.reasoning_effort):
+            raise bad_request(
+                "reasoning_effort and fusion.reasoning_effort disagree; send one of them",
+                "reasoning_effort",
+                code="invalid_config",
+            )
+        context["reasoning_effort"] = request.reasoning_effort
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is not None:
         context["max_tokens"] = max_tokens

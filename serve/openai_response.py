@@ -21,15 +21,20 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def usage_block(message: AIMessage) -> dict[str, int]:
-    """OpenAI usage from the final message, whose usage_metadata totals every call of the run."""
+def usage_block(message: AIMessage) -> dict[str, Any]:
+    """OpenAI usage from the final message, whose usage_metadata totals every call of the run
+    (with the reasoning tokens among them in completion_tokens_details, when any)."""
     usage = message.usage_metadata or {}
     prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-    return {
+    block: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": int(usage.get("total_tokens") or prompt + completion),
     }
+    reasoning = int((usage.get("output_token_details") or {}).get("reasoning", 0) or 0)
+    if reasoning:
+        block["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return block
 
 
 def openai_tool_call(call: dict[str, Any]) -> dict[str, Any]:

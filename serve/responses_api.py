@@ -185,6 +185,8 @@ def convert_request(
         "max_tokens": body.max_output_tokens,
         "fusion": body.fusion,
     }
+    if body.reasoning is not None and body.reasoning.effort is not None:
+        fields["reasoning_effort"] = body.reasoning.effort  # the chat-completions parameter
     if body.tools:
         fields["tools"] = [
             {

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from fusiongraph.graph.specs import ReasoningEffort
+
 
 class _Param(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -118,6 +120,12 @@ class TextConfig(_Param):
     format: TextFormat | None = None
 
 
+class ReasoningConfig(_Param):
+    """`effort` becomes the run's reasoning_effort (panelists and judge); `summary` is ignored."""
+
+    effort: ReasoningEffort | None = None
+
+
 class ResponsesRequest(_Param):
     """The parameters we act on; other ones (top_p, user, truncation, ...) are accepted and
     ignored. `previous_response_id` needs a server with a checkpointer (the thread of that
@@ -139,6 +147,9 @@ class ResponsesRequest(_Param):
     metadata: dict[str, str] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = Field(default=None, description='only {"format": {"type": "text"}}')
+    reasoning: ReasoningConfig | None = Field(
+        default=None, description="effort: of the panelists and the judge (fusion.reasoning_effort)"
+    )
     fusion: dict[str, Any] | None = Field(
         default=None, description="Per-request fusion settings (the README's configuration table)"
     )

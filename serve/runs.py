@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
@@ -51,6 +51,7 @@ from fusiongraph.serve.openai_request import (
     load_json,
     read_body,
 )
+from fusiongraph.serve.run_watch import RunHooks
 from fusiongraph.tools.aio import Pump, cancel_and_wait
 
 # Names the checkpointed thread of a request (durable servers): sent by clients to resume or
@@ -154,9 +155,13 @@ class PreparedRun:
     run: RunRequest
     plan: ThreadPlan
     messages: list[AnyMessage] | None
+    # Metrics, traces and the shutdown drain (serve/run_watch.py): every run is watched.
+    hooks: RunHooks = field(default_factory=RunHooks)
 
     def events(self) -> Pump[RunEvent]:
-        """The run's events, read by a task of its own: cancelling it cancels the run."""
+        """The run's events, read by a task of its own: cancelling it cancels the run. A
+        shutdown whose grace ran out ends them with ShuttingDown (serve/shutdown.py)."""
+        watch = self.hooks.watch(self.plan.thread_id, replayed=self.plan.replay is not None)
         if self.plan.replay is not None:
             events = replay(self.plan.replay)
         else:
@@ -164,23 +169,37 @@ class PreparedRun:
                 self.graph,
                 self.messages,
                 self.run.context,
-                self.plan.config,
+                watch.config(self.plan.config),
                 progress=self.run.progress,
             )
-        return Pump(events, name="fusion-run")
+        pump = Pump(watch.events(events), name="fusion-run")
+        release = self.hooks.drain.hold(pump.abort)
+        pump.task.add_done_callback(lambda _: release())
+        return pump
 
     async def final(self, request: Request) -> AIMessage:
-        """The final message of a non-streamed run; ClientGone when the client left first."""
+        """The final message of a non-streamed run; ClientGone when the client left first,
+        ShuttingDown when the server's shutdown grace ran out first."""
         if self.plan.replay is not None:
+            watch = self.hooks.watch(self.plan.thread_id, replayed=True)
+            watch.start()
+            watch.succeeded(self.plan.replay)
             return self.plan.replay
         inputs = None if self.messages is None else {"messages": self.messages}
+        watch = self.hooks.watch(self.plan.thread_id)
+        config = watch.config(self.plan.config)
         task = asyncio.ensure_future(
-            self.graph.ainvoke(inputs, config=self.plan.config, context=self.run.context)
+            watch.final(self.graph.ainvoke(inputs, config=config, context=self.run.context))
         )
+        stopped: list[BaseException] = []
+        release = self.hooks.drain.hold(lambda exc: (stopped.append(exc), task.cancel()))
         try:
             gone = await race_disconnect(request, task)
         finally:
+            release()
             await cancel_and_wait(task)
+        if stopped:
+            raise stopped[0]
         if gone:
             logger.info("client disconnected; run cancelled")
             raise ClientGone
@@ -196,6 +215,7 @@ class RunService:
     models: dict[str, dict[str, Any]]
     limits: RequestLimits
     context_schema: type[BaseModel]
+    hooks: RunHooks = field(default_factory=RunHooks)
 
     @property
     def graph(self) -> CompiledStateGraph:
@@ -232,7 +252,7 @@ class RunService:
         graph = self.graph
         plan = await thread_plan(graph, thread_id, body, run, api_key)
         messages = plan.inputs(run.messages, whole_conversation=True)
-        return PreparedRun(graph, run, plan, messages)
+        return PreparedRun(graph, run, plan, messages, self.hooks)
 
 
 async def thread_plan(

@@ -34,7 +34,11 @@ from fusiongraph.graph.models import aclose_models
 from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
 from fusiongraph.graph.runner import RunEvent
+from fusiongraph.graph.shared_cache import open_cache
 from fusiongraph.serve.anthropic_api import install_anthropic_api
+from fusiongraph.serve.health import readiness
+from fusiongraph.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from fusiongraph.serve.metrics import RunMetrics, mark_worker_dead
 from fusiongraph.serve.openai_errors import (
     OpenAIError,
     from_fusion_error,
@@ -57,6 +61,7 @@ from fusiongraph.serve.openai_request import (
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
 from fusiongraph.serve.playground import install_playground
 from fusiongraph.serve.responses_api import install_responses_api
+from fusiongraph.serve.run_watch import RunHooks
 from fusiongraph.serve.runs import (
     CLIENT_CLOSED,
     THREAD_HEADER,
@@ -67,6 +72,8 @@ from fusiongraph.serve.runs import (
     read_request,
     reject_recursion,
 )
+from fusiongraph.serve.shutdown import DEFAULT_GRACE_S, Drain
+from fusiongraph.serve.tracing import tracer_from_env
 from fusiongraph.tools.aio import Pump
 
 API_KEYS_ENV = "FUSIONGRAPH_API_KEYS"
@@ -148,6 +155,15 @@ def _check_aliases(aliases: dict[str, dict[str, Any]]) -> None:
             raise ValueError(f"alias {name!r}: unknown preset {context['preset']!r}")
 
 
+def check_settings(aliases: dict[str, dict[str, Any]] | None, default_preset: str | None) -> None:
+    """What create_app refuses at start-up (a bad alias, an unknown preset), checked without
+    building anything: a supervisor of workers fails before it spawns one."""
+    _check_aliases(dict(aliases or {}))
+    preset = default_preset or os.environ.get(PRESET_ENV) or "local"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+
+
 def freeze_startup_heap() -> None:
     """Move everything alive at start-up (modules, schemas, the compiled graph) out of the cyclic
     GC's reach. It lives as long as the server; re-scanning it in every full collection stalled
@@ -164,16 +180,25 @@ def create_app(
     default_preset: str | None = None,
     limits: RequestLimits | None = None,
     checkpointer_url: str | None = None,
-    cache: bool = False,
+    cache: bool | str | None = False,
     evals_dir: str | None = None,
+    metrics: bool = True,
+    tracer: Any = "env",
+    grace_s: float | None = None,
 ) -> FastAPI:
     """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
     (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`, request
     limits from the environment (`RequestLimits.from_env`).
 
     With `checkpointer_url` (sqlite:///… or postgresql://…) or `cache`, the graph is compiled at
-    start-up with that checkpointer and panel-answer cache, and runs are durable (see
-    `_thread_plan`)."""
+    start-up with that checkpointer and panel-answer cache (`True`/"memory", or "redis://…"
+    shared by replicas: graph/shared_cache.py), and runs are durable (see
+    `_thread_plan`).
+
+    Operations: `/metrics` (serve/metrics.py; `metrics=False` leaves it out), OpenTelemetry
+    spans when `tracer` is one (default "env": from the OTEL_* variables, serve/tracing.py), and
+    with `grace_s` a SIGTERM lets in-flight runs finish within that many seconds, then ends them
+    (serve/shutdown.py; the CLI's server sets it)."""
     holder: dict[str, CompiledStateGraph] = {}
     if graph is not None:
         holder["graph"] = graph
@@ -194,19 +219,28 @@ def create_app(
     # context schema (a durable graph, compiled at start-up, is always the default one).
     context_schema = getattr(holder.get("graph"), "context_schema", None) or FusionContext
 
+    hooks = RunHooks(
+        metrics=RunMetrics() if metrics else None,
+        tracer=tracer_from_env() if tracer == "env" else tracer,
+        drain=Drain(grace_s if grace_s is not None else DEFAULT_GRACE_S),
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if grace_s is not None:
+            hooks.drain.watch_signals()
         try:
             if "graph" in holder:
                 freeze_startup_heap()
                 yield
                 return
-            async with open_graph(checkpointer_url, cache=cache or None) as durable:
+            async with open_graph(checkpointer_url, cache=open_cache(cache)) as durable:
                 holder["graph"] = durable
                 freeze_startup_heap()
                 yield
         finally:
             await aclose_models()
+            mark_worker_dead()
 
     app = FastAPI(
         title="fusiongraph",
@@ -235,7 +269,7 @@ def create_app(
         return token
 
     # The run plumbing every API surface shares (serve/runs.py).
-    service = RunService(holder, models, limits, context_schema)
+    service = RunService(holder, models, limits, context_schema, hooks)
 
     def model_card(name: str) -> dict[str, Any]:
         context = models[name]
@@ -252,9 +286,32 @@ def create_app(
             "fusion": {"preset": context.get("preset"), "description": description},
         }
 
+    @app.get("/healthz", include_in_schema=False)
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
+        """Alive: the process answers HTTP (/health is the older name)."""
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def ready() -> Response:
+        """Ready for runs: the default model and every alias resolve, the local model is up
+        when the default model needs it, no shutdown under way (serve/health.py)."""
+        ok, body = await readiness(
+            models,
+            [DEFAULT_MODEL, *aliases],
+            context_schema,
+            draining=hooks.drain.draining,
+        )
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    if hooks.metrics is not None:
+        run_metrics = hooks.metrics
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics_endpoint(request: Request) -> Response:
+            """Prometheus text format; the same API key as /v1 when keys are set."""
+            authorize(request)
+            return Response(run_metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/models", responses=_errors(401))
     async def list_models(request: Request) -> dict[str, Any]:
@@ -337,6 +394,8 @@ async def _stream(handle: Pump[RunEvent], run: RunRequest, request: Request) -> 
         event = await open_stream(handle, run.progress, request)
     except FusionError as exc:
         return from_fusion_error(exc).response()
+    except OpenAIError as exc:  # the server shutting down
+        return exc.response()
     except ClientGone:
         raise
     except Exception:
@@ -374,6 +433,8 @@ async def _sse(
                 event = await anext(handle, None)
         except FusionError as exc:
             yield _data(from_fusion_error(exc).body())
+        except OpenAIError as exc:  # the server shutting down
+            yield _data(exc.body())
         except Exception:
             logger.exception("fusion run failed while streaming")
             yield _data(internal_error().body())

@@ -154,6 +154,12 @@ class Pump(Generic[T]):
             raise StopAsyncIteration
         raise item
 
+    def abort(self, exc: BaseException) -> None:
+        """End the items for the reader with `exc` (after those already pumped) and cancel the
+        work: how a server shutting down ends a run it can no longer wait for."""
+        self._queue.put_nowait((False, exc))
+        self.task.cancel()
+
     async def cancel(self, timeout: float | None = CANCEL_WAIT_S) -> None:
         """Cancel the work and wait (shielded, bounded) until its upstream calls are closed."""
         await cancel_and_wait(self.task, timeout)

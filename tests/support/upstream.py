@@ -22,6 +22,10 @@ with the benchmark's own clock across processes. A `[bench:<tag>]` marker anywhe
 messages tags the request so concurrent runs can be told apart. Judge calls (detected by
 `response_format` or the judge's system prompt) get a valid analysis JSON.
 GET /_bench/requests?since=ID returns the records, DELETE /_bench/requests clears them.
+Each record also says how many image_url parts the request held and how many omitted-image
+notes its text did (`images`, `image_notes`), and which `reasoning_effort` / `reasoning` it sent
+(`options`); `FakeUpstream(reasoning_tokens=N)` reports N reasoning tokens
+(completion_tokens_details) for every request that asked for a reasoning effort.
 
 In-process: `UpstreamServer` (uvicorn in a thread). As a process: `python -m bench.fake_upstream`.
 """
@@ -39,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fusiongraph.nodes import prompts
+from fusiongraph.nodes.images import IMAGE_OMITTED
 from tests.support.servers import ThreadedServer, bind
 
 _LATENCY_RE = re.compile(r"(\d+(?:\.\d+)?)s$")
@@ -47,7 +52,14 @@ _ANSWER_RE = re.compile(r"-ans([A-Za-z0-9.]+?)(?=-|$)")
 _LABEL_RE = re.compile(r"Response ([A-Z]):")
 _JUDGE_MARK = prompts.JUDGE[:48]
 _SYNTHESIS_MARK = prompts.SYNTHESIS[:48]
-RECORDED_OPTIONS = ("response_format", "usage", "tools", "tool_choice")
+RECORDED_OPTIONS = (
+    "response_format",
+    "usage",
+    "tools",
+    "tool_choice",
+    "reasoning_effort",
+    "reasoning",
+)
 
 PANEL_TEXT = (
     "Water boils at a lower temperature at high altitude because the air pressure is lower, so "
@@ -90,6 +102,9 @@ class RequestRecord:
     disconnected: bool = False  # the client went away before the response was complete
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens (reported when the request asked to reason)
+    images: int = 0  # image_url parts in the request's messages
+    image_notes: int = 0  # the omitted-image note in its text (nodes/images.py)
     # Body fields beyond the messages that a caller may want to check (response_format, ...).
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -200,8 +215,12 @@ class FakeUpstream:
         chunks: int = 10,
         chunk_delay_s: float = 0.01,
         default_latency_s: float = 0.0,
+        reasoning_tokens: int = 0,
     ) -> None:
         self.models = dict(models or {})
+        # Reported (completion_tokens_details.reasoning_tokens) by each request that asks for a
+        # reasoning effort (`reasoning_effort`, or OpenRouter's `reasoning.effort`), not "none".
+        self.reasoning_tokens = reasoning_tokens
         self.chunks = chunks
         self.chunk_delay_s = chunk_delay_s
         self.default_latency_s = default_latency_s
@@ -287,6 +306,8 @@ class FakeUpstream:
             arrival=arrival,
             prompt_tokens=max(1, len(text) // 4),
             options={k: body[k] for k in RECORDED_OPTIONS if k in body},
+            images=_image_parts(body),
+            image_notes=text.count(IMAGE_OMITTED),
         )
         self._next_id += 1
         self.records.append(record)
@@ -297,6 +318,9 @@ class FakeUpstream:
         else:
             content = panel_text(model)
         record.completion_tokens = max(1, len(content) // 4)
+        if _asks_to_reason(body):
+            record.reasoning_tokens = self.reasoning_tokens
+            record.completion_tokens += self.reasoning_tokens
         conn = _Connection(receive)
         try:
             if record.stream:
@@ -404,12 +428,30 @@ def _split(text: str, parts: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-def _usage(record: RequestRecord) -> dict[str, int]:
-    return {
+def _image_parts(body: dict[str, Any]) -> int:
+    return sum(
+        1
+        for m in body.get("messages") or []
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )
+
+
+def _asks_to_reason(body: dict[str, Any]) -> bool:
+    effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
+    return bool(effort) and effort != "none"
+
+
+def _usage(record: RequestRecord) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "total_tokens": record.prompt_tokens + record.completion_tokens,
     }
+    if record.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": record.reasoning_tokens}
+    return usage
 
 
 def _record_dict(record: RequestRecord) -> dict[str, Any]:

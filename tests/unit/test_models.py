@@ -23,7 +23,13 @@ from fusiongraph.graph.builder import build_graph, sync_and_async
 from fusiongraph.graph.completions import DirectCompletions
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.nodes.analysis import Analysis, inline_refs, json_schema_response_format
+from fusiongraph.nodes.analysis import (
+    SELECTION,
+    Analysis,
+    SelectingAnalysis,
+    inline_refs,
+    json_schema_response_format,
+)
 from tests.support.upstream import UpstreamServer
 
 
@@ -86,10 +92,17 @@ def test_each_sync_node_run_closes_its_loop_models(openai_env: str) -> None:
 def test_a_strict_json_schema_format_equal_to_the_sdks() -> None:
     """The judge's precomputed format says what openai's own pydantic path would send."""
 
-    sdk = to_strict_json_schema(Analysis)
-    fmt = json_schema_response_format()
-    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
-    assert fmt["json_schema"]["schema"] == inline_refs(sdk)
+    selecting = json_schema_response_format(select=True)
+    assert selecting["type"] == "json_schema" and selecting["json_schema"]["strict"] is True
+    assert selecting["json_schema"]["schema"] == inline_refs(
+        to_strict_json_schema(SelectingAnalysis)
+    )
+    # A judge that selects nothing is not asked for `best` at all: the SDK's schema without it.
+    sdk = inline_refs(to_strict_json_schema(Analysis))
+    for name in SELECTION:
+        del sdk["properties"][name]
+    sdk["required"] = [r for r in sdk["required"] if r not in SELECTION]
+    assert json_schema_response_format()["json_schema"]["schema"] == sdk
 
 
 async def test_judge_sends_the_format_and_keeps_the_models_extra_body(

@@ -2,8 +2,9 @@
 
 Each of these used to be a 500, a hang, or was passed on to every panelist: JSON nested past
 Python's recursion limit, integers past its digit limit, `NaN`/`Infinity` (not JSON), prices
-that overflow the cost to infinity, lone surrogates no UTF-8 encoder accepts, image parts (with
-URLs pointing anywhere), and bodies that never finish arriving. HOSTILE is shared with the fuzz
+that overflow the cost to infinity, lone surrogates no UTF-8 encoder accepts, image parts whose
+URL points inside the network (a model's endpoint would fetch it), audio parts, and bodies that
+never finish arriving. HOSTILE is shared with the fuzz
 suite (tests/integration/test_fuzz_server.py), which sends the same bodies.
 """
 
@@ -244,7 +245,8 @@ def test_errors_name_what_they_refuse(server: tuple[str, FakeFactory]) -> None:
     assert "max_json_depth = 64" in message("nesting-past-json-loads")
     assert "4300 digits" in message("integer-of-5000-digits")
     assert "not valid Unicode" in message("lone-surrogate-in-content")
-    assert "not supported yet" in message("image-part")
+    assert "non-public host (169.254.169.254)" in message("image-part")
+    assert "audio and files cannot be sent" in message("audio-part")
     assert "less than or equal to 100000" in message("price-that-overflows-the-cost")
 
 
@@ -351,7 +353,7 @@ def test_a_cost_that_is_not_finite_is_unknown(usage: dict[str, Any], price: Pric
     "message",
     [
         HumanMessage(
-            [{"type": "text", "text": "What is it?"}, {"type": "image", "url": "http://x/"}]
+            [{"type": "text", "text": "What is it?"}, {"type": "image", "url": "http://[::1]/"}]
         ),
         HumanMessage([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/"}}]),
         HumanMessage([{"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}]),
@@ -378,7 +380,7 @@ def test_check_conversation_keeps_non_media_blocks() -> None:
     check_conversation(history)
 
 
-async def test_the_graph_refuses_images_before_any_model() -> None:
+async def test_the_graph_refuses_a_bad_image_before_any_model() -> None:
     factory = FakeFactory(scripts())
     image = HumanMessage([{"type": "text", "text": "What is it?"}, {"type": "image", "url": "x"}])
     with pytest.raises(FusionError) as err:

@@ -178,8 +178,10 @@ class TestFusionChatModelStandardUnit(ChatModelUnitTests):
 class TestFusionChatModelStandardScripted(ChatModelIntegrationTests):
     """The integration suite, offline: the real graph with the scripted models above.
 
-    Skipped by the suite's own flags, each for a stated reason: image/PDF/audio inputs and
-    image/PDF tool messages (no multimodal path: panelists and judge receive text),
+    Skipped by the suite's own flags, each for a stated reason: image inputs (the suite
+    downloads its image from GitHub, and unit tests stay on loopback: tests/unit/test_images.py
+    sends both of its image formats offline), PDF/audio inputs and image/PDF tool messages
+    (refused: images are accepted in user messages only),
     Anthropic-format inputs, json_mode (`supports_json_mode` is False: there is no JSON-mode
     channel to the synthesizer; method="json_mode" is served by a forced tool call, which
     test_structured_output covers) and the VCR benchmark (no HTTP to record).
