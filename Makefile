@@ -24,8 +24,9 @@ lint: setup
 # The durable-run tests need PostgreSQL: a throwaway server on 127.0.0.1 (installed if missing)
 # is started for the run and removed afterwards, unless FUSIONGRAPH_TEST_POSTGRES_URL names one.
 # The browser tests (tests/browser) need Debian's chromium: scripts/ci_chromium.sh installs it.
+# The shared panel cache tests need Redis: scripts/ci_redis.sh, like PostgreSQL's.
 test: setup lint
-	bash scripts/ci_postgres.sh run bash scripts/ci_chromium.sh run $(VENV)/bin/pytest -q -rs
+	bash scripts/ci_postgres.sh run bash scripts/ci_redis.sh run bash scripts/ci_chromium.sh run $(VENV)/bin/pytest -q -rs
 
 bench: setup
 	$(PY) -m bench.run

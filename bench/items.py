@@ -216,10 +216,15 @@ async def item_quorum(
 
 
 async def item_load(
-    upstream: UpstreamProcess, concurrency: int, call_s: float, log: Callable[[str], None]
+    upstream: UpstreamProcess,
+    concurrency: int,
+    call_s: float,
+    log: Callable[[str], None],
+    workers: int = 1,
 ) -> tuple[list[Row], dict[str, Any]]:
-    """`concurrency` fusion requests at once through a fresh server (N=3, every call call_s)."""
-    server = ServerProcess(upstream.base_url)
+    """`concurrency` fusion requests at once through a fresh server (N=3, every call call_s) of
+    `workers` processes (CPU and RSS: the supervisor's and its workers', summed)."""
+    server = ServerProcess(upstream.base_url, workers=workers)
     limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency)
     try:
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
@@ -229,8 +234,8 @@ async def item_load(
                 judge=f"judge-{call_s:.3f}s",
                 synthesizer=f"synth-{call_s:.3f}s",
             )
-            for _ in range(2):
-                await driver.run(plan, stream=True)
+            for _ in range(2):  # warm every worker: concurrent runs reach each of them
+                await asyncio.gather(*(driver.run(plan, stream=True) for _ in range(2 * workers)))
             rss_before = server.rss_mb()
             since = last_id(upstream)
             upstream_ps = psutil.Process(upstream.pid)
@@ -268,7 +273,8 @@ async def item_load(
             f"{concurrency}/{concurrency}",
             verdict(all_ok),
             concurrency,
-            f"{len(records)} upstream calls, {disconnected} cut; burst took {elapsed:.2f} s",
+            f"{workers} worker(s); {len(records)} upstream calls, {disconnected} cut; "
+            f"burst took {elapsed:.2f} s",
         ),
         Row(
             "4 load",

@@ -132,7 +132,9 @@ async def main_async(args: argparse.Namespace) -> int:
             rows += r
         if 4 in items:
             log(f"\n== http: {args.concurrency} concurrent runs")
-            r, raw["load"] = await item_load(upstream, args.concurrency, args.load_call_s, log)
+            r, raw["load"] = await item_load(
+                upstream, args.concurrency, args.load_call_s, log, args.load_workers
+            )
             rows += r
     info["loadavg_end"] = os.getloadavg()
     info["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -161,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--load-call-s", type=float, default=LOAD_CALL_S)
+    parser.add_argument(
+        "--load-workers", type=int, default=2, help="item 4: server worker processes"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--no-extras",

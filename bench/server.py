@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,9 +18,12 @@ from tests.support.servers import free_port
 
 
 class ServerProcess:
-    """`fusiongraph serve` in a subprocess, so its RSS and CPU are its own."""
+    """`fusiongraph serve` in a subprocess, so its RSS and CPU are its own (with `workers` > 1:
+    the supervisor's and its workers', summed)."""
 
-    def __init__(self, upstream_url: str, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, upstream_url: str, extra_args: Sequence[str] = (), *, workers: int = 1
+    ) -> None:
         self.port = free_port()
         RESULTS_DIR.mkdir(exist_ok=True)
         self.log_path = RESULTS_DIR / f"server-{self.port}.log"
@@ -41,6 +45,8 @@ class ServerProcess:
                 str(self.port),
                 "--log-level",
                 "warning",
+                "--workers",
+                str(workers),
                 *extra_args,
             ],
             env=env,
@@ -64,11 +70,10 @@ class ServerProcess:
             time.sleep(0.1)
 
     def cpu_s(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
+        return sum(p.cpu_times().user + p.cpu_times().system for p in _tree(self.ps))
 
     def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
+        return tree_rss_mb(self.ps)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -78,6 +83,22 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return [proc]
+
+
+def tree_rss_mb(proc: psutil.Process) -> float:
+    """RSS of a process and its children (a server's workers), in MB."""
+    total = 0
+    for p in _tree(proc):
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
 
 
 class RssSampler:
@@ -92,7 +113,7 @@ class RssSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak_mb = max(self.peak_mb, self.proc.memory_info().rss / 2**20)
+                self.peak_mb = max(self.peak_mb, tree_rss_mb(self.proc))
             except psutil.Error:
                 return
             self._stop.wait(self.every_s)
