@@ -84,7 +84,7 @@ def build_graph(
     panelist, model spec and tool settings) does not call that panelist again within
     `cache_ttl_s` seconds (None: forever). `True` keeps them in memory; a LangGraph BaseCache
     (SqliteCache, RedisCache) shares them between processes. Only successful answers are kept;
-    the judge and the synthesizer always run.
+    the judge and the synthesizer run as the aggregation strategy decides, never from the cache.
 
     `models` registers chat model objects (`{"claude": ChatAnthropic(...)}`) that the run's
     context names as specs `object:claude` for any panelist, the judge or the synthesizer; the
