@@ -39,7 +39,7 @@ from fusiongraph.serve.openai_errors import (
     OpenAIError,
     bad_request,
 )
-from fusiongraph.serve.openai_protocol import openapi_schema
+from fusiongraph.serve.openai_protocol import openapi_responses, openapi_schema
 from fusiongraph.serve.openai_request import fusion_schema
 from fusiongraph.serve.openai_response import finish_reason, fusion_of, usage_block
 from fusiongraph.serve.runs import (
@@ -405,7 +405,6 @@ def request_schema(service: RunService, models: list[str]) -> dict[str, Any]:
 
 
 def _responses() -> dict[int | str, dict[str, Any]]:
-    error = {"application/json": {"schema": openapi_schema(AnthropicErrorResponse)}}
     statuses = {
         400: "Invalid request, configuration or input; over a limit; recursion",
         401: "Missing or wrong API key (x-api-key or Authorization: Bearer)",
@@ -416,17 +415,9 @@ def _responses() -> dict[int | str, dict[str, Any]]:
         504: "The run's deadline passed",
         OVERLOADED: "Every panelist was rate limited upstream (overloaded_error)",
     }
-    out: dict[int | str, dict[str, Any]] = {
-        200: {
-            "description": MessageResponse.__doc__,
-            "content": {
-                "application/json": {"schema": openapi_schema(MessageResponse)},
-                "text/event-stream": {"schema": openapi_schema(AnthropicStreamEvent)},
-            },
-        }
-    }
-    out.update({s: {"description": d, "content": error} for s, d in statuses.items()})
-    return out
+    return openapi_responses(
+        MessageResponse, AnthropicStreamEvent, AnthropicErrorResponse, statuses
+    )
 
 
 def install_anthropic_api(

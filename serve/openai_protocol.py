@@ -195,6 +195,28 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _drop_discriminators(inline_refs(model.model_json_schema()))
 
 
+def openapi_responses(
+    body: type[BaseModel],
+    events: type[BaseModel],
+    error: type[BaseModel],
+    statuses: dict[int, str],
+) -> dict[int | str, dict[str, Any]]:
+    """An endpoint's documented responses: 200 as JSON or as an SSE stream of `events`, and
+    each error status with the API's own error body."""
+    error_content = {"application/json": {"schema": openapi_schema(error)}}
+    out: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": body.__doc__,
+            "content": {
+                "application/json": {"schema": openapi_schema(body)},
+                "text/event-stream": {"schema": openapi_schema(events)},
+            },
+        }
+    }
+    out.update({s: {"description": d, "content": error_content} for s, d in statuses.items()})
+    return out
+
+
 def _drop_discriminators(schema: Any) -> Any:
     if isinstance(schema, dict):
         return {k: _drop_discriminators(v) for k, v in schema.items() if k != "discriminator"}

@@ -39,7 +39,7 @@ from fusiongraph.serve.openai_errors import (
     bad_request,
     from_fusion_error,
 )
-from fusiongraph.serve.openai_protocol import ErrorResponse, openapi_schema
+from fusiongraph.serve.openai_protocol import ErrorResponse, openapi_responses, openapi_schema
 from fusiongraph.serve.openai_request import fusion_schema
 from fusiongraph.serve.openai_response import finish_reason, fusion_of
 from fusiongraph.serve.responses_protocol import (
@@ -485,7 +485,6 @@ def request_schema(service: RunService, models: list[str]) -> dict[str, Any]:
 
 
 def _responses() -> dict[int | str, dict[str, Any]]:
-    error = {"application/json": {"schema": openapi_schema(ErrorResponse)}}
     statuses = {
         400: "Invalid request, configuration or input; over a limit; recursion; "
         "previous_response_id on a server without a checkpointer",
@@ -497,17 +496,7 @@ def _responses() -> dict[int | str, dict[str, Any]]:
         502: "Upstream failure: nothing usable came back",
         504: "The run's deadline passed",
     }
-    out: dict[int | str, dict[str, Any]] = {
-        200: {
-            "description": ResponseObject.__doc__,
-            "content": {
-                "application/json": {"schema": openapi_schema(ResponseObject)},
-                "text/event-stream": {"schema": openapi_schema(ResponsesStreamEvent)},
-            },
-        }
-    }
-    out.update({s: {"description": d, "content": error} for s, d in statuses.items()})
-    return out
+    return openapi_responses(ResponseObject, ResponsesStreamEvent, ErrorResponse, statuses)
 
 
 def install_responses_api(
