@@ -19,7 +19,7 @@ from typing import Any
 
 from openai import AsyncStream
 from openai.resources.chat.completions import AsyncCompletions
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 try:
     from openai._base_client import make_request_options
@@ -44,7 +44,7 @@ class _DirectCompletions(AsyncCompletions):
         extra_body: dict[str, object] | None = None,
         timeout: float | NotGiven | Any = not_given,  # or the SDK's own Timeout type
         **params: Any,
-    ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
+    ) -> ChatCompletion | AsyncStream[object]:
         body = {key: value for key, value in params.items() if is_given(value)}
         if "messages" not in body or "model" not in body:
             raise TypeError("a chat completion needs `messages` and `model`")
@@ -61,7 +61,9 @@ class _DirectCompletions(AsyncCompletions):
             ),
             cast_to=ChatCompletion,
             stream=bool(body.get("stream")),
-            stream_cls=AsyncStream[ChatCompletionChunk],
+            # Chunks stay the JSON dicts they arrive as: langchain-openai takes a dict chunk as
+            # is and would `model_dump()` a typed one straight back into the same dict.
+            stream_cls=AsyncStream[object],
         )
 
 

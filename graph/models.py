@@ -43,6 +43,7 @@ import httpx
 from langchain_core.language_models import BaseChatModel
 
 from fusiongraph.graph.errors import FusionConfigError
+from fusiongraph.graph.http_pool import ShardedTransport
 from fusiongraph.graph.prewarm import prewarm_pending, wait_client_prewarm
 from fusiongraph.graph.providers import LANGCHAIN_PROVIDERS, OBJECT_PROVIDER, build_chat_model
 from fusiongraph.graph.specs import ModelSpec, register_base_url
@@ -269,10 +270,9 @@ def sync_http_client() -> httpx.Client:
 def _http_client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=timeout,
-        verify=_tls_context(),
         # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
-        # calls behind each other, so connections are unbounded and idle ones are kept.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        # calls behind each other, so connections are unbounded, in a few small pools.
+        transport=ShardedTransport(verify=_tls_context()),
         event_hooks={"request": [_note_request_sent], "response": [_note_response, _cap_response]},
         cookies=_NoCookies(),
     )
