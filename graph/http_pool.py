@@ -64,6 +64,11 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._pools = [httpx.AsyncHTTPTransport(verify=verify, limits=limits) for _ in range(pools)]
         self._in_flight = [0] * pools
 
+    @property
+    def in_flight(self) -> tuple[int, ...]:
+        """Requests each pool is serving now (a streamed response counts until it is closed)."""
+        return tuple(self._in_flight)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         counts = self._in_flight
         index = counts.index(min(counts))

@@ -225,3 +225,35 @@ async def test_direct_completions_refuse_a_request_without_messages(openai_env: 
     model = default_model_factory(spec("direct"))
     with pytest.raises(TypeError, match="messages"):
         await model.async_client.create(model="m")  # type: ignore[attr-defined]
+
+
+def _mislabelled_endpoint(request: httpx.Request) -> httpx.Response:
+    """An OpenAI-compatible endpoint that sends its JSON as text/plain (some gateways do)."""
+    reply = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    return httpx.Response(200, json=reply, headers={"content-type": "text/plain"})
+
+
+async def test_replies_reach_langchain_as_json_even_when_mislabelled() -> None:
+    """DirectCompletions hands langchain-openai the reply's dict (no typed model built and
+    dumped again), and still reads JSON sent under the wrong content type, as the SDK does."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(_mislabelled_endpoint))
+    model = ChatOpenAI(
+        model="m", api_key="k", base_url="http://upstream.test/v1", http_async_client=client
+    )
+    model.async_client = DirectCompletions(model.root_async_client)  # type: ignore[misc]
+    raw = await model.async_client.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert raw.parse()["choices"][0]["message"]["content"] == "hi"
+    reply = await model.ainvoke("hello")
+    assert reply.text == "hi" and reply.usage_metadata["total_tokens"] == 4
+    await client.aclose()
