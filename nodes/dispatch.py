@@ -44,6 +44,7 @@ from fusiongraph.nodes.panel import panel_spec
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.routing import classifier_spec
 from fusiongraph.nodes.send_order import slowest_first
+from fusiongraph.nodes.start_order import end_start_turn, take_start_turn
 from fusiongraph.nodes.synthesis import synthesis_spec
 from fusiongraph.tools.mcp import servers_identity
 
@@ -54,15 +55,22 @@ def make_dispatch(model_factory: ModelFactory):
     async def dispatch(state: FusionState) -> dict[str, Any]:
         """Check config and input; let the model factory prepare the plan (the default one
         starts the bundled local model server when the plan needs it); build the plan's models."""
-        context = get_runtime(FusionContext).context
-        check_configurable(get_config().get("configurable"), context)
-        config = resolve_config(context)
-        check_conversation(state.get("messages", []))
-        check_budget(config, state["messages"])
-        specs = plan_specs(config)
-        await prepare_models(model_factory, specs)
-        await warm_models(model_factory, specs)
-        aggregation = start_aggregation(config, state["messages"])
+        run_key = uuid.uuid4().hex
+        await take_start_turn(run_key)  # until its first panel request leaves (start_order.py)
+        try:
+            context = get_runtime(FusionContext).context
+            check_configurable(get_config().get("configurable"), context)
+            config = resolve_config(context)
+            check_conversation(state.get("messages", []))
+            check_budget(config, state["messages"])
+            specs = plan_specs(config)
+            await prepare_models(model_factory, specs)
+            started_at = time.time()
+            await warm_models(model_factory, specs)
+            aggregation = start_aggregation(config, state["messages"])
+        except BaseException:
+            end_start_turn(run_key)
+            raise
         emit(
             "run_started",
             preset=config.preset,
@@ -73,8 +81,8 @@ def make_dispatch(model_factory: ModelFactory):
             emit("aggregation_chosen", **aggregation_event(aggregation))
         return {
             "aggregation": aggregation,  # the strategy, as plain data (nodes/aggregation.py)
-            "run_key": uuid.uuid4().hex,
-            "started_at": time.time(),
+            "run_key": run_key,
+            "started_at": started_at,
             "plan": plan_of(config),  # what every later node of this run (and a resume) uses
             "panel": None,  # clears the previous turn's panel on a persistent thread
             "analysis": None,

@@ -20,6 +20,7 @@ from fusiongraph.nodes.aggregation import after_panel, answered
 from fusiongraph.nodes.dispatch import panel_sends
 from fusiongraph.nodes.panel_clock import release_clock
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.start_order import end_start_turn
 
 REST_CLOCK = "/rest"
 
@@ -28,6 +29,7 @@ async def gate(state: FusionState) -> dict[str, Any]:
     config = config_of(state["plan"])
     run_key = state.get("run_key", "")
     release_clock(run_key)
+    end_start_turn(run_key)  # a panel of cached answers sent no request (start_order.py)
     release_clock(run_key + REST_CLOCK)
     record = after_panel(state, config)
     route = record["route"]

@@ -32,6 +32,7 @@ from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, tex
 from fusiongraph.nodes.panel_clock import PanelDeadline, clock_for, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.send_order import remember_latency
+from fusiongraph.nodes.start_order import end_start_turn
 from fusiongraph.nodes.tool_loop import ToolTally, run_tool_loop
 from fusiongraph.tools.mcp import mcp_tools
 from fusiongraph.tools.web import make_web_tools, prefetch_context
@@ -146,7 +147,9 @@ def make_panelist(model_factory: ModelFactory):
                 else:
                     work = answer_off(model, messages, out)
                 if mode != "prefetch" and reports_sends(model):  # its first step is a request
-                    work = clock.sends.run(work)
+                    work = clock.sends.run(work, then=lambda: end_start_turn(task["run_key"]))
+                else:  # no request to wait for: the run's start is over as far as this one goes
+                    end_start_turn(task["run_key"])
                 await clock.run(work)
                 if not out.content.strip():
                     error = {"reason": "empty", "message": "the model returned no text"}

@@ -22,7 +22,7 @@ import asyncio
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -77,8 +77,9 @@ class SendOrder:
             return lock
 
     @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """Wait for this branch's turn; hold it until its first request leaves."""
+    async def turn(self, then: Callable[[], None] | None = None) -> AsyncIterator[None]:
+        """Wait for this branch's turn; hold it until its first request leaves, then call
+        `then`."""
         lock = self._lock()
         await lock.acquire()
         ended = False
@@ -89,6 +90,8 @@ class SendOrder:
                 ended = True
                 timer.cancel()
                 lock.release()
+                if then is not None:
+                    then()
 
         timer = asyncio.get_running_loop().call_later(MAX_TURN_S, end)
         try:
@@ -97,7 +100,8 @@ class SendOrder:
         finally:
             end()
 
-    async def run(self, work: Awaitable[T]) -> T:
-        """Await `work` (a panelist's answer), its first request sent in this branch's turn."""
-        async with self.turn():
+    async def run(self, work: Awaitable[T], then: Callable[[], None] | None = None) -> T:
+        """Await `work` (a panelist's answer), its first request sent in this branch's turn
+        (`then` is called when the turn ends)."""
+        async with self.turn(then):
             return await work
