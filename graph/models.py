@@ -268,7 +268,7 @@ def sync_http_client() -> httpx.Client:
 
 
 def _http_client(timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         timeout=timeout,
         # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
         # calls behind each other, so connections are unbounded, in a few small pools.
@@ -276,6 +276,8 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         event_hooks={"request": [_note_request_sent], "response": [_note_response, _cap_response]},
         cookies=_NoCookies(),
     )
+    client._cookies = _SkippedCookies()  # should httpx rename it, the jar above still keeps none
+    return client
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -286,6 +288,17 @@ class _NoCookies(http.cookiejar.CookieJar):
         return None
 
     def set_cookie(self, cookie: Any) -> None:
+        return None
+
+
+class _SkippedCookies(httpx.Cookies):
+    """The shared async client's cookie store, which does not even look: before asking its jar,
+    httpx copies every response and its request into urllib's shapes (about 0.1 ms a call)."""
+
+    def __init__(self) -> None:
+        super().__init__(_NoCookies())
+
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
 
