@@ -266,6 +266,8 @@ async def thread_plan(
     returned in that header. The request's digest (model, conversation, settings: not how it is
     delivered, so a streamed retry matches) decides between resume, replay and a new turn
     (graph/threads.py); threads belong to the API key that made them."""
+    if graph.checkpointer is None:  # no threads: the digest would only be thrown away
+        return ThreadPlan()
     request = digest({"model": body.model, "messages": body.messages, "context": run.context})
     try:
         return await plan_thread(graph, thread_id, request=request, owner=owner_of(api_key))
