@@ -17,6 +17,9 @@ broken); `tests/unit/test_models.py` fails loudly in that case.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
 from typing import Any
 
 from openai import AsyncStream, BaseModel
@@ -31,6 +34,14 @@ except ImportError:  # the SDK moved its private API: fall back to its public `c
     PRIVATE_API = False
 else:
     PRIVATE_API = True
+
+try:  # what langchain-openai raises for a stalled stream, so callers see one error either way
+    from langchain_openai.chat_models._client_utils import StreamChunkTimeoutError
+except ImportError:  # pragma: no cover - the module moved
+
+    class StreamChunkTimeoutError(TimeoutError):  # type: ignore[no-redef]
+        def __init__(self, timeout_s: float, *, model_name: str | None = None, **_: Any):
+            super().__init__(f"No streaming chunk received for {timeout_s:.1f}s ({model_name})")
 
 
 class _AsJSON(BaseModel):
@@ -48,9 +59,61 @@ class _AsJSON(BaseModel):
         return data
 
 
+class StallGuard:
+    """A streamed reply that fails when no chunk arrives for `timeout_s` (keep-alive comments
+    do not count: the SDK's parser drops them), like langchain-openai's `stream_chunk_timeout`.
+
+    That one wraps every chunk in `asyncio.wait_for`, a new task per chunk on Python 3.11: with
+    LangGraph's own wait per streamed item, a token cost 0.25 ms of CPU. This arms one
+    `asyncio.timeout` while a chunk is awaited and disarms it when the chunk is in, so the
+    consumer's own time between chunks never counts, and no task is made.
+    """
+
+    def __init__(self, stream: AsyncStream[Any], timeout_s: float, model_name: str) -> None:
+        self._stream = stream
+        self._timeout_s = timeout_s
+        self._model_name = model_name
+
+    async def __aenter__(self) -> StallGuard:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stream.close()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        chunks = self._stream.__aiter__()
+        received = 0
+        try:
+            async with asyncio.timeout(None) as window:
+                while True:
+                    window.reschedule(loop.time() + self._timeout_s)
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        return
+                    window.reschedule(None)
+                    received += 1
+                    yield chunk
+        except TimeoutError as exc:
+            raise StreamChunkTimeoutError(
+                self._timeout_s, model_name=self._model_name, chunks_received=received
+            ) from exc
+        finally:
+            await self._stream.close()
+
+
 class _DirectCompletions(AsyncCompletions):
     """`client.chat.completions` that sends the request body as given (same endpoint, options,
-    auth, retries and response parsing as the SDK's own `create`)."""
+    auth, retries and response parsing as the SDK's own `create`), a streamed reply under a
+    `StallGuard` of `stall_timeout_s` (None: none)."""
+
+    stall_timeout_s: float | None = None
 
     async def create(  # type: ignore[override]
         self,
@@ -65,7 +128,7 @@ class _DirectCompletions(AsyncCompletions):
         if "messages" not in body or "model" not in body:
             raise TypeError("a chat completion needs `messages` and `model`")
         validate_response_format(body.get("response_format", not_given))
-        return await self._post(
+        reply = await self._post(
             "/chat/completions",
             body=body,
             options=make_request_options(
@@ -79,6 +142,9 @@ class _DirectCompletions(AsyncCompletions):
             stream=bool(body.get("stream")),
             stream_cls=AsyncStream[_AsJSON],
         )
+        if isinstance(reply, AsyncStream) and self.stall_timeout_s:
+            return StallGuard(reply, self.stall_timeout_s, str(body["model"]))  # type: ignore[return-value]
+        return reply
 
 
 DirectCompletions: type[AsyncCompletions] | None = _DirectCompletions if PRIVATE_API else None

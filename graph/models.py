@@ -441,7 +441,11 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         **kwargs,
     )
     if DirectCompletions is not None:
-        model.async_client = DirectCompletions(model.root_async_client)
+        direct = DirectCompletions(model.root_async_client)
+        if not getattr(model, "_uses_gateway", False):  # (a gateway's streams come raw: not ours)
+            # The same stall timeout, without a task per chunk (graph/completions.py).
+            direct.stall_timeout_s, model.stream_chunk_timeout = model.stream_chunk_timeout, None
+        model.async_client = direct
     return model
 
 

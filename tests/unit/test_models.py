@@ -7,7 +7,9 @@ upstream on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ from openai.types.chat import completion_create_params
 
 from fusiongraph.graph import models
 from fusiongraph.graph.builder import build_graph, sync_and_async
-from fusiongraph.graph.completions import DirectCompletions
+from fusiongraph.graph.completions import DirectCompletions, StreamChunkTimeoutError
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.analysis import (
@@ -257,3 +259,86 @@ async def test_replies_reach_langchain_as_json_even_when_mislabelled() -> None:
     reply = await model.ainvoke("hello")
     assert reply.text == "hi" and reply.usage_metadata["total_tokens"] == 4
     await client.aclose()
+
+
+def _sse_endpoint(chunks: int, *, then_stall: bool = False):
+    """A streaming endpoint: `chunks` content chunks, then [DONE], or keep-alives forever."""
+
+    def chunk(text: str) -> bytes:
+        delta = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        return f"data: {json.dumps({'id': 'c', 'model': 'm', **delta})}\n\n".encode()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(chunks):
+            yield chunk(f"t{i} ")
+        while then_stall:
+            await asyncio.sleep(0.05)
+            yield b": keepalive\n\n"  # bytes keep flowing, content does not
+        yield b"data: [DONE]\n\n"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    return answer
+
+
+def _streaming_model(endpoint: Any, stall_s: float) -> tuple[ChatOpenAI, httpx.AsyncClient]:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(endpoint))
+    model = ChatOpenAI(
+        model="m",
+        api_key="k",
+        base_url="http://upstream.test/v1",
+        http_async_client=client,
+        stream_chunk_timeout=None,
+    )
+    direct = DirectCompletions(model.root_async_client)
+    direct.stall_timeout_s = stall_s  # type: ignore[attr-defined]
+    model.async_client = direct  # type: ignore[misc]
+    return model, client
+
+
+async def test_a_stream_that_only_keeps_alive_is_cut_at_the_stall_timeout() -> None:
+    model, client = _streaming_model(_sse_endpoint(2, then_stall=True), stall_s=0.3)
+    started = time.monotonic()
+    received = []
+    with pytest.raises(StreamChunkTimeoutError):
+        async for chunk in model.astream("hello"):
+            received.append(chunk.text)
+    assert "".join(received) == "t0 t1 " and time.monotonic() - started < 5
+    await client.aclose()
+
+
+async def test_the_callers_own_time_between_chunks_is_no_stall() -> None:
+    model, client = _streaming_model(_sse_endpoint(3), stall_s=0.2)
+    text = []
+    async for chunk in model.astream("hello"):
+        text.append(chunk.text)
+        await asyncio.sleep(0.3)  # longer than the stall timeout, but not the upstream's doing
+    assert "".join(text) == "t0 t1 t2 "
+    await client.aclose()
+
+
+async def test_a_guarded_stream_makes_no_task_per_chunk() -> None:
+    model, client = _streaming_model(_sse_endpoint(200), stall_s=30)
+    loop = asyncio.get_running_loop()
+    made = 0
+    previous = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal made
+        made += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        chunks = [chunk async for chunk in model.astream("hello")]
+    finally:
+        loop.set_task_factory(previous)
+    assert len(chunks) >= 200 and made < 20  # langchain-openai's own guard: one per chunk
+    await client.aclose()
+
+
+def test_the_default_models_guard_their_streams_themselves(openai_env: str) -> None:
+    model = default_model_factory(spec("g"))
+    assert model.stream_chunk_timeout is None  # type: ignore[attr-defined]
+    assert model.async_client.stall_timeout_s == models.DEFAULT_CALL_TIMEOUT_S  # type: ignore[attr-defined]
