@@ -273,6 +273,7 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         # The SDK sets each request's own timeout; a pool limit would only queue a busy server's
         # calls behind each other, so connections are unbounded, in a few small pools.
         transport=ShardedTransport(verify=_tls_context()),
+        verify=_tls_context(),  # for a proxy from the environment (HTTPS_PROXY, ...)
         event_hooks={"request": [_note_request_sent], "response": [_note_response, _cap_response]},
         cookies=_NoCookies(),
     )

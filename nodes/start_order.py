@@ -9,11 +9,11 @@ start and the last's about when they did before; the answers come back spread ou
 works through one run's next step while others wait on their models. Measured with bench item 4
 (200 concurrent runs, two workers): bench/RESULTS.md.
 
-A run's turn starts in dispatch, once the models' endpoints are prepared (starting the bundled
-local model server is no CPU work, and may take seconds), and ends when its first panel request
-leaves (nodes/send_order.py), when its panel is done without one (cached answers: the gate
-node), when dispatch fails, or after `MAX_TURN_S`: a turn never holds the others back long.
-Only async runs take turns; a sync node run has an event loop of its own.
+A run's turn starts with its dispatch and ends when its first panel request leaves
+(nodes/send_order.py), when its panel is done without one (cached answers: the gate node), when
+dispatch fails, or after `MAX_TURN_S`, so a turn never holds the others back long (a dispatch
+that starts the bundled local model server waits seconds for it: the next run goes on). A single
+run never waits. A sync run's nodes each have an event loop of their own: they never wait either.
 """
 
 from __future__ import annotations
