@@ -100,7 +100,9 @@ def make_synthesis(model_factory: ModelFactory):
             raise
         except Exception as exc:
             judge_ok = (state.get("judge") or {}).get("ok", False)
-            reason = "deadline" if isinstance(exc, TimeoutError) else failure_reason(exc)
+            # Only wait_for's own (a bare TimeoutError) is the deadline: a stalled stream's is a
+            # subclass (langchain-openai's StreamChunkTimeoutError), the model's own timeout.
+            reason = "deadline" if type(exc) is TimeoutError else failure_reason(exc)
             raise fusion_failure(
                 "synthesis_failed" if judge_ok else "judge_and_synthesis_failed",
                 f"the synthesizer {spec.name} failed ({reason}): {describe(exc)}",

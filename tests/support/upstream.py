@@ -7,7 +7,9 @@ lines, a usage chunk when `stream_options.include_usage` is set, then `data: [DO
 
 Latency per model: an explicit `Behaviour` per model name, or encoded in the name:
 `<anything>-<seconds>s` (e.g. `p1-0.300s`) takes that long in total; a name containing `never`
-never answers and holds the request until the client disconnects. A panel model whose name holds
+never answers and holds the request until the client disconnects; one containing `stall`
+streams its first piece, then only SSE keep-alive comments until the client leaves. A panel
+model whose name holds
 `-ans<X>-` (e.g. `p1-ans42-1.000s`) ends its answer with "Answer: <X>.", so panelists can be made
 to agree (the same X) or disagree (different ones) on a short final answer; without it every
 panel answer is the same text but for the model's name. Streaming answers come in
@@ -81,6 +83,7 @@ class Behaviour:
     chunks: int = 10
     chunk_delay_s: float = 0.01
     never: bool = False
+    stall: bool = False  # streamed: the first piece, then keep-alive comments only
 
     @property
     def total_s(self) -> float:
@@ -232,6 +235,8 @@ class FakeUpstream:
             return self.models[model]
         if "never" in model:
             return Behaviour(ttft_s=float("inf"), never=True)
+        if "stall" in model:
+            return Behaviour(ttft_s=0.0, stall=True)
         match = _LATENCY_RE.search(model)
         total = float(match.group(1)) if match else self.default_latency_s
         spread = (self.chunks - 1) * self.chunk_delay_s
@@ -406,6 +411,11 @@ class FakeUpstream:
             await _body(send, chunk({"content": piece}))
             if i == 0:
                 record.first_chunk = time.monotonic()
+            while behaviour.stall:  # bytes keep flowing, content does not
+                if not await conn.sleep(0.05):
+                    record.disconnected = True
+                    return
+                await _body(send, b": keep-alive\n\n")
         tail = chunk({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {

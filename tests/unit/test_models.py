@@ -24,6 +24,7 @@ from fusiongraph.graph import models
 from fusiongraph.graph.builder import build_graph, sync_and_async
 from fusiongraph.graph.completions import DirectCompletions, StreamChunkTimeoutError
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
+from fusiongraph.graph.runner import stream_run
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes.analysis import (
     SELECTION,
@@ -342,3 +343,24 @@ def test_the_default_models_guard_their_streams_themselves(openai_env: str) -> N
     model = default_model_factory(spec("g"))
     assert model.stream_chunk_timeout is None  # type: ignore[attr-defined]
     assert model.async_client.stall_timeout_s == models.DEFAULT_CALL_TIMEOUT_S  # type: ignore[attr-defined]
+
+
+async def test_a_synthesizer_that_stalls_fails_as_a_timeout_not_a_deadline(
+    openai_env: str, upstream: UpstreamServer
+) -> None:
+    """Its stream sends one piece, then keep-alives only: cut at its own timeout and reported
+    as `timeout`; `deadline` stays the run's deadline_s."""
+    graph = build_graph()
+    ctx = {
+        "panel": ["openai:p1-0.01s"],
+        "judge": "openai:judge-0.01s",
+        "synthesizer": {"provider": "openai", "model": "synth-stall", "timeout_s": 0.5},
+        "tool_mode": "off",
+    }
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"synth-stall failed \(timeout\)") as failed:
+        async for _ in stream_run(graph, [HumanMessage("[bench:m9] why?")], ctx):
+            pass  # streamed, as the server and FusionChatModel run it
+    assert "deadline" not in str(failed.value) and time.monotonic() - started < 10
+    stalled = next(r for r in upstream.app.records if r.tag == "m9" and r.role == "synthesis")
+    assert stalled.first_chunk is not None  # it did start streaming
