@@ -199,8 +199,12 @@ class Runner:
             async with gate:
                 return await self.item_samples(item, arms)
 
-        per_item = await asyncio.gather(*(one(item) for item in items))
-        return [sample for samples in per_item for sample in samples]
+        # A TaskGroup, not gather: interrupted, gather returns as soon as the first waiting item
+        # is cancelled, while the running ones are still writing their panel answers to the
+        # cache; a TaskGroup returns once every item has unwound, so a resumed eval finds them.
+        async with asyncio.TaskGroup() as group:
+            per_item = [group.create_task(one(item)) for item in items]
+        return [sample for task in per_item for sample in task.result()]
 
     def graded_by(self, item: Any) -> str:
         """The grader's part of a score's key: only a graded item's score depends on it."""

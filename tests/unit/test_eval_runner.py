@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import BaseMessage
+from langgraph.cache.sqlite import SqliteCache
 
 from fusiongraph.evals.arms import strategies
 from fusiongraph.evals.cache import ResultCache
@@ -117,8 +118,19 @@ async def test_every_fusion_arm_costs_its_panel_too(tmp_path: Path) -> None:
             assert sample["tokens"] >= panel_tokens, strategy
 
 
-async def test_an_interrupted_eval_resumes_without_calling_a_model_twice(tmp_path: Path) -> None:
+async def test_an_interrupted_eval_resumes_without_calling_a_model_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     interrupt: dict[str, Any] = {}
+    # Slow panel-cache writes, as on a loaded machine: the interrupted eval must still return
+    # only once the item it was running has written its panel answers.
+    write = SqliteCache.aset
+
+    async def slow_write(self: SqliteCache, pairs: Any) -> None:
+        await asyncio.sleep(0.05)
+        await write(self, pairs)
+
+    monkeypatch.setattr(SqliteCache, "aset", slow_write)
 
     def judge(messages: list[BaseMessage]) -> str:
         if "What is 3 + 30?" in str([m.content for m in messages]) and "task" in interrupt:
