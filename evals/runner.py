@@ -202,8 +202,11 @@ class Runner:
         # A TaskGroup, not gather: interrupted, gather returns as soon as the first waiting item
         # is cancelled, while the running ones are still writing their panel answers to the
         # cache; a TaskGroup returns once every item has unwound, so a resumed eval finds them.
-        async with asyncio.TaskGroup() as group:
-            per_item = [group.create_task(one(item)) for item in items]
+        try:
+            async with asyncio.TaskGroup() as group:
+                per_item = [group.create_task(one(item)) for item in items]
+        except ExceptionGroup as failed:  # e.g. a full disk: raised as itself, as callers expect
+            raise failed.exceptions[0] from None
         return [sample for task in per_item for sample in task.result()]
 
     def graded_by(self, item: Any) -> str:

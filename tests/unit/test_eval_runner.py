@@ -265,3 +265,15 @@ async def test_graded_items_are_compared_with_the_best_panelist_in_both_orders(
     assert len(grades) == 3  # one per distinct answer: p3's equals p2's
     assert len(compares) == 4  # fusion and p2, each in both orders; p3's pair was cached
     assert report.meta["grader"] == "openai:grader"
+
+
+async def test_a_disk_error_mid_eval_is_raised_as_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `fusiongraph eval` turns an OSError into a one-line message, not a traceback of a group
+    def full_disk(self: ResultCache, *args: Any) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ResultCache, "put", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        await evaluate(factory(), tmp_path, arms=["fusion:synthesize"])
