@@ -24,6 +24,8 @@ def _type_name(annotation: Any) -> str:
     if origin is typing.Annotated:
         return _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
+        if any(getattr(a, "__name__", "") == "ModelSpec" for a in args):
+            return "model spec"  # a string such as `openai:gpt-5.5`, or an object
         return " \\| ".join(_type_name(a) for a in args)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args if a is not None)
