@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 Q ?= How does photosynthesis turn light into chemical energy?
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-fast lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,12 +21,21 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The docs site into site/; --strict turns every broken link or anchor into a failure.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 # The durable-run tests need PostgreSQL: a throwaway server on 127.0.0.1 (installed if missing)
 # is started for the run and removed afterwards, unless FUSIONGRAPH_TEST_POSTGRES_URL names one.
 # The browser tests (tests/browser) need Debian's chromium: scripts/ci_chromium.sh installs it.
 # The shared panel cache tests need Redis: scripts/ci_redis.sh, like PostgreSQL's.
-test: setup lint
+test: setup lint docs
 	bash scripts/ci_postgres.sh run bash scripts/ci_redis.sh run bash scripts/ci_chromium.sh run $(VENV)/bin/pytest -q -rs
+
+# While you work: the unit tests only (one process, fakes and loopback servers in threads; no
+# PostgreSQL, Redis or browser). `make test` stays what CI runs.
+test-fast: setup
+	$(VENV)/bin/pytest -q -rs tests/unit
 
 bench: setup
 	$(PY) -m bench.run
