@@ -1,6 +1,7 @@
 """The judge's structured analysis: its schema, a tolerant parser, and label mapping.
 
-The judge sees anonymous labels (A, B, ...); `map_labels` turns them back into panelist ids.
+The judge sees anonymous labels (A, B, ...); `map_labels` turns them back into panelist ids and
+drops what names a panelist the judge was never shown.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import functools
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field, ValidationError
+
+from fusiongraph.graph.limits import MAX_PANEL
 
 _ITEMS = 6  # bounds keep grammar-constrained small models from looping forever
 
@@ -23,7 +26,7 @@ class Stance(BaseModel):
 
 class Contradiction(BaseModel):
     topic: str
-    stances: list[Stance] = Field(max_length=8)
+    stances: list[Stance] = Field(max_length=MAX_PANEL)
     # Set by a judge that checks (judge_tools): whether it looked the dispute up, on which URLs
     # (nodes/judge_tools.py keeps only URLs its own tool calls returned).
     checked: bool = False
@@ -32,7 +35,7 @@ class Contradiction(BaseModel):
 
 class PartialCoverage(BaseModel):
     point: str
-    panelists: list[str] = Field(max_length=8)
+    panelists: list[str] = Field(max_length=MAX_PANEL)
 
 
 class UniqueInsight(BaseModel):
@@ -196,25 +199,129 @@ def coerce_analysis(data: dict[str, Any]) -> Analysis:
     return Analysis(**cleaned, **chosen)
 
 
-def _label_to_id(label: str, mapping: dict[str, str]) -> str:
+_CLIP_LABEL = 40
+_CLIP_ITEM = 160
+
+
+class Dropped(TypedDict):
+    """One item of the judge's analysis that named a panelist the judge was never shown."""
+
+    section: str  # "contradictions", "partial_coverage", "unique_insights" or "best"
+    item: str | None  # what the item was about (topic, point, insight); None for "best"
+    labels: list[str]  # the unknown labels, as the judge wrote them (clipped)
+    removed: Literal["item", "names"]  # the whole item, or only those names (the item stays)
+    reason: str  # for a person
+
+
+def _label_to_id(label: str, mapping: dict[str, str]) -> str | None:
+    """The panelist id behind a label the judge was shown ("B", "Response B", "b."), else None."""
     key = re.sub(r"(?i)^\s*(response|panelist)\s+", "", label).strip().strip(".:").upper()
-    return mapping.get(key, label)
+    return mapping.get(key)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _dropped(
+    section: str,
+    item: str | None,
+    labels: list[str],
+    removed: Literal["item", "names"],
+    reason: str,
+) -> Dropped:
+    return Dropped(
+        section=section,
+        item=None if item is None else _clip(item, _CLIP_ITEM),
+        labels=[_clip(label, _CLIP_LABEL) for label in labels],
+        removed=removed,
+        reason=reason,
+    )
+
+
+def _known(names: list[str], mapping: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(the panelist ids of the known labels, without repeats; the unknown labels)."""
+    ids: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        panelist = _label_to_id(name, mapping)
+        if panelist is None:
+            unknown.append(name)
+        elif panelist not in ids:
+            ids.append(panelist)
+    return ids, unknown
 
 
 def map_labels(analysis: Analysis, mapping: dict[str, str]) -> dict[str, Any]:
-    """The analysis as a dict with anonymous labels replaced by panelist ids. `best` is kept only
-    when the judge named one (a label it was not shown stays as written: no valid selection)."""
+    """The analysis as a dict with the anonymous labels replaced by panelist ids.
+
+    A label the judge was never shown (an "E" on a three-answer panel) is not a panelist: what it
+    names is removed, never shown as fact, and listed under `dropped` (`Dropped` entries). Per
+    section, what still makes sense without the unknown name is kept:
+
+    - unique_insights: the item is dropped; an insight is only worth its "who said it".
+    - contradictions: the unknown panelist's stance is dropped; the contradiction goes too when
+      fewer than two stances remain, since one stance contradicts nothing.
+    - partial_coverage: the unknown names are removed; the item goes when none remains (a point
+      "covered by nobody known" says nothing about the panel).
+    - best (the selection): an unknown label is no selection: `best` and `best_reason` are left
+      out, and the strategy's fallback applies (nodes/aggregation.py).
+
+    consensus and blind_spots name no panelist. `dropped` is always present (empty when nothing
+    was dropped).
+    """
     data = analysis.model_dump()
-    if data.get("best"):
-        data["best"] = _label_to_id(data["best"], mapping)
+    dropped: list[Dropped] = []
+    best = data.get("best")
+    chosen = _label_to_id(best, mapping) if best else None
+    if chosen is not None:
+        data["best"] = chosen
     else:
+        if best:
+            reason = "names a response the judge was not shown: no selection"
+            dropped.append(_dropped("best", None, [best], "item", reason))
         for name in SELECTION:
             data.pop(name, None)
+    contradictions = []
     for item in data["contradictions"]:
+        stances, unknown = [], []
         for stance in item["stances"]:
-            stance["panelist"] = _label_to_id(stance["panelist"], mapping)
+            panelist = _label_to_id(stance["panelist"], mapping)
+            if panelist is None:
+                unknown.append(stance["panelist"])
+            else:
+                stances.append({**stance, "panelist": panelist})
+        if len(stances) < 2 and unknown:
+            reason = "names an unknown panelist; fewer than two known stances remain"
+            dropped.append(_dropped("contradictions", item["topic"], unknown, "item", reason))
+            continue
+        if unknown:
+            reason = "the stances of unknown panelists were removed"
+            dropped.append(_dropped("contradictions", item["topic"], unknown, "names", reason))
+        contradictions.append({**item, "stances": stances})
+    data["contradictions"] = contradictions
+    coverage = []
     for item in data["partial_coverage"]:
-        item["panelists"] = [_label_to_id(p, mapping) for p in item["panelists"]]
+        panelists, unknown = _known(item["panelists"], mapping)
+        if unknown and not panelists:
+            reason = "names only unknown panelists"
+            dropped.append(_dropped("partial_coverage", item["point"], unknown, "item", reason))
+            continue
+        if unknown:
+            reason = "unknown panelists were removed from the list"
+            dropped.append(_dropped("partial_coverage", item["point"], unknown, "names", reason))
+        coverage.append({**item, "panelists": panelists})
+    data["partial_coverage"] = coverage
+    insights = []
     for item in data["unique_insights"]:
-        item["panelist"] = _label_to_id(item["panelist"], mapping)
+        panelist = _label_to_id(item["panelist"], mapping)
+        if panelist is None:
+            reason = "names an unknown panelist"
+            dropped.append(
+                _dropped("unique_insights", item["insight"], [item["panelist"]], "item", reason)
+            )
+            continue
+        insights.append({**item, "panelist": panelist})
+    data["unique_insights"] = insights
+    data["dropped"] = dropped
     return data

@@ -13,15 +13,15 @@ from dotenv import load_dotenv
 from langchain_core.messages import HumanMessage
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from fusiongraph.graph.config import CONTEXT_FIELDS, STRATEGIES
 from fusiongraph.graph.errors import FusionError, ThreadConflict, ThreadNotFound
-from fusiongraph.graph.providers import OBJECT_PROVIDER
+from fusiongraph.graph.limits import MAX_PANEL
 from fusiongraph.graph.shared_cache import open_cache, parse_cache_url
+from fusiongraph.serve.cli_render import plain, show_result, shown
+from fusiongraph.serve.cli_settings import model_spec_option, with_context_options
 
 app = typer.Typer(
     help="Multi-model deliberation: a panel answers, a judge compares, one writes.",
@@ -62,93 +62,7 @@ CacheOption = Annotated[
         callback=_cache_option,
     ),
 ]
-McpServersOption = Annotated[
-    str | None,
-    typer.Option(
-        "--mcp-servers",
-        help="MCP servers whose tools agentic panelists get: a JSON object or a JSON file, name "
-        '-> {"command": ..., "args": [...]} or {"url": ...} (also FUSIONGRAPH_MCP_SERVERS).',
-    ),
-]
 err_console = Console(stderr=True)
-
-
-def model_spec_option(value: str) -> str | dict[str, Any]:
-    """A model spec as typed: `provider:model`, or a JSON object (`{"model": ..., "base_url":
-    ...}`) for any OpenAI-compatible endpoint. Not `object:` (a Python graph's model object)."""
-    spec: Any = value
-    if value.lstrip().startswith("{"):
-        try:
-            spec = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"not a JSON object: {exc}") from None
-        if not isinstance(spec, dict):
-            raise typer.BadParameter("a model spec object must be a JSON object")
-    provider = spec.get("provider") if isinstance(spec, dict) else spec.partition(":")[0]
-    if provider == OBJECT_PROVIDER:
-        raise typer.BadParameter(
-            "object: names a chat model object of a Python graph (build_graph(models=...)); "
-            "the CLI has none: use a provider spec such as ollama:llama3.2"
-        )
-    return spec
-
-
-def setting_option(value: str) -> tuple[str, Any]:
-    """`KEY=VALUE` for any context setting; the value is read as JSON when it is JSON (numbers,
-    true/false, lists, objects), else taken as text."""
-    key, sep, raw = value.partition("=")
-    key = key.strip()
-    if not sep or key not in CONTEXT_FIELDS:
-        raise typer.BadParameter(
-            f"{value!r}: use KEY=VALUE with KEY one of {', '.join(sorted(CONTEXT_FIELDS))}"
-        )
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
-def _strategy(value: str | None) -> str | None:
-    """--aggregation: one of the strategies the context schema lists."""
-    if value is not None and value not in STRATEGIES:
-        raise typer.BadParameter(f"{value!r}: use one of {', '.join(STRATEGIES)}")
-    return value
-
-
-def _context(
-    preset: str | None,
-    panel: list[str] | None,
-    judge: str | None,
-    synthesizer: str | None,
-    corpus: Path | None,
-    search: str | None,
-    tool_mode: str | None,
-    max_tool_calls: int | None,
-    quorum: int | None,
-    deadline: float | None,
-    settings: list[str] | None = None,
-) -> dict[str, Any]:
-    ctx: dict[str, Any] = {"preset": preset or ""}
-    ctx.update(setting_option(item) for item in settings or [])
-    if panel:
-        ctx["panel"] = [model_spec_option(spec) for spec in panel]
-    for key, spec in (("judge", judge), ("synthesizer", synthesizer)):
-        if spec:
-            ctx[key] = model_spec_option(spec)
-    if corpus:
-        ctx["corpus_dir"] = str(corpus)
-        ctx["search_provider"] = search or "corpus"
-    elif search:
-        ctx["search_provider"] = search
-    for key, value in (
-        ("tool_mode", tool_mode),
-        ("max_tool_calls", max_tool_calls),
-        ("quorum", quorum),
-        ("deadline_s", deadline),
-    ):
-        if value is not None:
-            ctx[key] = value
-    return ctx
 
 
 class ProgressView:
@@ -193,98 +107,15 @@ class ProgressView:
             latency = f"{row['latency']:.1f}s" if row.get("latency") is not None else ""
             table.add_row(
                 pid,
-                row["model"],
+                plain(row["model"]),
                 f"[{style.get(state, '')}]{state}",
                 latency,
-                row.get("detail", ""),
+                plain(row.get("detail", "")),
             )
         parts: list[Any] = [table]
         if self.answer:
-            parts.append(Panel(self.answer, title="answer (streaming)"))
+            parts.append(Panel(plain(self.answer), title="answer (streaming)"))
         return Group(*parts)
-
-
-def show_aggregation(record: dict[str, Any] | None) -> None:
-    """How the answers became one: the strategy and why, the vote table, the selection, the
-    cascade, and the calls saved against the full path."""
-    if not record:
-        return
-    lines = [f"strategy: {record['applied']} (requested {record['requested']}): {record['reason']}"]
-    if record.get("note"):
-        lines.append(str(record["note"]))
-    cascade = record.get("cascade")
-    if cascade:
-        rest = "called" if cascade.get("rest_called") else "never called"
-        lines.append(
-            f"cascade: asked {', '.join(cascade['first'])} first ({cascade['chosen_by']}); "
-            f"agreed: {cascade.get('agreed')}; the rest ({', '.join(cascade['rest'])}) {rest}"
-        )
-    selected = record.get("selected")
-    if selected:
-        lines.append(f"answer from {selected['panelist']}: {selected['reason']}")
-    if record.get("fallback"):
-        lines.append(f"fallback: {record['fallback']}")
-    calls, saved = record["calls"], record["saved"]
-    cost = saved.get("cost_usd")
-    lines.append(
-        f"calls: {calls['made']} of {calls['full_path']} on the full path; saved "
-        f"{saved['calls']} calls" + (f", about ${cost:.6f}" if cost is not None else "")
-    )
-    parts: list[Any] = ["\n".join(lines)]
-    vote = record.get("vote")
-    if vote:
-        table = Table(title=f"vote ({vote['how']})", expand=False)
-        for column in ("panelist", "answer", "votes"):
-            table.add_column(column)
-        for panelist, answer in vote["answers"].items():
-            votes = vote["counts"].get(answer, 0) if answer is not None else 0
-            winner = answer is not None and answer == vote.get("winner")
-            shown = "(none found)" if answer is None else answer
-            table.add_row(panelist, f"[bold]{shown}" if winner else shown, str(votes))
-        parts.append(table)
-    console.print(Panel(Group(*parts), title="aggregation"))
-
-
-def show_result(fusion: dict[str, Any], answer: str) -> None:
-    for entry in fusion["panel"]:
-        sources = "".join(f"\n  - {s['title'] or s['url']} <{s['url']}>" for s in entry["sources"])
-        console.print(
-            Panel(
-                entry["content"] + (f"\n\nsources:{sources}" if sources else ""),
-                title=f"{entry['panelist']} · {entry['model']} · {entry['latency_s']}s",
-            )
-        )
-    for failed in fusion["failed_models"]:
-        console.print(
-            f"[red]failed {failed['panelist']} ({failed['model']}): "
-            f"{failed['reason']} — {failed['message']}"
-        )
-    analysis = fusion.get("analysis")
-    if analysis is None and not fusion["judge"].get("model"):
-        pass  # no judge was needed (early exit, a vote's winner): show_aggregation says why
-    elif analysis is None:
-        console.print(
-            Panel(
-                f"judge unavailable: {fusion['judge'].get('error')}; the answer was "
-                "written from the raw panel answers",
-                title="analysis",
-                style="yellow",
-            )
-        )
-    else:
-        for section, items in analysis.items():
-            if not isinstance(items, list):  # the selection (best, best_reason): below
-                continue
-            lines = [
-                json.dumps(i, ensure_ascii=False) if isinstance(i, dict) else str(i) for i in items
-            ] or ["(none)"]
-            console.print(
-                Panel("\n".join(f"• {line}" for line in lines), title=section.replace("_", " "))
-            )
-    show_aggregation(fusion.get("aggregation"))
-    console.print(Panel(Markdown(answer or "(no text)"), title="final answer", style="bold"))
-    total = fusion["usage"]["total"]
-    console.print(f"tokens: {total['input_tokens']} in, {total['output_tokens']} out")
 
 
 _THREAD_NOTES = {
@@ -341,9 +172,10 @@ async def _ask(
         if checkpointer:
             request = digest({"question": question, "context": ctx})
             plan = await plan_thread(graph, thread, request=request)
+            thread_id = shown(plan.thread_id)
             err_console.print(
-                f"thread: {plan.thread_id} ({_THREAD_NOTES[plan.action]}; --thread "
-                f"{plan.thread_id} with the same question resumes it if interrupted, with another "
+                f"thread: {thread_id} ({_THREAD_NOTES[plan.action]}; --thread "
+                f"{thread_id} with the same question resumes it if interrupted, with another "
                 "question continues the conversation)",
                 soft_wrap=True,
             )
@@ -361,91 +193,36 @@ async def _ask(
             )
         )
     else:
-        show_result(fusion, final.text)
+        show_result(fusion, final.text, console)
     return 0
 
 
 @app.command()
+@with_context_options
 def ask(
     question: Annotated[str, typer.Argument(help="What to ask the panel.")],
-    preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
-    panel: Annotated[
-        list[str] | None,
-        typer.Option(
-            help='A panel model spec (provider:model, or a JSON object such as \'{"model": '
-            '"llama3.3", "base_url": "http://127.0.0.1:11434/v1"}\'); repeat. Without --preset, '
-            "the judge and synthesizer default to the first panelist."
-        ),
-    ] = None,
-    judge: Annotated[
-        str | None, typer.Option(help="The judge's model spec (as for --panel).")
-    ] = None,
-    synthesizer: Annotated[
-        str | None, typer.Option(help="The synthesizer's model spec (as for --panel).")
-    ] = None,
-    corpus: Annotated[
-        Path | None,
-        typer.Option(help="Search this folder (BM25) instead.", exists=True, file_okay=False),
-    ] = None,
-    search: Annotated[
-        str | None, typer.Option(help="auto|tavily|duckduckgo|searxng|corpus|none")
-    ] = None,
-    tool_mode: Annotated[str | None, typer.Option(help="agentic | prefetch | off")] = None,
-    max_tool_calls: Annotated[int | None, typer.Option(min=1, max=16)] = None,
-    quorum: Annotated[int | None, typer.Option(min=1, max=8)] = None,
-    deadline: Annotated[float | None, typer.Option(help="Overall deadline in seconds.")] = None,
-    aggregation: Annotated[
-        str | None,
-        typer.Option(
-            callback=_strategy,
-            help="How the answers become one: synthesize (default), select (the judge picks one "
-            "verbatim), vote (the majority's answer), auto (chosen per question).",
-        ),
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any setting as KEY=VALUE (JSON values read as JSON); repeat. KEY is one of: "
-            + ", ".join(sorted(CONTEXT_FIELDS)),
-        ),
-    ] = None,
+    context: dict[str, Any],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
     checkpointer: CheckpointerOption = None,
     thread: Annotated[str | None, typer.Option(help="Thread id: continue or resume it.")] = None,
     cache: CacheOption = None,
-    mcp_servers: McpServersOption = None,
 ) -> None:
     """Ask the panel a question; shows progress live, then answers, analysis and final answer."""
     load_dotenv()
-    ctx = _context(
-        preset,
-        panel,
-        judge,
-        synthesizer,
-        corpus,
-        search,
-        tool_mode,
-        max_tool_calls,
-        quorum,
-        deadline,
-        settings,
-    )
-    if aggregation:
-        ctx["aggregation"] = aggregation
-    if (servers := _mcp_servers(mcp_servers)) is not None:
-        ctx["mcp_servers"] = servers
+    ctx = {"preset": "", **context}
     try:
         code = asyncio.run(_ask(question, ctx, as_json, checkpointer, thread, cache))
     except (ThreadConflict, ThreadNotFound) as exc:
-        err_console.print(f"[red]cannot use this thread:[/red] {exc}", soft_wrap=True)
+        err_console.print(f"[red]cannot use this thread:[/red] {shown(exc)}", soft_wrap=True)
         code = 2
     except FusionError as exc:
-        err_console.print(f"[red]fusion failed ({exc.reason}):[/red] {exc.message}")
+        err_console.print(f"[red]fusion failed ({exc.reason}):[/red] {shown(exc.message)}")
         for failed in exc.details.get("failed_models", []):
             err_console.print(
-                f"  {failed['panelist']} {failed['model']}: {failed['reason']} "
-                f"— {failed['message']}"
+                plain(
+                    f"  {failed['panelist']} {failed['model']}: {failed['reason']} "
+                    f"— {failed['message']}"
+                )
             )
         spent = (exc.details.get("usage") or {}).get("total")
         if spent and spent["total_tokens"]:
@@ -487,6 +264,7 @@ def presets() -> None:
 
 
 @app.command("eval")
+@with_context_options
 def eval_command(
     tasks: Annotated[
         str,
@@ -495,16 +273,7 @@ def eval_command(
             "several, comma-separated (math,choice), make one report."
         ),
     ],
-    preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
-    panel: Annotated[
-        list[str] | None, typer.Option(help="A panel model spec (as for `ask`); repeat.")
-    ] = None,
-    judge: Annotated[str | None, typer.Option(help="The judge's model spec.")] = None,
-    synthesizer: Annotated[str | None, typer.Option(help="The synthesizer's model spec.")] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Any setting as KEY=VALUE (as for `ask`); repeat."),
-    ] = None,
+    context: dict[str, Any],
     arms: Annotated[
         str | None,
         typer.Option(
@@ -519,9 +288,13 @@ def eval_command(
     ] = None,
     samples: Annotated[
         int | None,
-        typer.Option(min=2, max=8, help="k of self-consistency/self-fusion (default: panel size)."),
+        typer.Option(
+            min=2, max=MAX_PANEL, help="k of self-consistency/self-fusion (default: panel size)."
+        ),
     ] = None,
-    timeout: Annotated[float, typer.Option(min=1, help="Seconds per item and arm.")] = 900.0,
+    item_timeout_s: Annotated[
+        float, typer.Option(min=1, help="Seconds per item and arm.")
+    ] = 900.0,
     out: Annotated[Path, typer.Option(help="Folder of the reports.")] = Path("fusion-evals"),
 ) -> None:
     """Does fusion pay off on these tasks? Each arm on the same items, per task type: accuracy,
@@ -529,22 +302,21 @@ def eval_command(
     load_dotenv()
     from fusiongraph.evals import run_eval
 
-    ctx = _context(preset, panel, judge, synthesizer, None, None, None, None, None, None, settings)
     try:
         report = run_eval(
             tasks,
-            context=ctx,
+            context={"preset": "", **context},
             arms=arms.split(",") if arms else None,
             limit=limit,
             concurrency=concurrency,
             out_dir=out,
             grader=model_spec_option(grader) if grader else None,
             samples=samples,
-            item_timeout_s=timeout,
+            item_timeout_s=item_timeout_s,
             progress=True,
         )
     except (ValueError, OSError) as exc:  # a bad task file, suite, arm or setting
-        err_console.print(f"[red]cannot run the eval:[/red] {exc}", soft_wrap=True)
+        err_console.print(f"[red]cannot run the eval:[/red] {shown(exc)}", soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted: run the same command again to resume from the cache")
@@ -554,12 +326,11 @@ def eval_command(
 
 
 @app.command()
+@with_context_options
 def serve(
+    context: dict[str, Any],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    preset: Annotated[
-        str | None, typer.Option(help="Preset behind the model `fusion` (default: local).")
-    ] = None,
     aliases: Annotated[
         Path | None,
         typer.Option(
@@ -590,17 +361,21 @@ def serve(
     """Serve the HTTP API (/v1/chat/completions, /v1/messages, /v1/responses, /v1/models) with
     uvicorn, the web playground at `/`, /metrics (Prometheus), /healthz and /readyz.
 
-    API keys come from FUSIONGRAPH_API_KEYS (comma-separated; sent as a bearer token or in
-    x-api-key); without it there is no auth.
+    The fusion settings are the base of every model served (`fusion`, `fusion-<preset>`, each
+    alias; --preset: the one behind `fusion`, default local); a request's `fusion` object
+    overrides those a request may set. API keys come from FUSIONGRAPH_API_KEYS
+    (comma-separated; sent as a bearer token or in x-api-key); without it there is no auth.
     """
     load_dotenv()
     from fusiongraph.serve.workers import ServeSettings, default_workers, run_server
 
+    preset = context.pop("preset", None)
     try:
         alias_map = json.loads(aliases.read_text()) if aliases else None
         settings = ServeSettings(
             aliases=alias_map,
             default_preset=preset,
+            context=context,
             checkpointer_url=checkpointer,
             cache=cache,
             grace_s=grace_s,
@@ -618,12 +393,11 @@ def serve(
 
 
 @app.command()
+@with_context_options
 def playground(
+    context: dict[str, Any],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    preset: Annotated[
-        str | None, typer.Option(help="Preset behind the model `fusion` (default: local).")
-    ] = None,
     aliases: Annotated[
         Path | None,
         typer.Option(
@@ -644,18 +418,21 @@ def playground(
     checkpointer: CheckpointerOption = None,
     cache: CacheOption = None,
 ) -> None:
-    """Start the server and open the web playground (the page `serve` also has at `/`)."""
+    """Start the server and open the web playground (the page `serve` also has at `/`); the
+    fusion settings apply as for `serve`."""
     load_dotenv()
     import uvicorn
 
     from fusiongraph.serve.playground import open_when_ready
     from fusiongraph.serve.server import create_app
 
+    preset = context.pop("preset", None)
     try:
         alias_map = json.loads(aliases.read_text()) if aliases else None
         server_app = create_app(
             aliases=alias_map,
             default_preset=preset,
+            context=context,
             checkpointer_url=checkpointer,
             cache=cache,
             evals_dir=str(evals_dir) if evals_dir else None,
@@ -670,41 +447,34 @@ def playground(
     uvicorn.run(server_app, host=host, port=port, log_level=log_level)
 
 
-def _mcp_servers(value: str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    from fusiongraph.tools.mcp import read_servers
-
-    try:
-        return read_servers(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--mcp-servers") from None
-
-
 @app.command("mcp")
+@with_context_options
 def mcp_command(
+    context: dict[str, Any],
     transport: Annotated[
         str, typer.Option(help="stdio (the client starts this process) | http (streamable HTTP)")
     ] = "stdio",
     host: Annotated[str, typer.Option(help="http: interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="http: port.")] = 8765,
-    preset: Annotated[str | None, typer.Option(help="local | quality | budget")] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any setting for every call as KEY=VALUE (as for `ask`; the operator-only ones "
-            "too: corpus_dir, model base_url, ...); repeat. A call may override the others.",
-        ),
-    ] = None,
-    mcp_servers: McpServersOption = None,
     cache: CacheOption = None,
     log_level: Annotated[str, typer.Option(help="http: uvicorn log level.")] = "warning",
+    session_idle_s: Annotated[
+        float,
+        typer.Option(
+            "--session-idle-s",
+            min=1,
+            envvar="FUSIONGRAPH_MCP_SESSION_IDLE_S",
+            help="http: a session with no request in flight for this many seconds expires "
+            "(its client then initializes a new one).",
+        ),
+    ] = 1800.0,
 ) -> None:
     """Serve the `deliberate` tool over MCP, for desktop assistants, IDEs and agents.
 
-    http serves streamable HTTP at http://HOST:PORT/mcp; FUSIONGRAPH_API_KEYS (comma-separated)
-    then requires Authorization: Bearer <key>.
+    The fusion settings apply to every call (the operator-only ones too: corpus_dir, a model's
+    base_url, ...); a call may override the others. http serves streamable HTTP at
+    http://HOST:PORT/mcp; FUSIONGRAPH_API_KEYS (comma-separated) then requires Authorization:
+    Bearer <key>.
     """
     load_dotenv()
     if transport not in ("stdio", "http"):
@@ -719,12 +489,8 @@ def mcp_command(
             soft_wrap=True,
         )
         raise typer.Exit(2) from None
-    ctx: dict[str, Any] = {"preset": preset} if preset else {}
-    ctx.update(setting_option(item) for item in settings or [])
-    if (servers := _mcp_servers(mcp_servers)) is not None:
-        ctx["mcp_servers"] = servers
     try:
-        server = create_mcp_server(context=ctx, cache=open_cache(cache))
+        server = create_mcp_server(context=context, cache=open_cache(cache))
     except FusionError as exc:
         err_console.print(
             f"[red]cannot start the MCP server:[/red] {escape(exc.message)}", soft_wrap=True
@@ -736,6 +502,7 @@ def mcp_command(
         host=host,
         port=port,
         log_level=log_level,
+        session_idle_s=session_idle_s,
     )
 
 
