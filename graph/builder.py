@@ -13,15 +13,16 @@ The strategy decisions live in nodes/aggregation.py; the gate and finish nodes o
 
 from __future__ import annotations
 
-import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langgraph._internal._runnable import RunnableCallable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.cache.base import BaseCache
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import get_runtime
 from langgraph.types import CachePolicy
 
 from fusiongraph.graph.config import FusionContext
@@ -41,32 +42,63 @@ from fusiongraph.nodes.synthesis import make_synthesis
 from fusiongraph.tools.aio import run_coroutine
 
 
-def sync_and_async(node: Callable[..., Awaitable[Any]]) -> RunnableCallable:
+class SyncAndAsync(Runnable[Any, Any]):
+    """A graph node (or a conditional edge) with a sync and an async form, called as it is.
+
+    What `add_node` builds from a plain function is LangGraph's RunnableCallable, a private class;
+    langchain-core's RunnableLambda re-inspects signatures and opens a nested chain run on every
+    call. This public Runnable does neither: like a plain node it is untraced (the graph's step
+    is), and it hands a node the run's `Runtime` when its signature asks for `runtime`.
+    """
+
+    def __init__(
+        self, name: str, sync: Callable[[Any], Any], async_: Callable[[Any], Awaitable[Any]]
+    ) -> None:
+        self.name = name
+        self._sync = sync
+        self._async = async_
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._sync(input)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self._async(input)
+
+
+def _with_runtime(node: Callable[..., Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """The node as a one-argument call, given the run's Runtime when it takes `runtime`."""
+    if "runtime" not in inspect.signature(node).parameters:
+        return node
+
+    async def call(state: Any) -> Any:
+        return await node(state, runtime=get_runtime())
+
+    return call
+
+
+def sync_and_async(node: Callable[..., Awaitable[Any]]) -> SyncAndAsync:
     """Run an async node from `graph.invoke` too (each sync branch gets its own event loop).
 
     The nodes are async so that a cancelled run cancels its HTTP calls; this keeps the plain
-    synchronous `invoke` working as well. The pair is LangGraph's own RunnableCallable (what
-    `add_node` builds from a plain function), untraced like a plain node: a RunnableLambda here
-    re-inspected signatures and opened a nested chain run on every node call (1-2 ms a run).
-    It lives in `langgraph._internal`, hence langgraph is pinned to 1.2.x.
+    synchronous `invoke` working as well.
     """
+    call = _with_runtime(node)
 
-    async def run_once(*args: Any, **kwargs: Any) -> Any:
+    async def run_once(state: Any) -> Any:
         try:
-            return await node(*args, **kwargs)
+            return await call(state)
         finally:
             await aclose_models()  # this loop ends with the node: close its connections now
 
-    @functools.wraps(node)
-    def run_sync(*args: Any, **kwargs: Any) -> Any:
+    def run_sync(state: Any) -> Any:
         # From a thread that already runs a loop (a notebook) this runs in a worker thread,
         # carrying the context so LangGraph's runtime and stream writer are still found.
-        return run_coroutine(run_once(*args, **kwargs))
+        return run_coroutine(run_once(state))
 
-    return RunnableCallable(run_sync, node, name=node.__name__, trace=False)
+    return SyncAndAsync(node.__name__, run_sync, call)
 
 
-def on_the_loop(route: Callable[..., Any]) -> RunnableCallable:
+def on_the_loop(route: Callable[[Any], Any]) -> SyncAndAsync:
     """A routing function that also runs on the event loop of an async run.
 
     LangGraph calls a plain function from an async run in a worker thread (langchain-core's
@@ -74,10 +106,10 @@ def on_the_loop(route: Callable[..., Any]) -> RunnableCallable:
     pool and cost more than the routing. The twin runs it in place; it does no I/O.
     """
 
-    async def aroute(*args: Any, **kwargs: Any) -> Any:
-        return route(*args, **kwargs)
+    async def aroute(state: Any) -> Any:
+        return route(state)
 
-    return RunnableCallable(route, aroute, name=route.__name__, trace=False)
+    return SyncAndAsync(route.__name__, route, aroute)
 
 
 def build_graph(

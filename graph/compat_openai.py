@@ -1,27 +1,35 @@
-"""Chat completion calls without the openai SDK's per-call parameter transform or typed replies.
+"""Compatibility module: chat completions on private modules of the openai SDK, and its fallback.
 
-`AsyncCompletions.create` passes every request body through `async_maybe_transform`, which walks
-each message against every member of the message-type union: about 0.5 ms of CPU per call (a
-tenth of a run's CPU at N=8), all spent before the request leaves. For chat completions the walk
-changes nothing but dropping omitted values: no request parameter type carries a field alias or
-format. `tests/unit/test_models.py` checks that on the installed SDK with the payloads
-langchain-openai builds, so an SDK that starts transforming fails the tests, not the requests.
-Replies and stream chunks reach langchain-openai as the JSON dicts they arrived as (`_AsJSON`):
-it takes those as they are, and turned the SDK's typed models straight back into them.
+Only this module reaches into the SDK's private API (`openai._base_client`, `openai._types`,
+`openai._utils`, `openai.lib`, the response-builder hook `_AsJSON` uses, ChatOpenAI's
+`async_client` and `_uses_gateway`); `tests/unit/test_private_apis.py` holds every other module
+of the project to public imports.
 
-It rests on private SDK modules (`openai._base_client`, `openai._types`, `openai._utils`,
-`openai.lib`): pyproject bounds openai below its next major version, and should one of them move
-anyway, `DirectCompletions` is None and models use the SDK's own `create` (0.5 ms slower, never
-broken); `tests/unit/test_models.py` fails loudly in that case.
+Why: `AsyncCompletions.create` passes every request body through `async_maybe_transform`, which
+walks each message against every member of the message-type union, all before the request
+leaves; for chat completions the walk changes nothing but dropping omitted values (no request
+parameter type carries a field alias or format). `tests/unit/test_models.py` checks that on the
+installed SDK with the payloads langchain-openai builds, so an SDK that starts transforming fails
+the tests, not the requests. Replies and stream chunks reach langchain-openai as the JSON dicts
+they arrived as (`_AsJSON`): it takes those as they are, and turned the SDK's typed models
+straight back into them. Streams keep their stall timeout without a task per chunk
+(`StallGuard`). bench/RESULTS.md has what each of these saves per run.
+
+The fallback is the public path: a model keeps the SDK's own `create` and langchain-openai's own
+stall timeout. It is taken when one of the private names moved (a new SDK release) and whenever
+FUSIONGRAPH_PUBLIC_APIS_ONLY=1, which CI sets for one run of the core unit tests
+(`tests/unit/test_private_apis.py`), so the fallback is known to work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
+from langchain_openai import StreamChunkTimeoutError
 from openai import AsyncStream, BaseModel
 from openai.resources.chat.completions import AsyncCompletions
 
@@ -35,22 +43,21 @@ except ImportError:  # the SDK moved its private API: fall back to its public `c
 else:
     PRIVATE_API = True
 
-try:  # what langchain-openai raises for a stalled stream, so callers see one error either way
-    from langchain_openai.chat_models._client_utils import StreamChunkTimeoutError
-except ImportError:  # pragma: no cover - the module moved
+PUBLIC_APIS_ONLY_ENV = "FUSIONGRAPH_PUBLIC_APIS_ONLY"
 
-    class StreamChunkTimeoutError(TimeoutError):  # type: ignore[no-redef]
-        def __init__(self, timeout_s: float, *, model_name: str | None = None, **_: Any):
-            super().__init__(f"No streaming chunk received for {timeout_s:.1f}s ({model_name})")
+
+def public_apis_only() -> bool:
+    """Whether the environment asks for the public-API fallback of every compatibility module."""
+    return os.environ.get(PUBLIC_APIS_ONLY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class _AsJSON(BaseModel):
     """The response (or stream chunk) as the JSON dict it arrived as.
 
     langchain-openai takes a dict as is and would `model_dump()` a typed ChatCompletion straight
-    back into the same dict; building the typed one first (`construct_type`, recursive) cost
-    about 0.5 ms per answer and 20 us per chunk. The SDK hands the data of a cast type with a
-    `build` classmethod to it untouched; as an SDK model it is still read as JSON when an
+    back into the same dict; building the typed one first (`construct_type`, recursive) was CPU
+    spent on every answer and every chunk for nothing. The SDK hands the data of a cast type
+    with a `build` classmethod to it untouched; as an SDK model it is still read as JSON when an
     endpoint mislabels its content type, as `ChatCompletion` would be.
     """
 
@@ -64,7 +71,7 @@ class StallGuard:
     do not count: the SDK's parser drops them), like langchain-openai's `stream_chunk_timeout`.
 
     That one wraps every chunk in `asyncio.wait_for`, a new task per chunk on Python 3.11: with
-    LangGraph's own wait per streamed item, a token cost 0.25 ms of CPU. This arms one
+    LangGraph's own wait per streamed item, that was most of a token's CPU. This arms one
     `asyncio.timeout` while a chunk is awaited and disarms it when the chunk is in, so the
     consumer's own time between chunks never counts, and no task is made.
     """
@@ -148,3 +155,17 @@ class _DirectCompletions(AsyncCompletions):
 
 
 DirectCompletions: type[AsyncCompletions] | None = _DirectCompletions if PRIVATE_API else None
+"""The direct completions class, None when the SDK moved a private name it needs."""
+
+
+def send_directly(model: Any) -> bool:
+    """Make a ChatOpenAI send its chat completions through `DirectCompletions`, a streamed reply
+    under a `StallGuard` of the model's own stall timeout (a gateway's streams come raw: those
+    keep langchain-openai's). False, and the model unchanged, on the public fallback."""
+    if DirectCompletions is None or public_apis_only():
+        return False
+    direct = DirectCompletions(model.root_async_client)
+    if not getattr(model, "_uses_gateway", False):
+        direct.stall_timeout_s, model.stream_chunk_timeout = model.stream_chunk_timeout, None  # type: ignore[attr-defined]
+    model.async_client = direct
+    return True

@@ -11,8 +11,8 @@ several milliseconds of CPU per call, which sat on the run's critical path three
 Cancelling a call still closes its own connection (httpcore drops a connection whose request was
 interrupted), so a cut straggler is really disconnected. A loop's models die with the loop;
 `aclose_models()` closes them early, and sync node runs (one short-lived loop each) call it.
-Their chat completion calls skip the SDK's per-call parameter transform (`DirectCompletions`),
-another 0.5 ms of CPU before each call.
+Their chat completion calls skip the SDK's per-call parameter transform, more CPU before each
+call (`graph/compat_openai.py`, which falls back to the SDK's own path).
 
 Retries are the openai SDK's (max_retries=2, so at most three attempts): 408/409/429/5xx,
 connection errors and timeouts, with exponential backoff from 0.5 s (capped at 8 s, minus up to
@@ -102,7 +102,7 @@ async def _cap_response(response: httpx.Response) -> None:
         response.stream = _CappedStream(response.stream, limit)
 
 
-# What to call when the current task's next request leaves (nodes/send_order.py).
+# What to call when the current task's next request leaves (nodes/scheduling.py).
 _REQUEST_SENT: ContextVar[Callable[[], None] | None] = ContextVar(
     "fusion_request_sent", default=None
 )
@@ -277,7 +277,6 @@ def _http_client(timeout: float) -> httpx.AsyncClient:
         event_hooks={"request": [_note_request_sent], "response": [_note_response, _cap_response]},
         cookies=_NoCookies(),
     )
-    client._cookies = _SkippedCookies()  # should httpx rename it, the jar above still keeps none
     return client
 
 
@@ -289,17 +288,6 @@ class _NoCookies(http.cookiejar.CookieJar):
         return None
 
     def set_cookie(self, cookie: Any) -> None:
-        return None
-
-
-class _SkippedCookies(httpx.Cookies):
-    """The shared async client's cookie store, which does not even look: before asking its jar,
-    httpx copies every response and its request into urllib's shapes (about 0.1 ms a call)."""
-
-    def __init__(self) -> None:
-        super().__init__(_NoCookies())
-
-    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
 
@@ -379,13 +367,20 @@ _SAMPLE_CHUNK: dict[str, Any] = {
 @functools.cache
 def warm_client_stack() -> None:
     """Do once, when the process builds its first model (dispatch, before any panelist's clock
-    starts), what its first request would otherwise do lazily on a panelist's clock: httpcore
-    imports anyio's asyncio backend on its first connection, langchain-core its message block
-    translators on its first call, and the openai SDK builds each response type's pydantic
-    schema when it first parses one (its models defer their build): about 30 ms."""
+    starts), what its first request would otherwise do lazily on a panelist's clock: anyio
+    imports its asyncio backend on its first use (httpcore's first connection), langchain-core
+    its message block translators on its first call, and the openai SDK builds each response
+    type's pydantic schema when it first parses one (its models defer their build)."""
+    import anyio
+    import anyio.lowlevel
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the background prewarm thread: a throwaway loop of anyio's own
+        anyio.run(anyio.lowlevel.checkpoint)
+    else:
+        anyio.current_time()  # any anyio call on a running loop loads its backend
     for name in (
-        "httpcore._backends.anyio",
-        "anyio._backends._asyncio",
         "langchain_core.messages.block_translators.langchain_v0",
         "langchain_core.messages.block_translators.openai",
     ):
@@ -410,7 +405,7 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         return build_chat_model(spec, _timeout(spec))
     from langchain_openai import ChatOpenAI
 
-    from fusiongraph.graph.completions import DirectCompletions
+    from fusiongraph.graph.compat_openai import send_directly
     from fusiongraph.graph.reasoning import chat_openai_kwargs
 
     warm_client_stack()
@@ -441,12 +436,7 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         http_client=sync_http_client(),
         **kwargs,
     )
-    if DirectCompletions is not None:
-        direct = DirectCompletions(model.root_async_client)
-        if not getattr(model, "_uses_gateway", False):  # (a gateway's streams come raw: not ours)
-            # The same stall timeout, without a task per chunk (graph/completions.py).
-            direct.stall_timeout_s, model.stream_chunk_timeout = model.stream_chunk_timeout, None
-        model.async_client = direct
+    send_directly(model)  # the SDK's transform skipped (graph/compat_openai.py)
     return model
 
 

@@ -57,11 +57,11 @@ def _prewarm() -> None:
     try:
         # The modules a default model's first build imports (graph/models.py `_build_model`).
         chat_openai = importlib.import_module("langchain_openai").ChatOpenAI
-        completions = importlib.import_module("fusiongraph.graph.completions")
+        compat_openai = importlib.import_module("fusiongraph.graph.compat_openai")
         models = importlib.import_module("fusiongraph.graph.models")
         models._tls_context()  # the CA bundle, shared by every client
         models.sync_http_client()
-        models.warm_client_stack()  # httpcore's backend, the SDK's response types
+        models.warm_client_stack()  # anyio's backend, the SDK's response types
         # One throwaway model (no request is made) builds ChatOpenAI's validators and the SDK
         # client classes the first real build would build.
         model = chat_openai(
@@ -71,7 +71,6 @@ def _prewarm() -> None:
             http_client=models.sync_http_client(),
             http_async_client=models._http_client(models.DEFAULT_CALL_TIMEOUT_S),
         )
-        if completions.DirectCompletions is not None:
-            completions.DirectCompletions(model.root_async_client)
+        compat_openai.send_directly(model)
     except Exception:  # the run repeats the failing step and reports it there
         logger.debug("client prewarm failed", exc_info=True)

@@ -22,7 +22,7 @@ from openai.types.chat import completion_create_params
 
 from fusiongraph.graph import models
 from fusiongraph.graph.builder import build_graph, sync_and_async
-from fusiongraph.graph.completions import DirectCompletions, StreamChunkTimeoutError
+from fusiongraph.graph.compat_openai import DirectCompletions, StreamChunkTimeoutError
 from fusiongraph.graph.models import close_model, default_model_factory, quiet
 from fusiongraph.graph.runner import stream_run
 from fusiongraph.graph.specs import ModelSpec
@@ -198,12 +198,12 @@ async def test_the_sdks_transform_leaves_chat_requests_as_built(payload: dict[st
 
 
 def test_the_private_sdk_paths_of_the_bypass_still_exist() -> None:
-    """graph/completions.py falls back to the SDK's own `create` when they move: say it here."""
-    from fusiongraph.graph import completions
+    """graph/compat_openai.py falls back to the SDK's own `create` when they move: say it here."""
+    from fusiongraph.graph import compat_openai
 
-    assert completions.PRIVATE_API, (
-        "the openai SDK moved a private module graph/completions.py uses; requests now take the "
-        "SDK's own path (0.5 ms of CPU slower): update completions.py or drop the bypass"
+    assert compat_openai.PRIVATE_API, (
+        "the openai SDK moved a private module graph/compat_openai.py uses; requests now take the "
+        "SDK's own (slower) path: update compat_openai.py or drop the bypass"
     )
     assert DirectCompletions is not None
 
