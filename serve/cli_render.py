@@ -73,7 +73,7 @@ def _contradictions(items: list[dict[str, Any]]) -> RenderableType:
                 )
             )
         for url in item.get("sources") or []:
-            tree.add(plain(url, "dim"))
+            tree.add(plain(f"source: {url}", "dim"))
         trees.append(tree)
     return Group(*trees)
 

@@ -57,6 +57,7 @@ def test_ask_json_prints_panel_analysis_and_answer(upstream: UpstreamServer) -> 
         "partial_coverage",
         "unique_insights",
         "blind_spots",
+        "dropped",  # what named a panelist the judge was never shown
     }
     assert fusion["cost_usd"]["total"] > 0  # preset models have default prices
 

@@ -84,7 +84,7 @@ def test_contradictions_show_the_topic_then_one_stance_per_line() -> None:
     stance_lines = [line for line in lines[topic + 1 :] if re.search(r"p[13]: ", line)]
     assert "p1: yes, Rayleigh scattering" in stance_lines[0]
     assert "p3: no, it is violet" in stance_lines[1]
-    assert "checked; 1 source" in lines[topic] and "https://example.org/sky" in out
+    assert "checked; 1 source" in lines[topic] and "source: https://example.org/sky" in out
     assert '"stances"' not in out and "{" not in out
 
 
