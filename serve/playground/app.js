@@ -1,19 +1,22 @@
 // The fusiongraph playground: runs fusion through the server's OpenAI-compatible API and shows
 // the deliberation. No build step: this module, the page, the stylesheet and vendored libraries.
-import { marked } from "./vendor/marked.esm.js";
+import { modelFragment } from "./model_html.js";
 
 const API = "/v1/chat/completions";
 const THREAD_HEADER = "X-Fusion-Thread-Id";
 const KEY_STORE = "fusiongraph.key";
 const HISTORY_STORE = "fusiongraph.history";
 const HISTORY_LIMIT = 20;
-const KEY_COOKIE = "fusiongraph_key";
+// Where earlier versions of the page also kept the key; removed at start-up.
+const OLD_KEY_COOKIE = "fusiongraph_key=; path=/playground/api/evals; max-age=0; SameSite=Strict";
 // Settings that have their own pickers above the generated form.
 const OWN_PICKERS = new Set(["preset", "panel", "judge", "synthesizer"]);
 const HLJS_LANGUAGES = ["python", "javascript", "typescript", "bash", "json", "sql", "yaml", "rust", "go", "xml"];
 const HLJS_ALIASES = { py: "python", js: "javascript", ts: "typescript", sh: "bash", shell: "bash", yml: "yaml", html: "xml" };
 
-const $ = (id) => document.getElementById(id);
+// The page's own elements, found once at start-up, before any model output is on the page: a
+// lookup by id after an answer is shown could find an element the answer brought (DOM clobbering).
+const ui = pageElements(["code-copy", "code-dialog", "code-text", "code-title", "composer", "composer-input", "conversation", "eval-close", "eval-frame", "eval-view", "eval-view-title", "evals", "evals-list", "evals-source", "history", "history-list", "history-source", "judge-input", "key-dialog", "key-input", "key-reason", "model-description", "model-options", "model-select", "nav-evals", "nav-history", "nav-key", "new-chat", "panel-add", "panel-list", "send", "settings-box", "settings-fields", "status", "stop", "synthesizer-input"]);
 const state = {
   info: null,
   models: [],
@@ -24,6 +27,16 @@ const state = {
   turns: [],
   controller: null,
 };
+
+function pageElements(ids) {
+  const found = {};
+  for (const id of ids) {
+    const el = document.getElementById(id);
+    if (!el) throw new Error(`the page has no #${id}`);
+    found[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = el;
+  }
+  return Object.freeze(found);
+}
 
 function newId() {
   return `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
@@ -57,7 +70,7 @@ function fmtCost(value) {
 }
 
 function setStatus(text, isError = false) {
-  const el = $("status");
+  const el = ui.status;
   el.textContent = text;
   el.classList.toggle("error", isError);
 }
@@ -79,14 +92,9 @@ function loadHighlighter() {
   return hljsPromise;
 }
 
+// Model text as HTML only through modelFragment (model_html.js); all else is set as text.
 function renderMarkdown(el, text) {
-  const html = marked.parse(text || "", { gfm: true, breaks: false });
-  el.innerHTML = window.DOMPurify ? window.DOMPurify.sanitize(html) : "";
-  if (!window.DOMPurify) el.textContent = text || "";
-  for (const link of el.querySelectorAll("a[href]")) {
-    link.setAttribute("rel", "noopener noreferrer");
-    link.setAttribute("target", "_blank");
-  }
+  el.replaceChildren(modelFragment(text));
   const blocks = el.querySelectorAll("pre code");
   if (blocks.length) {
     loadHighlighter().then((hljs) => {
@@ -128,20 +136,19 @@ async function api(path) {
 }
 
 function askForKey(reason) {
-  $("key-reason").textContent =
+  ui.keyReason.textContent =
     reason ||
-    "This server asks for an API key (FUSIONGRAPH_API_KEYS). It is sent as a bearer token and kept in this tab only.";
-  $("key-input").value = state.key;
-  if (!$("key-dialog").open) $("key-dialog").showModal();
-  $("key-input").focus();
+    "This server asks for an API key (FUSIONGRAPH_API_KEYS). It is sent as a bearer token and kept in this tab only (sessionStorage: gone when the tab closes; never in a cookie).";
+  ui.keyInput.value = state.key;
+  if (!ui.keyDialog.open) ui.keyDialog.showModal();
+  ui.keyInput.focus();
 }
 
 function saveKey(key) {
   state.key = key.trim();
+  // sessionStorage: this tab only, gone when it closes; sent only as the Authorization header.
   if (state.key) sessionStorage.setItem(KEY_STORE, state.key);
   else sessionStorage.removeItem(KEY_STORE);
-  // Eval reports open in a frame, which cannot send the header: the same key as a cookie.
-  document.cookie = `${KEY_COOKIE}=${encodeURIComponent(state.key)}; path=/playground/api/evals; SameSite=Strict${state.key ? "" : "; max-age=0"}`;
 }
 
 // ---------- settings form, derived from the graph's context schema ----------
@@ -169,7 +176,7 @@ function fieldKind(prop, root) {
 }
 
 function buildSettingsForm(schema) {
-  const box = $("settings-fields");
+  const box = ui.settingsFields;
   box.replaceChildren();
   for (const [name, prop] of Object.entries(schema.properties || {})) {
     if (OWN_PICKERS.has(name)) continue;
@@ -235,13 +242,13 @@ function specValue(text) {
 
 function collectFusion() {
   const fusion = {};
-  const panel = [...document.querySelectorAll("#panel-list input")].map((i) => specValue(i.value)).filter(Boolean);
+  const panel = [...ui.panelList.querySelectorAll("input")].map((i) => specValue(i.value)).filter(Boolean);
   if (panel.length) fusion.panel = panel;
-  for (const role of ["judge", "synthesizer"]) {
-    const value = specValue($(`${role}-input`).value);
+  for (const [role, input] of [["judge", ui.judgeInput], ["synthesizer", ui.synthesizerInput]]) {
+    const value = specValue(input.value);
     if (value) fusion[role] = value;
   }
-  for (const input of document.querySelectorAll("[data-setting]")) {
+  for (const input of ui.settingsFields.querySelectorAll("[data-setting]")) {
     const value = settingValue(input);
     if (value !== undefined) fusion[input.dataset.setting] = value;
   }
@@ -249,7 +256,7 @@ function collectFusion() {
 }
 
 function addPanelRow(value = "") {
-  const list = $("panel-list");
+  const list = ui.panelList;
   const index = list.children.length + 1;
   const input = h("input", { list: "model-options", value, "aria-label": `Panel model ${index}`, placeholder: "provider:model or JSON" });
   const remove = h("button", { type: "button", class: "small", "aria-label": `Remove panel model ${index}`, text: "×", onclick: () => { row.remove(); } });
@@ -263,13 +270,13 @@ function fillModelOptions() {
   for (const preset of Object.values(state.info?.presets || {})) {
     for (const spec of [...preset.panel, preset.judge, preset.synthesizer]) if (spec) options.add(spec);
   }
-  $("model-options").replaceChildren(...[...options].map((v) => h("option", { value: v })));
+  ui.modelOptions.replaceChildren(...[...options].map((v) => h("option", { value: v })));
 }
 
 function describeModel() {
-  const card = state.models.find((m) => m.id === $("model-select").value);
+  const card = state.models.find((m) => m.id === ui.modelSelect.value);
   const preset = card?.fusion?.preset && state.info?.presets?.[card.fusion.preset];
-  $("model-description").textContent = card
+  ui.modelDescription.textContent = card
     ? `${card.fusion?.description || ""}${preset ? ` Panel: ${preset.panel.join(", ")}.` : ""}`
     : "";
 }
@@ -714,23 +721,23 @@ function codeFor(kind, request) {
 }
 
 function showCode(kind, request) {
-  $("code-title").textContent = kind === "curl" ? "Request as curl" : "Request as Python (openai SDK)";
-  $("code-text").value = codeFor(kind, request);
-  $("code-dialog").showModal();
-  $("code-text").focus();
-  $("code-text").select();
+  ui.codeTitle.textContent = kind === "curl" ? "Request as curl" : "Request as Python (openai SDK)";
+  ui.codeText.value = codeFor(kind, request);
+  ui.codeDialog.showModal();
+  ui.codeText.focus();
+  ui.codeText.select();
 }
 
 // ---------- the conversation ----------
 function addUserTurn(text) {
   const el = h("div", { class: "turn user" }, h("h2", { class: "visually-hidden", text: "You" }), h("p", { class: "who", text: "You" }), h("div", { class: "bubble", text }));
-  $("conversation").append(el);
+  ui.conversation.append(el);
   return el;
 }
 
 function addAssistantTurn(request) {
   const el = h("div", { class: "turn assistant" }, h("h2", { class: "visually-hidden", text: "Fusion" }), h("p", { class: "who", text: `Fusion · ${request.body.model}` }));
-  $("conversation").append(el);
+  ui.conversation.append(el);
   return new RunView(el, request);
 }
 
@@ -754,7 +761,7 @@ async function send(text) {
   }
   state.messages.push({ role: "user", content: text });
   const body = {
-    model: $("model-select").value,
+    model: ui.modelSelect.value,
     messages: state.messages.map((m) => ({ role: m.role, content: m.content })),
     stream: true,
     stream_options: { include_usage: true },
@@ -833,8 +840,8 @@ async function send(text) {
 }
 
 function setBusy(busy) {
-  $("send").disabled = busy;
-  $("stop").hidden = !busy;
+  ui.send.disabled = busy;
+  ui.stop.hidden = !busy;
 }
 
 function resetConversation() {
@@ -842,7 +849,7 @@ function resetConversation() {
   state.turns = [];
   state.threadId = null;
   state.conversationId = newId();
-  $("conversation").replaceChildren();
+  ui.conversation.replaceChildren();
   setStatus("");
 }
 
@@ -857,7 +864,7 @@ function loadLocalHistory() {
 
 function saveHistory() {
   const items = loadLocalHistory().filter((c) => c.id !== state.conversationId);
-  items.unshift({ id: state.conversationId, title: state.turns[0]?.user?.slice(0, 120) || "", updated: new Date().toISOString(), threadId: state.threadId, model: $("model-select").value, turns: state.turns });
+  items.unshift({ id: state.conversationId, title: state.turns[0]?.user?.slice(0, 120) || "", updated: new Date().toISOString(), threadId: state.threadId, model: ui.modelSelect.value, turns: state.turns });
   while (items.length > HISTORY_LIMIT) items.pop();
   for (;;) {
     try {
@@ -868,7 +875,7 @@ function saveHistory() {
       items.pop();
     }
   }
-  if (!$("history").hidden) renderHistory();
+  if (!ui.history.hidden) renderHistory();
 }
 
 function reopen(turns, { id, threadId } = {}) {
@@ -877,7 +884,7 @@ function reopen(turns, { id, threadId } = {}) {
   state.threadId = threadId || null;
   for (const turn of turns) {
     addUserTurn(turn.user);
-    const request = turn.request || { body: { model: $("model-select").value, messages: [...state.messages, { role: "user", content: turn.user }], stream: false } };
+    const request = turn.request || { body: { model: ui.modelSelect.value, messages: [...state.messages, { role: "user", content: turn.user }], stream: false } };
     const view = addAssistantTurn(request);
     for (const event of turn.events || []) view.onProgress(event);
     view.finish(turn.fusion, turn.answer);
@@ -898,11 +905,11 @@ function turnsOfThread(messages) {
 }
 
 async function renderHistory() {
-  const list = $("history-list");
+  const list = ui.historyList;
   list.replaceChildren();
   const entries = [];
   if (state.info?.durable) {
-    $("history-source").textContent = "Threads from the server's checkpointer, then this browser's runs.";
+    ui.historySource.textContent = "Threads from the server's checkpointer, then this browser's runs.";
     try {
       const { data } = await api("/playground/api/threads");
       for (const t of data) {
@@ -921,7 +928,7 @@ async function renderHistory() {
       entries.push(h("li", { class: "hint", text: `Threads unavailable: ${error.message}` }));
     }
   } else {
-    $("history-source").textContent = "This browser's runs (the server has no checkpointer).";
+    ui.historySource.textContent = "This browser's runs (the server has no checkpointer).";
   }
   for (const c of loadLocalHistory()) {
     entries.push(h("li", {}, h("button", { type: "button", class: "link", onclick: () => reopen(c.turns, c) }, h("span", { text: c.title || "(untitled)" }), h("span", { class: "hint", text: ` · ${c.turns.length} turn${c.turns.length === 1 ? "" : "s"} · ${new Date(c.updated).toLocaleString()}` }))));
@@ -932,8 +939,8 @@ async function renderHistory() {
 
 // ---------- eval reports ----------
 async function renderEvals() {
-  const list = $("evals-list");
-  $("evals-source").textContent = `Folders of \`fusiongraph eval\` in ${state.info?.evals_dir || "fusion-evals"}.`;
+  const list = ui.evalsList;
+  ui.evalsSource.textContent = `Folders of \`fusiongraph eval\` in ${state.info?.evals_dir || "fusion-evals"}.`;
   try {
     const { data } = await api("/playground/api/evals");
     list.replaceChildren(
@@ -943,7 +950,7 @@ async function renderEvals() {
               ? h("button", { type: "button", class: "link", onclick: () => openEval(e.name) }, e.name)
               : h("span", { text: `${e.name} (no report.html)` }),
               h("span", { class: "hint", text: ` · ${new Date(e.modified).toLocaleString()}` }),
-              h("span", { class: "eval-files" }, e.files.filter((f) => f !== "report.html").map((f) => h("a", { href: `/playground/api/evals/${encodeURIComponent(e.name)}/${encodeURIComponent(f)}`, target: "_blank", rel: "noopener", text: f })))),
+              h("span", { class: "eval-files" }, e.files.filter((f) => f !== "report.html").map((f) => h("button", { type: "button", class: "link", onclick: () => openEvalFile(e.name, f), text: f })))),
           )
         : [h("li", { class: "hint", text: "No eval reports yet." })]),
     );
@@ -952,20 +959,50 @@ async function renderEvals() {
   }
 }
 
-function openEval(name) {
-  $("eval-view").hidden = false;
-  $("eval-view-title").textContent = `Eval report: ${name}`;
-  $("eval-frame").src = `/playground/api/evals/${encodeURIComponent(name)}/report.html`;
-  $("eval-view").scrollIntoView({ block: "start" });
-  $("eval-close").focus();
+// The key travels only as a header, which a frame or a new tab cannot send: the page fetches
+// the file itself.
+async function evalText(name, file) {
+  const response = await fetch(`/playground/api/evals/${encodeURIComponent(name)}/${encodeURIComponent(file)}`, { headers: authHeaders() });
+  if (!response.ok) throw new HttpError(response.status, await errorMessage(response));
+  return response.text();
+}
+
+async function openEval(name) {
+  ui.evalView.hidden = false;
+  ui.evalViewTitle.textContent = `Eval report: ${name}`;
+  try {
+    // The frame is sandboxed (index.html): an opaque origin that runs no script.
+    ui.evalFrame.srcdoc = await evalText(name, "report.html");
+  } catch (error) {
+    ui.evalFrame.removeAttribute("srcdoc");
+    setStatus(`Could not open the report: ${error.message}`, true);
+  }
+  ui.evalView.scrollIntoView({ block: "start" });
+  ui.evalClose.focus();
+}
+
+async function openEvalFile(name, file) {
+  const tab = window.open("", "_blank"); // opened on the click, filled once the file is here
+  if (tab) tab.opener = null;
+  try {
+    // Plain text whatever the file: a tab of this origin never renders an eval file as a page.
+    const blob = new Blob([await evalText(name, file)], { type: "text/plain;charset=utf-8" });
+    const url = URL.createObjectURL(blob);
+    if (tab) tab.location.href = url;
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    tab?.close();
+    setStatus(`Could not open ${file}: ${error.message}`, true);
+  }
 }
 
 function toggleSide(which) {
-  for (const other of ["history", "evals"]) {
-    const show = other === which && $(other).hidden;
-    $(other).hidden = !show;
-    $(`nav-${other}`).setAttribute("aria-expanded", String(show));
-    if (show) (other === "history" ? renderHistory : renderEvals)();
+  const sides = { history: [ui.history, ui.navHistory, renderHistory], evals: [ui.evals, ui.navEvals, renderEvals] };
+  for (const [name, [panel, nav, render]] of Object.entries(sides)) {
+    const show = name === which && panel.hidden;
+    panel.hidden = !show;
+    nav.setAttribute("aria-expanded", String(show));
+    if (show) render();
   }
 }
 
@@ -982,7 +1019,7 @@ async function loadServer() {
     } else setStatus(`Could not reach the server: ${error.message}`, true);
     return false;
   }
-  const select = $("model-select");
+  const select = ui.modelSelect;
   const previous = select.value;
   select.replaceChildren(...state.models.map((m) => h("option", { value: m.id, text: m.id })));
   if (previous && state.models.some((m) => m.id === previous)) select.value = previous;
@@ -995,55 +1032,55 @@ async function loadServer() {
 }
 
 function wire() {
-  $("composer").addEventListener("submit", (event) => {
+  ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
-    const text = $("composer-input").value.trim();
+    const text = ui.composerInput.value.trim();
     if (!text || state.controller) return;
     if (!state.info) {
       loadServer();
       return;
     }
-    $("composer-input").value = "";
+    ui.composerInput.value = "";
     send(text);
   });
-  $("composer-input").addEventListener("keydown", (event) => {
+  ui.composerInput.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
-      $("composer").requestSubmit();
+      ui.composer.requestSubmit();
     }
   });
-  $("stop").addEventListener("click", () => state.controller?.abort());
-  $("new-chat").addEventListener("click", resetConversation);
-  $("panel-add").addEventListener("click", () => addPanelRow().focus());
-  $("model-select").addEventListener("change", describeModel);
-  $("nav-key").addEventListener("click", () => askForKey());
-  $("nav-history").addEventListener("click", () => toggleSide("history"));
-  $("nav-evals").addEventListener("click", () => toggleSide("evals"));
-  $("eval-close").addEventListener("click", () => {
-    $("eval-view").hidden = true;
-    $("eval-frame").removeAttribute("src");
+  ui.stop.addEventListener("click", () => state.controller?.abort());
+  ui.newChat.addEventListener("click", resetConversation);
+  ui.panelAdd.addEventListener("click", () => addPanelRow().focus());
+  ui.modelSelect.addEventListener("change", describeModel);
+  ui.navKey.addEventListener("click", () => askForKey());
+  ui.navHistory.addEventListener("click", () => toggleSide("history"));
+  ui.navEvals.addEventListener("click", () => toggleSide("evals"));
+  ui.evalClose.addEventListener("click", () => {
+    ui.evalView.hidden = true;
+    ui.evalFrame.removeAttribute("srcdoc");
   });
-  $("key-dialog").addEventListener("close", () => {
-    if ($("key-dialog").returnValue === "save") {
-      saveKey($("key-input").value);
+  ui.keyDialog.addEventListener("close", () => {
+    if (ui.keyDialog.returnValue === "save") {
+      saveKey(ui.keyInput.value);
       loadServer();
     }
   });
-  $("code-copy").addEventListener("click", async () => {
-    const text = $("code-text").value;
+  ui.codeCopy.addEventListener("click", async () => {
+    const text = ui.codeText.value;
     try {
       await navigator.clipboard.writeText(text);
-      $("code-copy").textContent = "Copied";
+      ui.codeCopy.textContent = "Copied";
     } catch {
-      $("code-text").select();
+      ui.codeText.select();
       document.execCommand?.("copy");
-      $("code-copy").textContent = "Selected: press Ctrl+C";
+      ui.codeCopy.textContent = "Selected: press Ctrl+C";
     }
-    setTimeout(() => ($("code-copy").textContent = "Copy"), 1500);
+    setTimeout(() => (ui.codeCopy.textContent = "Copy"), 1500);
   });
-  if (matchMedia("(max-width: 700px)").matches) $("settings-box").open = false;
+  if (matchMedia("(max-width: 700px)").matches) ui.settingsBox.open = false;
 }
 
 wire();
-if (state.key) saveKey(state.key);
+document.cookie = OLD_KEY_COOKIE;
 loadServer();

@@ -38,6 +38,15 @@ VOTE_ALIAS = {
     "judge": "openai:judge-0.3s",
     "synthesizer": "openai:writer-0.9s",
 }
+# Every answer of this alias (both panelists' and the synthesis) is what a test scripts on the
+# upstream (`Behaviour(content=...)` for HOSTILE_UPSTREAM_MODELS): hostile model output.
+HOSTILE_MODEL = "fusion-hostile"
+HOSTILE_UPSTREAM_MODELS = ("hostile-panel-a", "hostile-panel-b", "hostile-writer")
+HOSTILE_ALIAS = {
+    "panel": ["openai:hostile-panel-a", "openai:hostile-panel-b"],
+    "judge": "openai:judge-0.3s",
+    "synthesizer": "openai:hostile-writer",
+}
 ARTIFACTS = Path(__file__).with_name("artifacts")
 CHROMIUM_ARGS = [
     "--headless",
@@ -111,7 +120,7 @@ def server(upstream: UpstreamServer, evals_dir: Path) -> Iterator[str]:
     app = create_app(
         build_graph(checkpointer=InMemorySaver()),
         api_keys=[API_KEY],
-        aliases={MODEL: ALIAS, VOTE_MODEL: VOTE_ALIAS},
+        aliases={MODEL: ALIAS, VOTE_MODEL: VOTE_ALIAS, HOSTILE_MODEL: HOSTILE_ALIAS},
         evals_dir=str(evals_dir),
     )
     try:

@@ -1,21 +1,34 @@
 """The web playground in a real browser (Debian's chromium via Playwright) against the real
 server and graph, whose models are the fake upstream: a run shows its panel columns live, the
 failed panelist's reason, the streamed answer, the analysis as matrices, the timeline and the
-cost; the page asks for the API key the server requires; history and eval reports reopen."""
+cost; the page asks for the API key the server requires and keeps it in the tab; history and eval
+reports reopen; a model's answer can neither restyle the page, stand in for its controls, change
+what the composer sends, nor make the browser fetch from elsewhere."""
 
 from __future__ import annotations
 
 import json
+import threading
 import typing
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
 
 from fusiongraph.graph.config import FusionContext
-from tests.browser.conftest import API_KEY, MODEL, PANEL, VOTE_MODEL
-from tests.support.upstream import SYNTHESIS_TEXT
+from tests.browser.conftest import (
+    API_KEY,
+    HOSTILE_MODEL,
+    HOSTILE_UPSTREAM_MODELS,
+    MODEL,
+    PANEL,
+    VOTE_MODEL,
+)
+from tests.support.upstream import SYNTHESIS_TEXT, Behaviour, FakeUpstream, UpstreamServer
 
 pytestmark = pytest.mark.timeout(120)
 QUESTION = "Why does water boil at a lower temperature at altitude?"
@@ -406,10 +419,14 @@ def test_eval_reports_are_listed_opened_and_kept_in_their_folder(
     page.click("#evals-list button:has-text('demo-20261201-120000')")
     frame = page.frame_locator("#eval-frame")
     assert frame.locator("h1").inner_text() == "Demo eval report"
-    # The report's other files open in a tab: the page's key cookie authorises them.
-    href = page.get_attribute("#evals-list a:has-text('summary.json')", "href")
-    opened = page.request.get(f"{server}{href}")
-    assert opened.status == 200 and opened.json() == {"arms": ["fusion", "single"]}
+    assert page.get_attribute("#eval-frame", "sandbox") == ""  # no script, an opaque origin
+    # The report's other files open in a tab as plain text, fetched by the page with its key.
+    with page.context.expect_page() as opened:
+        page.click("#evals-list button:has-text('summary.json')")
+    tab = opened.value
+    tab.wait_for_load_state()
+    assert json.loads(tab.inner_text("body")) == {"arms": ["fusion", "single"]}
+    tab.close()
 
     base = f"{server}/playground/api/evals"
     ok = httpx.get(f"{base}/demo-20261201-120000/summary.json", headers=AUTH)
@@ -424,3 +441,219 @@ def test_eval_reports_are_listed_opened_and_kept_in_their_folder(
         response = httpx.get(f"{base}/{sneaky}", headers=AUTH)
         assert response.status_code == 404, sneaky
         assert "outside the evals folder" not in response.text
+
+
+# ---------- model output must not act on the page ----------
+
+# The page's own composer, found by its place in the page rather than by an id an answer could
+# also carry.
+COMPOSER = "main > form.composer"
+COMPOSER_INPUT = "main > form.composer > textarea"
+STATUS = "main > p.status"
+# What the issue reported: this in an answer became the composer, and the next question sent
+# was OTHER.
+CLOBBERING_TEXTAREA = '<textarea id="composer-input" style="display:none">OTHER</textarea>'
+# Every way an answer could act on the page at once; ELSEWHERE is a server the browser must
+# never be made to call.
+HOSTILE_ANSWER = "\n\n".join(
+    [
+        "Here is the answer you asked for.",
+        '<textarea id="composer-input" name="composer-input" style="display:none">OTHER</textarea>',
+        '<form id="composer" action="ELSEWHERE/form"><input id="send" name="q" value="x">'
+        '<button id="stop">Send</button></form>',
+        '<div id="status" name="status">Ready.</div>',
+        '<select id="model-select" name="model"><option value="evil">evil</option></select>',
+        '<input data-setting="judge_input_chars" data-kind="number" value="7">',
+        "<style>main > form.composer, #composer { display: none !important } "
+        "body { background: rgb(255, 0, 0) !important } .run { visibility: hidden }</style>",
+        '<div class="composer" popover>a fake composer</div>',
+        '<img src="ELSEWHERE/pixel.png" alt="tracking pixel"> '
+        '<img srcset="ELSEWHERE/srcset.png 2x"> ![chart](ELSEWHERE/markdown.png)',
+        '<iframe src="ELSEWHERE/frame"></iframe><object data="ELSEWHERE/object"></object>'
+        '<embed src="ELSEWHERE/embed">',
+        '<link rel="stylesheet" href="ELSEWHERE/sheet.css">'
+        '<meta http-equiv="refresh" content="0; url=ELSEWHERE/meta"><base href="ELSEWHERE/">',
+        "**Bold** survives, and so does [a link](https://example.org/) and `code`.",
+    ]
+)
+FORBIDDEN_IN_ANSWERS = (
+    "style, link, meta, base, form, input, textarea, button, select, option, iframe, object, "
+    "embed, [id], [name], [style], [popover], [data-setting], [class]:not([class^=language-])"
+    ":not(.hljs):not([class^=hljs-])"
+)
+PAGE_LOOKS_JS = """sel => {
+    const own = document.querySelector(sel);
+    const look = el => { const s = getComputedStyle(el);
+        return [s.display, s.visibility, s.backgroundColor, s.position]; };
+    const input = own.querySelector('textarea');
+    return {body: look(document.body), composer: look(own), input: look(input),
+            visible: own.checkVisibility() && input.checkVisibility()};
+}"""
+
+
+class _Counting(BaseHTTPRequestHandler):
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[tuple[str, list[str]]]:
+    """A second server on 127.0.0.1 standing for a remote host; it records every request."""
+    handler = type("Handler", (_Counting,), {"hits": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="elsewhere", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", handler.hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def scripted_answer(upstream: UpstreamServer) -> Iterator[Callable[[str], None]]:
+    """Make every model of HOSTILE_MODEL answer the given text (both panelists, synthesis)."""
+    fake = typing.cast(FakeUpstream, upstream.app)
+
+    def script(text: str) -> None:
+        for name in HOSTILE_UPSTREAM_MODELS:
+            fake.models[name] = Behaviour(ttft_s=0.05, chunks=3, chunk_delay_s=0.02, content=text)
+
+    yield script
+    for name in HOSTILE_UPSTREAM_MODELS:
+        fake.models.pop(name, None)
+
+
+def ask(page: Any, question: str) -> None:
+    """Type into the page's own composer and send with Enter, as a person does."""
+    page.locator(COMPOSER_INPUT).fill(question)
+    page.locator(COMPOSER_INPUT).press("Enter")
+
+
+def wait_done(page: Any, runs: int) -> None:
+    """Wait for the page's `runs`-th run to finish (its cost table, found by its place in the
+    page); the page's own status line then says it is done."""
+    tables = page.locator(".turn.assistant > .run > .cost > .table-wrap > table.cost-table")
+    tables.nth(runs - 1).wait_for(state="attached", timeout=20_000)
+    assert page.locator(STATUS).inner_text().startswith("Done"), page.locator(STATUS).inner_text()
+
+
+def questions_since(upstream: UpstreamServer, since: int) -> list[str]:
+    """What the panel was asked, as the upstream received it."""
+    fake = typing.cast(FakeUpstream, upstream.app)
+    return [r.question for r in fake.records_since(since) if r.role == "panel"]
+
+
+def last_record_id(upstream: UpstreamServer) -> int:
+    records = typing.cast(FakeUpstream, upstream.app).records
+    return records[-1].id if records else 0
+
+
+def test_an_answer_with_the_composers_id_does_not_replace_the_next_question(
+    page: Any, server: str, upstream: UpstreamServer, scripted_answer: Callable[[str], None]
+) -> None:
+    scripted_answer(f"Sure.\n\n{CLOBBERING_TEXTAREA}\n\nAnything else?")
+    open_playground(page, server)
+    page.select_option("#model-select", HOSTILE_MODEL)
+    ask(page, "first question")
+    wait_done(page, 1)
+    since = last_record_id(upstream)
+    ask(page, "what I typed next")
+    wait_done(page, 2)
+    assert set(questions_since(upstream, since)) == {"what I typed next"}
+    assert page.evaluate("document.querySelectorAll('[id=composer-input]').length") == 1
+
+
+def test_hostile_answers_cannot_restyle_clobber_post_or_fetch(
+    page: Any,
+    server: str,
+    upstream: UpstreamServer,
+    scripted_answer: Callable[[str], None],
+    elsewhere: tuple[str, list[str]],
+    artifacts: Path,
+) -> None:
+    remote, hits = elsewhere
+    scripted_answer(HOSTILE_ANSWER.replace("ELSEWHERE", remote))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    open_playground(page, server)
+    page.select_option("#model-select", HOSTILE_MODEL)
+    own_ids = page.evaluate("[...document.querySelectorAll('[id]')].map(e => e.id)")
+    looks = page.evaluate(PAGE_LOOKS_JS, COMPOSER)
+    assert looks["visible"]
+
+    ask(page, "first question")
+    wait_done(page, 1)
+    answers = page.locator(".run .answer.markdown, .run .panel-answer.markdown")
+    assert answers.count() == 3  # the synthesis and both panelists' answers: all hostile
+    for i in range(answers.count()):
+        answer = answers.nth(i)
+        assert "Bold" in answer.locator("strong").inner_text()
+        assert answer.locator("a[href='https://example.org/']").get_attribute("rel") == (
+            "noopener noreferrer"
+        )
+        assert answer.locator(FORBIDDEN_IN_ANSWERS).count() == 0, answer.inner_html()
+        # Remote images are links the reader may follow, never fetched by the page.
+        assert answer.locator("img").count() == 0
+        assert answer.locator(f"a[href='{remote}/pixel.png']").inner_text() == (
+            "image: tracking pixel"
+        )
+    # Each of the page's ids still names one element, its own; its look has not changed.
+    counts = page.evaluate(
+        'ids => ids.map(id => document.querySelectorAll(`[id="${id}"]`).length)', own_ids
+    )
+    assert counts == [1] * len(own_ids)
+    assert page.evaluate(PAGE_LOOKS_JS, COMPOSER) == looks
+    assert page.locator(".run").first.is_visible()
+    page.screenshot(path=str(artifacts / "hostile-answer.png"), full_page=True)
+
+    # The composer sends what was typed, with the settings the person chose (none here).
+    since = last_record_id(upstream)
+    ask(page, "what I typed next")
+    wait_done(page, 2)
+    assert set(questions_since(upstream, since)) == {"what I typed next"}
+    history = json.loads(page.evaluate("localStorage.getItem('fusiongraph.history')"))
+    sent = history[0]["turns"][-1]["request"]["body"]
+    assert sent["model"] == HOSTILE_MODEL and set(sent["fusion"]) == {"progress"}
+    assert hits == [], hits
+    assert not [url for url in requested if url.startswith(remote)]
+    assert page.url == f"{server}/"
+
+
+def test_the_key_is_kept_in_this_tab_only_never_in_a_cookie(
+    page: Any, server: str, browser_context: Any
+) -> None:
+    def cookies_holding_the_key() -> list[dict[str, Any]]:
+        return [c for c in browser_context.cookies() if API_KEY in unquote(c["value"])]
+
+    open_playground(page, server)
+    assert "kept in this tab only" in page.inner_text("#key-reason")
+    assert page.evaluate("sessionStorage.getItem('fusiongraph.key')") == API_KEY
+    assert cookies_holding_the_key() == []
+    # Eval reports and their files, which a cookie used to authorise, open with the key too.
+    page.click("#nav-evals")
+    page.click("#evals-list button:has-text('demo-20261201-120000')")
+    assert page.frame_locator("#eval-frame").locator("h1").inner_text() == "Demo eval report"
+    with page.context.expect_page() as opened:
+        page.click("#evals-list button:has-text('summary.json')")
+    opened.value.wait_for_load_state()
+    assert "fusion" in opened.value.inner_text("body")
+    opened.value.close()
+    assert cookies_holding_the_key() == []
+    # Another tab of the same browser does not have it: it asks.
+    other = browser_context.new_page()
+    try:
+        other.goto(f"{server}/")
+        other.wait_for_selector("#key-dialog[open]")
+        assert other.evaluate("sessionStorage.getItem('fusiongraph.key')") is None
+    finally:
+        other.close()

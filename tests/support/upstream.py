@@ -24,10 +24,12 @@ with the benchmark's own clock across processes. A `[bench:<tag>]` marker anywhe
 messages tags the request so concurrent runs can be told apart. Judge calls (detected by
 `response_format` or the judge's system prompt) get a valid analysis JSON.
 GET /_bench/requests?since=ID returns the records, DELETE /_bench/requests clears them.
-Each record also says how many image_url parts the request held and how many omitted-image
-notes its text did (`images`, `image_notes`), and which `reasoning_effort` / `reasoning` it sent
-(`options`); `FakeUpstream(reasoning_tokens=N)` reports N reasoning tokens
-(completion_tokens_details) for every request that asked for a reasoning effort.
+A `Behaviour(content=...)` scripts what a model answers (a hostile answer, say); each record
+keeps the last user message's text (`question`). Each record also says how many image_url parts
+the request held and how many omitted-image notes its text did (`images`, `image_notes`), and
+which `reasoning_effort` / `reasoning` it sent (`options`); `FakeUpstream(reasoning_tokens=N)`
+reports N reasoning tokens (completion_tokens_details) for every request that asked for a
+reasoning effort.
 
 In-process: `UpstreamServer` (uvicorn in a thread). As a process: `python -m bench.fake_upstream`.
 """
@@ -84,6 +86,7 @@ class Behaviour:
     chunk_delay_s: float = 0.01
     never: bool = False
     stall: bool = False  # streamed: the first piece, then keep-alive comments only
+    content: str | None = None  # the answer's text (panel or synthesis), when a test scripts it
 
     @property
     def total_s(self) -> float:
@@ -110,6 +113,7 @@ class RequestRecord:
     image_notes: int = 0  # the omitted-image note in its text (nodes/images.py)
     # Body fields beyond the messages that a caller may want to check (response_format, ...).
     options: dict[str, Any] = field(default_factory=dict)
+    question: str = ""  # the last user message's text: what the caller asked
 
     @property
     def duration(self) -> float | None:
@@ -313,11 +317,15 @@ class FakeUpstream:
             options={k: body[k] for k in RECORDED_OPTIONS if k in body},
             images=_image_parts(body),
             image_notes=text.count(IMAGE_OMITTED),
+            question=_last_user_text(body),
         )
         self._next_id += 1
         self.records.append(record)
+        scripted = self.behaviour(model).content
         if record.role == "judge":
             content = judge_json(body)
+        elif scripted is not None:
+            content = scripted
         elif record.role == "synthesis":
             content = SYNTHESIS_TEXT
         else:
@@ -436,6 +444,11 @@ def _split(text: str, parts: int) -> list[str]:
     parts = max(1, parts)
     size = -(-len(text) // parts)
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    return _text(users[-1].get("content")) if users else ""
 
 
 def _image_parts(body: dict[str, Any]) -> int:
