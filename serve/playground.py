@@ -2,9 +2,11 @@
 shows the deliberation (panel, analysis, timeline, cost), plus the few JSON endpoints it needs.
 
 The page and its assets are public (they hold no data); everything under /playground/api/ takes
-the same API key as /v1 (`FUSIONGRAPH_API_KEYS`). The settings form is built in the browser from
-the graph's context schema, so a new setting appears without touching this module. Eval reports
-(`fusiongraph eval` folders) are served read-only from one folder, never outside it.
+the same API key as /v1 (`FUSIONGRAPH_API_KEYS`), as a header only: the page keeps the key in
+the tab's sessionStorage and fetches eval files itself, so no cookie ever carries it. The
+settings form is built in the browser from the graph's context schema, so a new setting appears
+without touching this module. Eval reports (`fusiongraph eval` folders) are served read-only
+from one folder, never outside it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
 from fastapi import FastAPI, Request
@@ -36,9 +37,6 @@ from fusiongraph.serve.openai_errors import OpenAIError
 STATIC_DIR = Path(__file__).with_name("playground")
 EVALS_DIR_ENV = "FUSIONGRAPH_EVALS_DIR"
 DEFAULT_EVALS_DIR = "fusion-evals"
-# The page keeps its key here too, so that an eval report opened in a frame (which cannot send
-# an Authorization header) is still authorised; SameSite=Strict keeps other sites from using it.
-KEY_COOKIE = "fusiongraph_key"
 # How many checkpoints are scanned to list threads, and how many threads are listed.
 THREAD_SCAN = 2000
 THREAD_LIMIT = 50
@@ -52,7 +50,8 @@ PAGE_CSP = (
     "img-src 'self' data:; connect-src 'self'; frame-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# An eval report runs in an opaque origin: it cannot read the page's key or call the API.
+# An eval file opened at its own URL runs in an opaque origin: it cannot call the API. (The page
+# shows reports in a sandboxed frame from the text it fetched.)
 REPORT_CSP = "sandbox allow-scripts; default-src 'self' 'unsafe-inline' data:; connect-src 'none'"
 
 Authorize = Callable[[Request], str | None]
@@ -200,15 +199,6 @@ async def thread_detail(
     }
 
 
-def _with_cookie_key(request: Request) -> Request:
-    """The request, carrying the key cookie as a bearer token when it has no Authorization."""
-    token = unquote(request.cookies.get(KEY_COOKIE) or "")  # the page URI-encodes it
-    if request.headers.get("authorization") or not token:
-        return request
-    headers = [*request.scope["headers"], (b"authorization", f"Bearer {token}".encode())]
-    return Request({**request.scope, "headers": headers}, request.receive)
-
-
 def install_playground(
     app: FastAPI,
     *,
@@ -262,7 +252,7 @@ def install_playground(
 
     @app.get("/playground/api/evals/{name}/{file:path}", include_in_schema=False)
     async def eval_report_file(name: str, file: str, request: Request) -> Response:
-        authorize(_with_cookie_key(request))
+        authorize(request)
         path = eval_file(root, name, file)
         headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
         if path.suffix in {".html", ".htm", ".svg"}:

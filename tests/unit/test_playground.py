@@ -16,7 +16,7 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.config import FusionContext
 from fusiongraph.serve import playground
 from fusiongraph.serve.openai_errors import OpenAIError
-from fusiongraph.serve.playground import KEY_COOKIE, conversation_of, eval_file, list_evals
+from fusiongraph.serve.playground import conversation_of, eval_file, list_evals
 from fusiongraph.serve.server import create_app
 from tests.support.fakes import FakeFactory
 from tests.support.server_app import ALIAS, ANSWER, MODEL, scripts
@@ -81,16 +81,21 @@ def test_eval_folders_are_listed_with_what_they_hold(evals: Path) -> None:
     assert list_evals(evals / "absent") == []
 
 
-def test_an_eval_report_opens_with_the_key_cookie_in_a_sandbox(evals: Path) -> None:
+def test_an_eval_report_takes_the_key_as_a_header_only_and_opens_in_a_sandbox(
+    evals: Path,
+) -> None:
+    """The page keeps the key in the tab (sessionStorage): a cookie, which every tab and every
+    request to the path would carry, is no way in."""
     app = create_app(build_graph(FakeFactory(scripts())), api_keys=["k1"], evals_dir=str(evals))
     url = "/playground/api/evals/math-20261201-120000/report.html"
     with TestClient(app) as client:
         assert client.get(url).status_code == 401
-        client.cookies.set(KEY_COOKIE, "wrong")
+        client.cookies.set("fusiongraph_key", "k1")  # where earlier versions of the page kept it
         assert client.get(url).status_code == 401
-        client.cookies.set(KEY_COOKIE, "k1")
-        response = client.get(url)
+        client.cookies.clear()
+        response = client.get(url, headers={"Authorization": "Bearer k1"})
     assert response.status_code == 200 and response.text == "<h1>math</h1>"
+    assert "set-cookie" not in response.headers
     assert response.headers["content-security-policy"].startswith("sandbox")
 
 
