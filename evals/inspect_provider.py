@@ -38,10 +38,10 @@ from inspect_ai.model import (
     ModelAPI,
     ModelOutput,
     ModelUsage,
+    StopReason,
     messages_to_openai,
     modelapi,
 )
-from inspect_ai.model._model_output import StopReason
 from inspect_ai.tool import ToolCall, ToolChoice, ToolFunction, ToolInfo
 
 CUSTOM = "custom"  # `fusion/custom`: no preset, the panel comes from -M panel=...

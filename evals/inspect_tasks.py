@@ -13,6 +13,7 @@ These tasks run against any inspect model, not only fusion (`--model openai/gpt-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
 from inspect_ai.scorer import Score, Scorer, Target, accuracy, scorer, stderr
 from inspect_ai.solver import TaskState, generate
+from inspect_ai.util import registry_info
 
 from fusiongraph.evals.items import SUITES, EvalItem, load_items
 
@@ -89,18 +91,19 @@ def items_task(
     )
 
 
-def registered_name(name: str) -> str:
-    """The name to register so the task is `fusiongraph/<name>` wherever the package runs from.
+def register_task(name: str, make: Callable[..., Task]) -> Callable[..., Task]:
+    """Register `make` as the inspect task `fusiongraph/<name>` wherever the package runs from.
 
     inspect prefixes a task with its package's name only when it finds the package installed
     (site-packages, or editable by its direct_url.json). Run from the checkout, the project's
     own `fusiongraph.egg-info` (setuptools writes it on `pip install -e .`) shadows the editable
-    install's metadata, inspect adds no prefix, and `fusiongraph/math` would not be found.
+    install's metadata, inspect adds no prefix, and `fusiongraph/math` would not be found: the
+    name inspect gave is read back, and the task registered again under the prefixed one.
     """
-    from inspect_ai._util.package import get_installed_package_name
-
-    prefixed = get_installed_package_name(registered_name) == PACKAGE
-    return name if prefixed else f"{PACKAGE}/{name}"
+    registered = task(name=name)(make)
+    if registry_info(registered).name != f"{PACKAGE}/{name}":
+        registered = task(name=f"{PACKAGE}/{name}")(make)
+    return registered
 
 
 def _suite_task(suite: str) -> Any:
@@ -110,15 +113,17 @@ def _suite_task(suite: str) -> Any:
         return items_task(suite, limit, seed, grader, name=suite)
 
     suite_task.__doc__ = SUITES[suite].get("description", suite)
-    return task(name=registered_name(suite))(suite_task)
+    return register_task(suite, suite_task)
 
 
 SUITE_TASKS = {suite: _suite_task(suite) for suite in SUITES}
 
 
-@task(name=registered_name("file"))
 def task_file(
     path: str, limit: int | None = None, seed: int = 0, grader: str | None = None
 ) -> Task:
     """One's own JSONL/CSV task file (the `fusiongraph eval` schema)."""
     return items_task(path, limit, seed, grader, name=Path(path).stem)
+
+
+task_file = register_task("file", task_file)
