@@ -7,12 +7,12 @@ import { marked } from "./vendor/marked.esm.js";
 
 // What an answer never needs and could use to act on the page: restyle it or overlay a fake
 // interface (style, link, dialog), post or stand in for the page's own controls (form elements),
-// load or embed from elsewhere (frames, objects, media, base, meta).
+// load or embed from elsewhere (frames, objects, media, image maps, base, meta).
 const FORBID_TAGS = [
   "style", "link", "meta", "base",
   "form", "input", "textarea", "button", "select", "option", "optgroup", "datalist", "label", "fieldset", "output",
   "iframe", "frame", "frameset", "object", "embed",
-  "video", "audio", "source", "track", "picture", "dialog",
+  "video", "audio", "source", "track", "picture", "map", "area", "dialog",
 ];
 // `id`/`name` clobber the page's lookups, `style` restyles, the rest submit forms, fetch images
 // (srcset, poster, background), open layers above the page (popover) or take keys and focus.

@@ -471,6 +471,8 @@ HOSTILE_ANSWER = "\n\n".join(
         '<img srcset="ELSEWHERE/srcset.png 2x"> ![chart](ELSEWHERE/markdown.png)',
         '<iframe src="ELSEWHERE/frame"></iframe><object data="ELSEWHERE/object"></object>'
         '<embed src="ELSEWHERE/embed">',
+        '<video src="ELSEWHERE/video.mp4" poster="ELSEWHERE/poster.png"></video>'
+        '<table background="ELSEWHERE/table.png"><tr><td>a cell</td></tr></table>',
         '<link rel="stylesheet" href="ELSEWHERE/sheet.css">'
         '<meta http-equiv="refresh" content="0; url=ELSEWHERE/meta"><base href="ELSEWHERE/">',
         "**Bold** survives, and so does [a link](https://example.org/) and `code`.",
@@ -478,7 +480,8 @@ HOSTILE_ANSWER = "\n\n".join(
 )
 FORBIDDEN_IN_ANSWERS = (
     "style, link, meta, base, form, input, textarea, button, select, option, iframe, object, "
-    "embed, [id], [name], [style], [popover], [data-setting], [class]:not([class^=language-])"
+    "embed, video, [background], [id], [name], [style], [popover], [data-setting], "
+    "[class]:not([class^=language-])"
     ":not(.hljs):not([class^=hljs-])"
 )
 PAGE_LOOKS_JS = """sel => {
