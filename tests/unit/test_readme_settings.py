@@ -1,23 +1,56 @@
-"""The README's configuration table names exactly the context's settings (one schema)."""
+"""The documented settings are the context schema's, and the README points at every surface.
+
+The Configuration page's table is generated from `FusionContext` when the site is built
+(docs/hooks/context_table.py); these tests check what that generation relies on.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
 from fusiongraph.graph.config import CONTEXT_FIELDS
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
 
-def _table_fields() -> set[str]:
+def _hook():
+    spec = importlib.util.spec_from_file_location(
+        "context_table", ROOT / "docs/hooks/context_table.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_configuration_table_lists_every_context_setting_with_a_description() -> None:
+    hook = _hook()
+    rows = hook.context_rows()
+    assert {name for name, *_ in rows} == set(CONTEXT_FIELDS)
+    assert all(description for *_, description in rows), "a setting without a description"
+    page = (ROOT / "docs/configuration.md").read_text()
+    rendered = hook.on_page_markdown(page)
+    assert hook.MARKER in page and hook.MARKER not in rendered
+    assert hook.context_table() in rendered
+    names = re.findall(r"^\| `([a-z_]+)` \|", hook.context_table(), re.M)
+    assert sorted(names) == sorted(CONTEXT_FIELDS)
+
+
+def test_the_table_shows_the_plans_defaults() -> None:
+    rows = {name: default for name, _, default, _ in _hook().context_rows()}
+    assert rows["max_tool_calls"] == "`8`"
+    assert rows["aggregation"] == "`synthesize`"
+    assert rows["panel"] == "—"  # the preset's
+
+
+def test_the_readme_fits_two_screens_and_links_every_surface_page() -> None:
     text = README.read_text()
-    table = text.split("| field | meaning | default |", 1)[1].split("\n\n", 1)[0]
-    names = set()
-    for row in table.splitlines()[2:]:
-        names |= set(re.findall(r"`([a-z_]+)`", row.split("|")[1]))
-    return names
-
-
-def test_the_readme_table_lists_every_context_setting() -> None:
-    assert _table_fields() == set(CONTEXT_FIELDS)
+    assert len(text.splitlines()) <= 250
+    links = set(re.findall(r"\]\(([^)#]+)", text))
+    for page in sorted((ROOT / "docs/surfaces").glob("*.md")):
+        assert f"docs/surfaces/{page.name}" in links, page.name
+    for link in links - {link for link in links if link.startswith("http")}:
+        assert (ROOT / link).exists(), link
