@@ -2,17 +2,22 @@
 llama-cpp-python 0.3.36 and SmolLM2 need (see `_serve_main`).
 
 Started by the launcher as ``python -m fusiongraph.local_model.server --config_file <cfg.json>``;
-a thin wrapper around ``python -m llama_cpp.server``. llama_cpp is imported only here, in the
+what ``python -m llama_cpp.server`` does (its app from `create_app`, on uvicorn), with its chat
+requests normalized by an ASGI middleware in front. llama_cpp is imported only here, in the
 server process.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -104,22 +109,81 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+# Whether the request being served asked for a final usage chunk (set per request by
+# `NormalizeChatRequests`; the model's thread inherits the request's context).
+_STREAM_USAGE: ContextVar[bool] = ContextVar("fusiongraph_stream_usage", default=False)
+
+
+class NormalizeChatRequests:
+    """ASGI middleware: a chat request's JSON body goes through `normalize_chat_request` before
+    llama_cpp.server reads it, and its wish for a final usage chunk is noted for the model."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].endswith("/chat/completions")
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away while sending
+                await self.app(scope, _replay(message, receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            data = normalize_chat_request(json.loads(body))
+        except ValueError:  # not JSON: the server answers it as it would
+            data = None
+        if isinstance(data, dict):
+            _STREAM_USAGE.set(bool(data.pop(STREAM_USAGE_FIELD, False)))
+            body = json.dumps(data).encode()
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+            scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay(message, receive), send)
+
+
+def _replay(message: dict[str, Any], receive: Any) -> Any:
+    """An ASGI `receive` that hands out `message` first, then the client's own (a disconnect)."""
+    pending = [message]
+
+    async def replayed() -> Any:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
 def _serve_main(argv: list[str]) -> None:
-    """Run llama_cpp.server with fixes for llama-cpp-python 0.3.36.
+    """Run llama_cpp.server's app with fixes for llama-cpp-python 0.3.36.
 
     1. llama.cpp's extra weight buffers are disabled (unless FUSIONGRAPH_LOCAL_EXTRA_BUFTS=1): on
        AMX CPUs ggml repacks Q4_1 weights for AMX and `ggml_backend_amx_mul_mat` segfaults on the
        first decode (ggml-org/llama.cpp#20824). llama_cpp.Llama exposes no switch, so the default
        model params are patched.
-    2. Chat requests go through `normalize_chat_request` before validation.
+    2. Chat requests go through `normalize_chat_request` before validation
+       (`NormalizeChatRequests`, around the app `llama_cpp.server.app.create_app` builds).
     3. Streams end with an OpenAI-style usage chunk when the client asked for one: the server
        never sends usage while streaming, so streamed calls would report no token counts.
     """
     _exit_with_parent()
     import llama_cpp
     import llama_cpp.llama_cpp as llama_lib
-    import llama_cpp.server.types as server_types
-    from pydantic import model_validator
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ConfigFileSettings, ServerSettings
+
+    parser = argparse.ArgumentParser(prog="fusiongraph.local_model.server")
+    parser.add_argument("--config_file", required=True)
+    config_file = parser.parse_args(argv).config_file
 
     if os.environ.get(EXTRA_BUFTS_ENV, "").strip() not in ("1", "true", "yes"):
         default_params = llama_lib.llama_model_default_params
@@ -138,16 +202,16 @@ def _serve_main(argv: list[str]) -> None:
     def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
         # One request at a time holds the model (server lock), so instance counters are safe.
         self._fg_usage = [len(tokens), 0]
+        vocab = llama_lib.llama_model_get_vocab(self.model)
         for token in base_generate(self, tokens, *args, **kwargs):
             # Counted like the non-streaming usage: the end-of-generation token is not output.
-            if not llama_lib.llama_vocab_is_eog(self._model.vocab, token):
+            if not llama_lib.llama_vocab_is_eog(vocab, token):
                 self._fg_usage[1] += 1
             yield token
 
     def create_chat_completion(self: Any, *args: Any, **kwargs: Any) -> Any:
-        want_usage = bool(kwargs.pop(STREAM_USAGE_FIELD, False))
         result = base_chat(self, *args, **kwargs)
-        if not (kwargs.get("stream") and want_usage):
+        if not (kwargs.get("stream") and _STREAM_USAGE.get()):
             return result
 
         def with_usage() -> Iterator[dict[str, Any]]:
@@ -175,22 +239,16 @@ def _serve_main(argv: list[str]) -> None:
     llama_cls.generate = generate
     llama_cls.create_chat_completion = create_chat_completion
 
-    base_request: Any = server_types.CreateChatCompletionRequest
-
-    class CreateChatCompletionRequest(base_request):
-        fusiongraph_stream_usage: bool = False
-
-        @model_validator(mode="before")
-        @classmethod
-        def _normalize(cls, data: Any) -> Any:
-            return normalize_chat_request(data)
-
-    # Must happen before llama_cpp.server.app is imported: its routes bind the class at import.
-    server_types.CreateChatCompletionRequest = CreateChatCompletionRequest  # type: ignore[misc]
-    from llama_cpp.server.__main__ import main
-
-    sys.argv = ["llama_cpp.server", *argv]
-    main()
+    settings = ConfigFileSettings.model_validate_json(Path(config_file).read_bytes())
+    server_settings = ServerSettings.model_validate(settings)
+    app = create_app(server_settings=server_settings, model_settings=settings.models)
+    uvicorn.run(
+        NormalizeChatRequests(app),
+        host=server_settings.host,
+        port=server_settings.port,
+        ssl_keyfile=server_settings.ssl_keyfile,
+        ssl_certfile=server_settings.ssl_certfile,
+    )
 
 
 if __name__ == "__main__":
