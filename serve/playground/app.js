@@ -983,15 +983,19 @@ async function openEval(name) {
 
 async function openEvalFile(name, file) {
   const tab = window.open("", "_blank"); // opened on the click, filled once the file is here
-  if (tab) tab.opener = null;
+  if (!tab) {
+    setStatus(`The browser blocked the new tab for ${file}.`, true);
+    return;
+  }
+  tab.opener = null;
   try {
     // Plain text whatever the file: a tab of this origin never renders an eval file as a page.
     const blob = new Blob([await evalText(name, file)], { type: "text/plain;charset=utf-8" });
     const url = URL.createObjectURL(blob);
-    if (tab) tab.location.href = url;
+    tab.location.href = url;
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
   } catch (error) {
-    tab?.close();
+    tab.close();
     setStatus(`Could not open ${file}: ${error.message}`, true);
   }
 }

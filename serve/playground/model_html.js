@@ -3,7 +3,7 @@
 // in an answer must not become the composer), no style, no form control, no frame, no fetch
 // from elsewhere. Every piece of model text the page shows as HTML goes through `modelFragment`;
 // everything else (analysis items, titles, errors) is set as text, never parsed as HTML.
-import { marked } from "./vendor/marked.esm.js";
+import { Marked } from "./vendor/marked.esm.js";
 
 // What an answer never needs and could use to act on the page: restyle it or overlay a fake
 // interface (style, link, dialog), post or stand in for the page's own controls (form elements),
@@ -19,12 +19,14 @@ const FORBID_TAGS = [
 const FORBID_ATTR = [
   "id", "name", "style", "form", "formaction", "action", "srcset", "poster", "background",
   "popover", "popovertarget", "popovertargetaction", "autofocus", "accesskey", "contenteditable",
+  "tabindex", "role",
 ];
 const CONFIG = {
   USE_PROFILES: { html: true }, // no SVG or MathML
   FORBID_TAGS,
   FORBID_ATTR,
   ALLOW_DATA_ATTR: false, // the page's own code reads data-panelist, data-pick, data-setting
+  ALLOW_ARIA_ATTR: false, // an answer does not speak for the page to assistive technology
   SANITIZE_DOM: true,
   SANITIZE_NAMED_PROPS: true,
   RETURN_DOM_FRAGMENT: true, // DOM from DOMPurify's inert document: no second parse of a string
@@ -33,6 +35,13 @@ const CONFIG = {
 // source becomes a link the reader may follow: an answer must not make the browser call a
 // server of the model's choosing (a tracking pixel, or a URL carrying the conversation).
 const INLINE_IMAGE = /^data:image\/(png|gif|jpeg|webp|avif|bmp);/i;
+
+// GFM task lists as marks, not the <input> marked writes (form elements are not let through).
+const markdown = new Marked({
+  gfm: true,
+  breaks: false,
+  renderer: { checkbox: ({ checked }) => (checked ? "☑ " : "☐ ") },
+});
 
 let purifier = null;
 const droppedImageSrc = new WeakMap();
@@ -89,7 +98,7 @@ export function modelFragment(text) {
     fragment.append(text || "");
     return fragment;
   }
-  const clean = purify.sanitize(marked.parse(text || "", { gfm: true, breaks: false }), CONFIG);
+  const clean = purify.sanitize(markdown.parse(text || ""), CONFIG);
   for (const img of clean.querySelectorAll("img")) {
     if (droppedImageSrc.has(img)) img.replaceWith(imageLink(img, droppedImageSrc.get(img)));
     else if (!img.hasAttribute("src")) img.remove();

@@ -475,12 +475,15 @@ HOSTILE_ANSWER = "\n\n".join(
         '<table background="ELSEWHERE/table.png"><tr><td>a cell</td></tr></table>',
         '<link rel="stylesheet" href="ELSEWHERE/sheet.css">'
         '<meta http-equiv="refresh" content="0; url=ELSEWHERE/meta"><base href="ELSEWHERE/">',
+        '<span tabindex="1" role="alert" aria-owns="composer-input">out of turn</span>',
+        "- [x] a task done\n- [ ] a task open",
         "**Bold** survives, and so does [a link](https://example.org/) and `code`.",
     ]
 )
 FORBIDDEN_IN_ANSWERS = (
     "style, link, meta, base, form, input, textarea, button, select, option, iframe, object, "
-    "embed, video, [background], [id], [name], [style], [popover], [data-setting], "
+    "embed, video, [background], [id], [name], [style], [popover], [data-setting], [tabindex], "
+    "[role], [aria-owns], "
     "[class]:not([class^=language-])"
     ":not(.hljs):not([class^=hljs-])"
 )
@@ -601,6 +604,7 @@ def test_hostile_answers_cannot_restyle_clobber_post_or_fetch(
     for i in range(answers.count()):
         answer = answers.nth(i)
         assert "Bold" in answer.locator("strong").inner_text()
+        assert "☑ a task done" in answer.inner_text() and "☐ a task open" in answer.inner_text()
         assert answer.locator("a[href='https://example.org/']").get_attribute("rel") == (
             "noopener noreferrer"
         )
