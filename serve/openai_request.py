@@ -8,6 +8,7 @@ inside a run or, worse, an error event after a stream has already started.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import math
 import os
@@ -20,8 +21,9 @@ from langchain_core.messages import SystemMessage as LCSystemMessage
 from langchain_core.messages import ToolMessage as LCToolMessage
 from pydantic import BaseModel, ValidationError
 
-from fusiongraph.graph.config import MAX_PANEL, MODEL_FIELDS, FusionContext
+from fusiongraph.graph.config import MODEL_FIELDS, FusionContext
 from fusiongraph.graph.errors import FusionError, field_path
+from fusiongraph.graph.limits import MAX_PANEL, MAX_TOOL_CALLS
 from fusiongraph.graph.providers import OBJECT_PROVIDER
 from fusiongraph.nodes.images import MAX_IMAGES, check_image
 from fusiongraph.nodes.messages import is_utf8
@@ -60,7 +62,7 @@ MAX_JSON_DEPTH = 64
 @dataclass(frozen=True)
 class RequestLimits:
     """What one request may ask of the server; each breach is a 400 naming the limit (a 408 for
-    a body that does not arrive within body_timeout_s).
+    a body that does not arrive within body_timeout_s, a 431 for a header over max_header_bytes).
 
     Defaults, each overridable by `create_app(limits=...)` or the environment variable
     FUSIONGRAPH_<NAME IN CAPITALS> (e.g. FUSIONGRAPH_MAX_BODY_BYTES). Settings the operator put
@@ -71,10 +73,13 @@ class RequestLimits:
     max_messages: int = 512
     max_panel: int = MAX_PANEL
     max_tokens: int = 32_768
-    max_tool_calls: int = 16
+    max_tool_calls: int = MAX_TOOL_CALLS
     # Seconds for the whole body to arrive: a client that announces more than it sends, or
     # trickles it, would otherwise hold a connection (and its memory) for as long as it likes.
     body_timeout_s: float = 10
+    # The request line and header fields together (every route; a breach is a 431,
+    # serve/request_guards.py): real clients send a few KiB, cookies and tokens included.
+    max_header_bytes: int = 32 * 1024
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -82,8 +87,10 @@ class RequestLimits:
                 raise ValueError(f"limit {item.name} must be at least 1")
         if self.max_panel > MAX_PANEL:
             raise ValueError(f"max_panel cannot exceed {MAX_PANEL}, the graph's own limit")
-        if self.max_tool_calls > 16:
-            raise ValueError("max_tool_calls cannot exceed 16, the graph's own limit")
+        if self.max_tool_calls > MAX_TOOL_CALLS:
+            raise ValueError(
+                f"max_tool_calls cannot exceed {MAX_TOOL_CALLS}, the graph's own limit"
+            )
 
     @classmethod
     def from_env(cls) -> RequestLimits:
@@ -278,8 +285,15 @@ def check_json_values(value: Any, root: str | None = None) -> None:
 
 def load_json(raw: str | bytes, where: str | None = None) -> Any:
     """json.loads, checked by check_json_values; every failure is a 400 naming `where` (the
-    parameter the text came from; None for the request body) or the offending path."""
+    parameter the text came from; None for the request body) or the offending path.
+
+    A body that starts with a UTF-8 byte order mark is read without it. RFC 8259 forbids senders
+    to add one but lets parsers ignore it, and the mark carries nothing: files saved by Windows
+    tools (PowerShell 5's `Out-File -Encoding UTF8`, Notepad) start with it and reach the server
+    through `curl -d @file`. Refusing them would turn a harmless byte into a failed request."""
     what = where or "the request body"
+    if isinstance(raw, bytes):
+        raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         value = json.loads(raw, parse_constant=_NotJson)
     except RecursionError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import select
 import socket
 import time
@@ -32,7 +33,7 @@ from fusiongraph.serve.openai_errors import OpenAIError
 from fusiongraph.serve.openai_request import MAX_JSON_DEPTH, RequestLimits, check_json_values
 from tests.support.fakes import FakeFactory
 from tests.support.server_app import ALIAS, MODEL, app_for, fake_graph, scripts
-from tests.support.servers import running_server
+from tests.support.servers import running_server, wait_for
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
@@ -322,6 +323,80 @@ def test_openapi_documents_408_and_bounded_prices(server: tuple[str, FakeFactory
     prices = body["properties"]["fusion"]["anyOf"][0]["properties"]["prices"]["anyOf"][0]
     price = prices["additionalProperties"]["properties"]["input"]
     assert price["maximum"] == MAX_PRICE_PER_MTOK
+
+
+# ------------------------------------------------- clients that leave, bytes around the JSON
+
+
+def test_a_body_cut_short_logs_one_line_and_no_traceback(
+    server: tuple[str, FakeFactory],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Content-Length 5000, 9 bytes, then the client closes: not a server error."""
+    url, factory = server
+    built = len(factory.built)
+    monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)  # its tracebacks too
+    caplog.set_level(logging.INFO)
+    with _send_head(url, 5000) as sock:
+        sock.sendall(b'{"model":')
+    assert wait_for(lambda: "before its request body arrived" in caplog.text, 10), caplog.text
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == [], "no traceback"
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "POST /v1/chat/completions" in lines[0].getMessage()
+    assert len(factory.built) == built
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/v1/chat/completions", {"messages": USER}),
+        ("/v1/messages", {"messages": USER, "max_tokens": 64}),
+        ("/v1/responses", {"input": "What is the capital of France?"}),
+    ],
+)
+def test_a_leading_byte_order_mark_is_ignored(
+    server: tuple[str, FakeFactory], path: str, fields: dict[str, Any]
+) -> None:
+    """RFC 8259 lets a parser ignore a leading BOM, and Windows tools write one: every surface
+    reads the body without it (serve/openai_request.load_json)."""
+    url, _ = server
+    body = b"\xef\xbb\xbf" + json.dumps({"model": MODEL, **fields}).encode()
+    response = httpx.post(
+        f"{url}{path}", content=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 200, response.text[:500]
+
+
+def test_an_oversized_request_header_is_431(server: tuple[str, FakeFactory]) -> None:
+    url, factory = server
+    built = len(factory.built)
+    headers = {"content-type": "application/json"}
+    limit = RequestLimits().max_header_bytes
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        content=_body(),
+        headers={**headers, "x-padding": "a" * 100_000},
+        timeout=30,
+    )
+    assert response.status_code == 431, response.text[:500]
+    error = response.json()["error"]
+    assert error["code"] == "request_header_too_large" and error["limit_value"] == limit
+    assert len(factory.built) == built
+    # Every route: the probes too. A header well within the limit is served.
+    assert httpx.get(f"{url}/healthz", headers={"x-padding": "a" * 100_000}).status_code == 431
+    fits = {**headers, "x-padding": "a" * (limit // 2)}
+    response = httpx.post(f"{url}/v1/chat/completions", content=_body(), headers=fits, timeout=30)
+    assert response.status_code == 200
+
+
+def test_the_header_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSIONGRAPH_MAX_HEADER_BYTES", "4096")
+    with running_server(app_for(FakeFactory(scripts()))) as url:
+        big = httpx.get(f"{url}/healthz", headers={"x-padding": "a" * 5000})
+        small = httpx.get(f"{url}/healthz", headers={"x-padding": "a" * 3000})
+    assert big.status_code == 431 and small.status_code == 200
 
 
 # ------------------------------------------------------------- the same rules off the server
