@@ -15,8 +15,9 @@ Model names (`fusion/<name>`):
 `-M key=value` sets any FusionContext field (panel, judge, synthesizer, aggregation, quorum,
 ...); an unknown or invalid one fails when the model is created, before any sample runs.
 inspect's GenerateConfig maps onto the run: temperature and max_tokens (the synthesis step, or
-the lone panelist), timeout (the run's deadline_s), stop_seqs (applied to the answer), and the
-task's tools / tool_choice (bound on the synthesis step, so agents get tool calls back).
+the lone panelist), inspect's own timeout (the run's deadline_s, unless -M deadline_s is
+given), stop_seqs (applied to the answer), and the task's tools / tool_choice (bound on the
+synthesis step, so agents get tool calls back).
 Each output carries the run's usage (cost in `total_cost`) and the fusion record (panel answers,
 analysis, failures, per-node usage and cost) in `ModelOutput.metadata["fusion"]`.
 """

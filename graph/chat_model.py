@@ -42,7 +42,7 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from fusiongraph.graph.config import PRESET_ENV, FusionContext
+from fusiongraph.graph.config import CONTEXT_FIELDS, PRESET_ENV, FusionContext
 from fusiongraph.graph.model_objects import place_models
 from fusiongraph.graph.models import aclose_models
 from fusiongraph.graph.runner import stream_run
@@ -51,7 +51,18 @@ from fusiongraph.tools.aio import Pump, call_blocking, iterate
 # Common constructor arguments of other chat models: accepted so FusionChatModel is a drop-in,
 # but every inner model reads its own key and retry settings from its model spec.
 _IGNORED_INIT_ARGS = {"api_key", "max_retries"}
+# Names other chat models use for a setting that FusionChatModel calls by its context name.
+_RENAMED = {"timeout": "deadline_s"}
+# What a call may set per invocation (`model.invoke(messages, deadline_s=30)`), beside tools.
+_PER_CALL = ("temperature", "max_tokens", "deadline_s")
 _PRESET_PREFIX = re.compile(r"^fusion[:/\-]")
+
+
+def _refuse_renamed(values: dict[str, Any], where: str) -> None:
+    """An old or foreign name of a setting fails naming the one to use, not silently."""
+    for old, new in _RENAMED.items():
+        if old in values:
+            raise ValueError(f"{where} takes no {old}=: the setting is {new}= (seconds)")
 
 
 def preset_from_model_name(name: str) -> str:
@@ -161,6 +172,10 @@ class FusionChatModel(BaseChatModel):
     response_metadata["fusion"] (panel answers, analysis, failures, per-node usage and cost).
     A run that cannot answer raises FusionError with its `reason`.
 
+    Every run setting is a keyword named as in the context schema (FusionContext):
+    `FusionChatModel(preset="quality", deadline_s=60, aggregation="vote")`, the same as
+    `context={...}`; temperature, max_tokens and deadline_s may also be given per call.
+
     Panelists, judge and synthesizer may be chat model objects next to specs:
     `FusionChatModel(context={"panel": [ChatOllama(...), "openai:gpt-5.5"], "judge": claude})`
     (or `models={"claude": claude}` and the spec `object:claude`). Each object keeps its own
@@ -186,7 +201,6 @@ class FusionChatModel(BaseChatModel):
     )
     temperature: float | None = Field(default=None, description="synthesis step")
     max_tokens: int | None = Field(default=None, description="synthesis step")
-    timeout: float | None = Field(default=None, description="run deadline in seconds")
     stop: list[str] | None = None
     streaming: bool = False
     _object_graph: Any = PrivateAttr(default=None)
@@ -198,8 +212,15 @@ class FusionChatModel(BaseChatModel):
         if not isinstance(values, dict):
             return values
         values = {k: v for k, v in values.items() if k not in _IGNORED_INIT_ARGS}
+        _refuse_renamed(values, "FusionChatModel")
+        # Any other context setting given as a keyword joins the context.
+        context = dict(values.get("context") or {})
+        for key in sorted((CONTEXT_FIELDS - set(cls.model_fields)) & set(values)):
+            if key in context:
+                raise ValueError(f"{key} is given both as a keyword and in context=; give it once")
+            context[key] = values.pop(key)
         # Model objects in the context become `object:<name>` specs: the context stays data.
-        context, models = place_models(values.get("context") or {}, values.get("models"))
+        context, models = place_models(context, values.get("models"))
         if models and values.get("graph") is not None:
             raise ValueError(
                 "model objects with graph=: register them on that graph instead, "
@@ -237,7 +258,6 @@ class FusionChatModel(BaseChatModel):
             "context": self.context,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
-            "timeout": self.timeout,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -357,16 +377,13 @@ class FusionChatModel(BaseChatModel):
                 "FusionChatModel has no response_format channel; use "
                 "with_structured_output (a forced tool call on the synthesis step)"
             )
+        _refuse_renamed(kwargs, "a FusionChatModel call")
         values = dict(self.context)
-        for key, target in (
-            ("temperature", "temperature"),
-            ("max_tokens", "max_tokens"),
-            ("timeout", "deadline_s"),
-        ):
+        for key in _PER_CALL:
             if kwargs.get(key) is not None:  # per call wins over everything
-                values[target] = kwargs[key]
-            elif getattr(self, key) is not None and values.get(target) is None:
-                values[target] = getattr(self, key)
+                values[key] = kwargs[key]
+            elif getattr(self, key, None) is not None and values.get(key) is None:
+                values[key] = getattr(self, key)
         if kwargs.get("tools"):
             values["synthesis_tools"] = [convert_to_openai_tool(t) for t in kwargs["tools"]]
             values["tool_choice"] = kwargs.get("tool_choice")

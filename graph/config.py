@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
-from collections import OrderedDict
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from fusiongraph.graph.errors import FusionConfigError, field_path
+from fusiongraph.graph.limits import (
+    DEFAULT_JUDGE_MAX_TOOL_CALLS,
+    DEFAULT_MAX_TOOL_CALLS,
+    MAX_PANEL,
+    MAX_TOOL_CALLS,
+)
 from fusiongraph.graph.presets import (
     LOCAL_JUDGE_TUNING,
     LOCAL_PANEL_TUNING,
@@ -34,7 +38,6 @@ from fusiongraph.tools.mcp import (
 )
 from fusiongraph.tools.settings import FetchSettings, SearchSettings
 
-MAX_PANEL = 8
 PRESET_ENV = "FUSIONGRAPH_PRESET"
 DEFAULT_PRESET = "local"
 
@@ -50,6 +53,15 @@ def _spec_input(value: Any) -> Any:
 
 
 SpecInput = Annotated[str | dict[str, Any] | ModelSpec, BeforeValidator(_spec_input)]
+# The settings' bounds, shared by what a caller sets (FusionContext: refused on every surface
+# before a run starts) and the plan a run reads (FusionConfig).
+ToolCalls = Annotated[int, Field(ge=1, le=MAX_TOOL_CALLS)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+JudgeChars = Annotated[int, Field(ge=200)]
+CascadeSize = Annotated[int, Field(ge=2)]
 
 
 class FusionContext(BaseModel):
@@ -65,34 +77,38 @@ class FusionContext(BaseModel):
         "when a panel is given, no preset (judge and synthesizer default to its first model)",
     )
     panel: list[SpecInput] | None = Field(
-        default=None, description="1-8 model specs, e.g. openai:gpt-5.5"
+        default=None, description=f"1-{MAX_PANEL} model specs, e.g. openai:gpt-5.5"
     )
     judge: SpecInput | None = Field(default=None, description="model spec of the judge")
     synthesizer: SpecInput | None = Field(default=None, description="model spec of the synthesizer")
     tool_mode: ToolMode | None = Field(
         default=None, description="agentic | prefetch | off, for every panelist"
     )
-    max_tool_calls: int | None = Field(default=None, description="1-16 tool steps per panelist")
-    temperature: float | None = Field(default=None, description="of the synthesis step")
-    max_tokens: int | None = Field(default=None, description="of the synthesis step")
-    panel_max_tokens: int | None = Field(default=None, description="per panel answer")
-    panel_timeout_s: float | None = Field(default=None, description="hard cap per panelist")
-    quorum: int | None = Field(
+    max_tool_calls: ToolCalls | None = Field(
+        default=None, description=f"1-{MAX_TOOL_CALLS} tool steps per panelist"
+    )
+    temperature: Temperature | None = Field(default=None, description="of the synthesis step")
+    max_tokens: AtLeastOne | None = Field(default=None, description="of the synthesis step")
+    panel_max_tokens: AtLeastOne | None = Field(default=None, description="per panel answer")
+    panel_timeout_s: Positive | None = Field(default=None, description="hard cap per panelist")
+    quorum: AtLeastOne | None = Field(
         default=None, description="answer once this many panelists are in (then the grace)"
     )
-    straggler_grace_s: float | None = Field(
+    straggler_grace_s: NonNegative | None = Field(
         default=None, description="how long the rest may still finish once the quorum is in"
     )
-    deadline_s: float | None = Field(default=None, description="deadline of the whole run")
-    judge_input_chars: int | None = Field(
+    deadline_s: Positive | None = Field(default=None, description="deadline of the whole run")
+    judge_input_chars: JudgeChars | None = Field(
         default=None, description="how much of each answer the judge reads"
     )
     judge_tools: bool | None = Field(
         default=None,
         description="let the judge call web_search/web_fetch to check contradictions (off)",
     )
-    judge_max_tool_calls: int | None = Field(
-        default=None, description="1-16 tool calls the checking judge may make (4)"
+    judge_max_tool_calls: ToolCalls | None = Field(
+        default=None,
+        description=f"1-{MAX_TOOL_CALLS} tool calls the checking judge may make "
+        f"({DEFAULT_JUDGE_MAX_TOOL_CALLS})",
     )
     include_raw_answers: bool | None = Field(
         default=None, description="give the synthesizer the raw answers, not only the analysis"
@@ -118,7 +134,7 @@ class FusionContext(BaseModel):
         description="how an answer is extracted for vote and early exit: auto | number | letter "
         "| boxed | marked | regex:<pattern> | json:<field>",
     )
-    cascade: int | None = Field(
+    cascade: CascadeSize | None = Field(
         default=None,
         description="ask this many panelists first (the cheapest); the rest only if they disagree",
     )
@@ -138,7 +154,7 @@ class FusionContext(BaseModel):
         description="MCP servers whose tools agentic panelists get: name -> {transport, "
         "command/args or url}",
     )
-    max_cost_usd: float | None = Field(
+    max_cost_usd: Positive | None = Field(
         default=None, description="refuse a run whose worst case costs more"
     )
     prices: dict[str, Price] | None = Field(
@@ -204,28 +220,28 @@ class FusionConfig(BaseModel):
     judge: ModelSpec
     synthesizer: ModelSpec
     tool_mode: ToolMode = "agentic"
-    max_tool_calls: int = Field(default=8, ge=1, le=16)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
-    panel_max_tokens: int | None = Field(default=None, ge=1)
-    panel_timeout_s: float = Field(default=120.0, gt=0)
-    quorum: int | None = Field(default=None, ge=1)
-    straggler_grace_s: float = Field(default=0.0, ge=0)
-    deadline_s: float | None = Field(default=None, gt=0)
-    judge_input_chars: int = Field(default=8000, ge=200)
+    max_tool_calls: ToolCalls = DEFAULT_MAX_TOOL_CALLS
+    temperature: Temperature | None = None
+    max_tokens: AtLeastOne | None = None
+    panel_max_tokens: AtLeastOne | None = None
+    panel_timeout_s: Positive = 120.0
+    quorum: AtLeastOne | None = None
+    straggler_grace_s: NonNegative = 0.0
+    deadline_s: Positive | None = None
+    judge_input_chars: JudgeChars = 8000
     judge_tools: bool = False
-    judge_max_tool_calls: int = Field(default=4, ge=1, le=16)
+    judge_max_tool_calls: ToolCalls = DEFAULT_JUDGE_MAX_TOOL_CALLS
     include_raw_answers: bool = False
     reasoning_effort: ReasoningEffort | None = None
     aggregation: Literal["synthesize", "select", "vote", "auto"] = "synthesize"
     early_exit: bool | None = None  # None: on for vote and auto (nodes/aggregation.py)
     vote_answer: str | None = None  # None: "auto" for vote, "marked" for agreement elsewhere
-    cascade: int | None = Field(default=None, ge=2)
+    cascade: CascadeSize | None = None
     classifier: ModelSpec | None = None
     search: SearchSettings = Field(default_factory=SearchSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
-    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_cost_usd: Positive | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
     synthesis_tools: list[dict[str, Any]] = Field(default_factory=list)
     tool_choice: str | dict[str, Any] | None = None
@@ -460,47 +476,22 @@ def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionC
     return config
 
 
-# The plan travels in the run's state and in each panelist's Send payload as plain data, which
-# every checkpointer stores. In this process the dict `plan_of` made maps back to its frozen
-# FusionConfig by identity (the entry holds the dict, so its id is not reused): a node pays a
-# dict lookup instead of a validation (15-30 us at N = 1-8). A plan read back from a checkpoint
-# (a resumed run) is validated once. The newest runs are kept (about 17 KiB each at N = 8);
-# beyond that many runs in flight, the older ones validate their plan again: correct, slower.
-# An OrderedDict, because dropping a plain dict's oldest key (`next(iter(d))`) walks over every
-# slot deleted before it: under 200 runs in flight that walk was 3 % of the server's CPU.
-MAX_PLANS = 512
-_PLANS: OrderedDict[int, tuple[dict[str, Any], FusionConfig]] = OrderedDict()
-_PLANS_LOCK = threading.Lock()  # sync runs remember plans from several threads
-
-
 def plan_of(config: FusionConfig) -> dict[str, Any]:
-    """The run's plan as plain data for its state (JSON types only)."""
-    plan = config.model_dump(mode="json")
-    _remember(plan, config)
-    return plan
+    """The run's plan as plain data for its state (JSON types only): what a resumed run reads
+    back. A live run's nodes use the FusionConfig itself, from the run's scope
+    (nodes/scheduling.py)."""
+    return config.model_dump(mode="json")
 
 
 def config_of(plan: dict[str, Any]) -> FusionConfig:
-    """The FusionConfig of a plan from the run's state; the API keys and packages it needs are
-    checked on every read (they come from the environment, which a resumed run may lack)."""
-    hit = _PLANS.get(id(plan))
-    if hit is not None and hit[0] is plan:
-        config = hit[1]
-    else:
-        try:
-            config = FusionConfig.model_validate(plan)
-        except ValidationError as exc:
-            raise config_error(exc) from None
-        _remember(plan, config)
+    """The FusionConfig of a plan read back from the run's state; the API keys and packages it
+    needs are checked again (they come from the environment, which a resumed run may lack)."""
+    try:
+        config = FusionConfig.model_validate(plan)
+    except ValidationError as exc:
+        raise config_error(exc) from None
     _check_runnable(config)
     return config
-
-
-def _remember(plan: dict[str, Any], config: FusionConfig) -> None:
-    with _PLANS_LOCK:
-        if len(_PLANS) >= MAX_PLANS:
-            _PLANS.popitem(last=False)  # the oldest run's
-        _PLANS[id(plan)] = (plan, config)
 
 
 def _check_runnable(config: FusionConfig) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fusiongraph.graph.limits import MAX_TOOL_CALLS
 from fusiongraph.graph.providers import LANGCHAIN_PROVIDERS, OBJECT_PROVIDER
 
 # The built-in OpenAI-compatible providers (and anthropic), then every other provider LangChain's
@@ -132,7 +133,10 @@ class ModelSpec(BaseModel):
         "run's (judge: agentic, the local model prefetch)",
     )
     max_tool_calls: int | None = Field(
-        default=None, ge=1, le=16, description="panel only: tool steps; unset: the run's"
+        default=None,
+        ge=1,
+        le=MAX_TOOL_CALLS,
+        description="panel only: tool steps; unset: the run's",
     )
     structured_output: StructuredMethod | None = Field(
         default=None,

@@ -292,9 +292,7 @@ def eval_command(
             min=2, max=MAX_PANEL, help="k of self-consistency/self-fusion (default: panel size)."
         ),
     ] = None,
-    item_timeout_s: Annotated[
-        float, typer.Option(min=1, help="Seconds per item and arm.")
-    ] = 900.0,
+    item_timeout_s: Annotated[float, typer.Option(min=1, help="Seconds per item and arm.")] = 900.0,
     out: Annotated[Path, typer.Option(help="Folder of the reports.")] = Path("fusion-evals"),
 ) -> None:
     """Does fusion pay off on these tasks? Each arm on the same items, per task type: accuracy,

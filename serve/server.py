@@ -36,7 +36,7 @@ from fusiongraph.graph.presets import PRESETS
 from fusiongraph.graph.runner import RunEvent
 from fusiongraph.graph.shared_cache import open_cache
 from fusiongraph.serve.anthropic_api import install_anthropic_api
-from fusiongraph.serve.health import readiness
+from fusiongraph.serve.health import LocalModelStarter, needs_local_model, readiness
 from fusiongraph.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fusiongraph.serve.metrics import RunMetrics, mark_worker_dead
 from fusiongraph.serve.openai_errors import (
@@ -60,6 +60,7 @@ from fusiongraph.serve.openai_request import (
 )
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
 from fusiongraph.serve.playground import install_playground
+from fusiongraph.serve.request_guards import install_request_guards
 from fusiongraph.serve.responses_api import install_responses_api
 from fusiongraph.serve.run_watch import RunHooks
 from fusiongraph.serve.runs import (
@@ -132,13 +133,20 @@ def _env_api_keys() -> list[str]:
     return [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
 
 
-def model_table(default_preset: str, aliases: dict[str, dict[str, Any]]) -> dict[str, dict]:
-    """Every callable model name -> the FusionContext fields it stands for."""
-    table: dict[str, dict[str, Any]] = {DEFAULT_MODEL: {"preset": default_preset}}
-    table.update({f"{DEFAULT_MODEL}-{name}": {"preset": name} for name in PRESETS})
+def model_table(
+    default_preset: str,
+    aliases: dict[str, dict[str, Any]],
+    base: dict[str, Any] | None = None,
+) -> dict[str, dict]:
+    """Every callable model name -> the FusionContext fields it stands for: the operator's
+    settings for every model (`base`, the CLI's), then the model's own."""
+    base = dict(base or {})
+    table: dict[str, dict[str, Any]] = {DEFAULT_MODEL: {**base, "preset": default_preset}}
+    table.update({f"{DEFAULT_MODEL}-{name}": {**base, "preset": name} for name in PRESETS})
     for name, context in aliases.items():
         # An alias with its own panel needs no preset (graph/config.py: which preset applies).
-        table[name] = dict(context) if "panel" in context else {"preset": default_preset, **context}
+        own = context if "panel" in context else {"preset": default_preset, **context}
+        table[name] = {**base, **own}
     return table
 
 
@@ -155,13 +163,28 @@ def _check_aliases(aliases: dict[str, dict[str, Any]]) -> None:
             raise ValueError(f"alias {name!r}: unknown preset {context['preset']!r}")
 
 
-def check_settings(aliases: dict[str, dict[str, Any]] | None, default_preset: str | None) -> None:
-    """What create_app refuses at start-up (a bad alias, an unknown preset), checked without
-    building anything: a supervisor of workers fails before it spawns one."""
-    _check_aliases(dict(aliases or {}))
-    preset = default_preset or os.environ.get(PRESET_ENV) or "local"
-    if preset not in PRESETS:
+def server_preset(default_preset: str | None, base: dict[str, Any]) -> str:
+    """The preset behind `fusion` (as for `fusiongraph ask`: none for the operator's own panel),
+    once the operator's settings for every model (`base`) are known to be valid."""
+    try:
+        FusionContext(**base)
+    except FusionConfigError as exc:
+        raise ValueError(f"server settings: {exc.message}") from None
+    preset = default_preset or os.environ.get(PRESET_ENV) or ("" if "panel" in base else "local")
+    if preset and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    return preset
+
+
+def check_settings(
+    aliases: dict[str, dict[str, Any]] | None,
+    default_preset: str | None,
+    base: dict[str, Any] | None = None,
+) -> None:
+    """What create_app refuses at start-up (a bad alias or setting, an unknown preset), checked
+    without building anything: a supervisor of workers fails before it spawns one."""
+    _check_aliases(dict(aliases or {}))
+    server_preset(default_preset, dict(base or {}))
 
 
 def freeze_startup_heap() -> None:
@@ -178,6 +201,7 @@ def create_app(
     api_keys: list[str] | None = None,
     aliases: dict[str, dict[str, Any]] | None = None,
     default_preset: str | None = None,
+    context: dict[str, Any] | None = None,
     limits: RequestLimits | None = None,
     checkpointer_url: str | None = None,
     cache: bool | str | None = False,
@@ -185,10 +209,12 @@ def create_app(
     metrics: bool = True,
     tracer: Any = "env",
     grace_s: float | None = None,
+    start_local_model: bool = False,
 ) -> FastAPI:
     """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
     (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`, request
-    limits from the environment (`RequestLimits.from_env`).
+    limits from the environment (`RequestLimits.from_env`). `context`: FusionContext settings
+    under every model served (the operator's, as `fusiongraph serve --deadline-s 60` sets them).
 
     With `checkpointer_url` (sqlite:///… or postgresql://…) or `cache`, the graph is compiled at
     start-up with that checkpointer and panel-answer cache (`True`/"memory", or "redis://…"
@@ -198,7 +224,11 @@ def create_app(
     Operations: `/metrics` (serve/metrics.py; `metrics=False` leaves it out), OpenTelemetry
     spans when `tracer` is one (default "env": from the OTEL_* variables, serve/tracing.py), and
     with `grace_s` a SIGTERM lets in-flight runs finish within that many seconds, then ends them
-    (serve/shutdown.py; the CLI's server sets it)."""
+    (serve/shutdown.py; the CLI's server sets it).
+
+    With `start_local_model` (what `fusiongraph serve` sets), the bundled local model the default
+    model needs is started at boot in the background, and /readyz reports its progress until it
+    answers (serve/health.py): a load balancer waiting for ready never waits for a first run."""
     holder: dict[str, CompiledStateGraph] = {}
     if graph is not None:
         holder["graph"] = graph
@@ -209,10 +239,8 @@ def create_app(
     keys = _env_api_keys() if api_keys is None else [k for k in api_keys if k]
     aliases = dict(aliases or {})
     _check_aliases(aliases)
-    preset = default_preset or os.environ.get(PRESET_ENV) or "local"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    models = model_table(preset, aliases)
+    preset = server_preset(default_preset, dict(context or {}))
+    models = model_table(preset, aliases, context)
     limits = limits or RequestLimits.from_env()
     started = int(time.time())
     # What a request's `fusion` object may set, and how it is documented, follow the graph's
@@ -224,11 +252,18 @@ def create_app(
         tracer=tracer_from_env() if tracer == "env" else tracer,
         drain=Drain(grace_s if grace_s is not None else DEFAULT_GRACE_S),
     )
+    starter = (
+        LocalModelStarter()
+        if start_local_model and needs_local_model(models, DEFAULT_MODEL, context_schema)
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if grace_s is not None:
             hooks.drain.watch_signals()
+        if starter is not None:
+            starter.start()
         try:
             if "graph" in holder:
                 freeze_startup_heap()
@@ -248,6 +283,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_request_guards(app, limits.max_header_bytes)
     _without_422(app)
 
     def authorize(request: Request) -> str | None:
@@ -272,18 +308,19 @@ def create_app(
     service = RunService(holder, models, limits, context_schema, hooks)
 
     def model_card(name: str) -> dict[str, Any]:
-        context = models[name]
-        description = (
-            PRESETS[context["preset"]]["description"]
-            if name.startswith(DEFAULT_MODEL) and name not in aliases
-            else "alias"
-        )
+        settings = models[name]
+        if name in aliases:
+            description = "alias"
+        elif settings["preset"]:
+            description = PRESETS[settings["preset"]]["description"]
+        else:
+            description = "the operator's panel"
         return {
             "id": name,
             "object": "model",
             "created": started,
             "owned_by": "fusiongraph",
-            "fusion": {"preset": context.get("preset"), "description": description},
+            "fusion": {"preset": settings.get("preset"), "description": description},
         }
 
     @app.get("/healthz", include_in_schema=False)
@@ -295,12 +332,14 @@ def create_app(
     @app.get("/readyz", include_in_schema=False)
     async def ready() -> Response:
         """Ready for runs: the default model and every alias resolve, the local model is up
-        when the default model needs it, no shutdown under way (serve/health.py)."""
+        when the default model needs it (started at boot by `serve`), no shutdown under way
+        (serve/health.py)."""
         ok, body = await readiness(
             models,
             [DEFAULT_MODEL, *aliases],
             context_schema,
             draining=hooks.drain.draining,
+            starter=starter,
         )
         return JSONResponse(body, status_code=200 if ok else 503)
 

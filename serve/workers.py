@@ -47,6 +47,7 @@ class ServeSettings:
 
     aliases: dict[str, dict[str, Any]] | None = None
     default_preset: str | None = None
+    context: dict[str, Any] | None = None  # FusionContext settings under every model served
     checkpointer_url: str | None = None
     cache: bool | str | None = False
     evals_dir: str | None = None
@@ -58,10 +59,12 @@ class ServeSettings:
         return create_app(
             aliases=self.aliases,
             default_preset=self.default_preset,
+            context=self.context,
             checkpointer_url=self.checkpointer_url,
             cache=self.cache,
             evals_dir=self.evals_dir,
             grace_s=self.grace_s,
+            start_local_model=True,  # /readyz must be able to turn ready on its own
         )
 
     def to_json(self) -> str:
@@ -144,7 +147,7 @@ def run_server(
         return
     from fusiongraph.serve.server import check_settings
 
-    check_settings(settings.aliases, settings.default_preset)
+    check_settings(settings.aliases, settings.default_preset, settings.context)
     os.environ[SETTINGS_ENV] = settings.to_json()
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
     with _multiprocess_metrics():

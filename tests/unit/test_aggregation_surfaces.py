@@ -117,9 +117,11 @@ def test_cli_shows_the_vote_table_and_the_selection(capsys: pytest.CaptureFixtur
 
 
 def test_cli_ask_takes_aggregation() -> None:
-    assert cli._strategy("vote") == "vote"
-    with pytest.raises(Exception, match="use one of synthesize, select, vote, auto"):
-        cli._strategy("rewrite")
+    from typer.testing import CliRunner
+
+    wrong = CliRunner().invoke(cli.app, ["ask", "hi", "--aggregation", "rewrite"])
+    assert wrong.exit_code == 2
+    assert all(name in wrong.output for name in ("synthesize", "select", "vote", "auto"))
 
 
 async def test_a_durable_run_resumes_mid_cascade(tmp_path: Path) -> None:

@@ -107,11 +107,13 @@ def test_a_spec_that_is_not_json_is_a_clear_usage_error(graph: CompiledStateGrap
     assert result.exit_code == 2 and "not a JSON object" in result.output
 
 
-def test_any_setting_can_be_set_and_a_wrong_key_is_a_usage_error(
+def test_any_setting_can_be_set_and_a_wrong_one_is_a_usage_error(
     graph: CompiledStateGraph, factory: FakeFactory
 ) -> None:
-    result = ask("Capital of France?", "--set", "judge_input_chars=300", "--set", "quorum=2")
+    result = ask("Capital of France?", "--judge-input-chars", "300", "--quorum", "2")
     settings = json.loads(result.stdout)["fusion"]["settings"]
     assert settings["judge_input_chars"] == 300 and settings["quorum"] == 2
-    wrong = CliRunner().invoke(app, ["ask", "hi", "--set", "quorun=2"])
-    assert wrong.exit_code == 2 and "quorum" in wrong.output
+    wrong = CliRunner().invoke(app, ["ask", "hi", "--quorun", "2"])
+    assert wrong.exit_code == 2 and "No such option" in wrong.output
+    bad = CliRunner().invoke(app, ["ask", "hi", "--panel", "openai:m1", "--panel-timeout-s", "-1"])
+    assert bad.exit_code == 2 and "panel_timeout_s" in bad.output

@@ -16,7 +16,7 @@ from tests.support.fakes import FakeFactory, Script, judge_json, judge_spec
 MODELS = (
     *("--panel", "openai:m1", "--panel", "openai:m2"),
     *("--judge", json.dumps(judge_spec()), "--synthesizer", "openai:synth"),
-    *("--set", "tool_mode=off"),
+    *("--tool-mode", "off"),
 )
 
 
@@ -65,7 +65,7 @@ def test_eval_of_a_task_file_prints_the_summary_and_writes_the_report(
         (["no-such-suite"], "not a bundled suite"),
         (["missing.jsonl"], "missing.jsonl"),
         (["TASKS", "--arms", "panelist:p7"], "unknown panelist"),
-        (["TASKS", "--set", "quorum=5"], "quorum"),
+        (["TASKS", "--quorum", "5"], "quorum"),
     ],
 )
 def test_a_bad_task_name_file_arm_or_setting_exits_2(

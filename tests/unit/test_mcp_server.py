@@ -100,10 +100,13 @@ def _check_progress(seen: list[tuple[float, float | None, str | None]]) -> None:
 
 def _stdio_params(upstream: UpstreamServer, panel: list[str], *, console_script: bool) -> Any:
     context = fake_context(panel, base_url=upstream.base_url)
-    sets = [f"{key}={json.dumps(value)}" for key, value in context.items() if key != "preset"]
-    args = ["mcp", "--transport", "stdio", "--preset", "quality"]
-    for item in sets:
-        args += ["--set", item]
+    args = ["mcp", "--transport", "stdio"]
+    for key, value in context.items():  # each setting is the option named after it
+        for item in value if isinstance(value, list) else [value]:
+            args += [
+                f"--{key.replace('_', '-')}",
+                item if isinstance(item, str) else json.dumps(item),
+            ]
     if console_script:
         command = str(Path(sys.executable).with_name("fusiongraph"))
     else:
@@ -429,7 +432,7 @@ def test_the_cli_explains_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_cli_refuses_bad_operator_settings() -> None:
-    result = CliRunner().invoke(cli_app, ["mcp", "--set", "quorum=none"])
+    result = CliRunner().invoke(cli_app, ["mcp", "--quorum", "0"])
     assert result.exit_code == 2 and "quorum" in result.output
     bad = CliRunner().invoke(cli_app, ["mcp", "--mcp-servers", "{not json"])
     assert bad.exit_code == 2 and "not JSON" in bad.output
