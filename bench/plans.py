@@ -50,7 +50,7 @@ def spread_plan(n: int, rng: random.Random, scale: float, cold: bool = False) ->
     A model is its latency (`m-1.800s` always takes 1.8 s), as in a deployment where the same
     models answer every request and the configured order says nothing about their speed. `cold`
     gives every run models no process has seen (a fresh prefix), so nothing learnt from earlier
-    runs (the send order, nodes/send_order.py; the built clients) can help: a process's first run.
+    runs (the send order, nodes/scheduling.py; the built clients) can help: a process's first run.
     """
     if n == 1:
         lats = [PANEL_HI_S]

@@ -173,7 +173,14 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class LoopModels:
-    """The chat models of one event loop and the one HTTP client they share."""
+    """A cache of the chat models of one event loop and the one HTTP client they share.
+
+    Process-wide, one per event loop (`_MODEL_CACHES`), on purpose: building a model and
+    its client costs milliseconds of CPU and a client's pooled connections are what later runs
+    reuse, while an HTTP client belongs to the loop it was opened on. Bounded (MAX_MODELS specs
+    per loop, dropped with its loop) and safe across runs, which only read a model (a call
+    carries its own settings), and across workers, each of which has its own.
+    """
 
     MAX_MODELS = 256  # distinct specs kept per loop (about 8 KiB each; requests may vary them)
 
@@ -220,7 +227,7 @@ class LoopModels:
             await client.aclose()
 
 
-_LOOP_MODELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopModels] = (
+_MODEL_CACHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopModels] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -237,16 +244,16 @@ def loop_models() -> LoopModels | None:
     loop = _running_loop()
     if loop is None:
         return None
-    models = _LOOP_MODELS.get(loop)
+    models = _MODEL_CACHES.get(loop)
     if models is None:
-        models = _LOOP_MODELS[loop] = LoopModels()
+        models = _MODEL_CACHES[loop] = LoopModels()
     return models
 
 
 async def aclose_models() -> None:
     """Close the running loop's shared HTTP client and forget its models (before a loop ends)."""
     loop = _running_loop()
-    models = _LOOP_MODELS.pop(loop, None) if loop is not None else None
+    models = _MODEL_CACHES.pop(loop, None) if loop is not None else None
     if models is not None:
         await models.aclose()
 
@@ -453,6 +460,6 @@ async def close_model(model: Any) -> None:
     a client this module made is closed: a caller's model object keeps the client it came with."""
     client = getattr(model, "http_async_client", None)
     loop = _running_loop()
-    shared = loop is not None and loop in _LOOP_MODELS and _LOOP_MODELS[loop].owns(client)
+    shared = loop is not None and loop in _MODEL_CACHES and _MODEL_CACHES[loop].owns(client)
     if isinstance(client, httpx.AsyncClient) and not shared and reports_sends(model):
         await client.aclose()

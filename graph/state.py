@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
+from langgraph.channels import UntrackedValue
 from langgraph.graph import add_messages
 from typing_extensions import TypedDict
+
+# The run's live coordination (its plan, start turn and panel clocks: nodes/scheduling.py's
+# RunScope). An untracked value: LangGraph never checkpoints it, also where a Send payload
+# carries it, so it goes when the run ends, finished or cancelled.
+RunScopeValue = Annotated[Any, UntrackedValue(object)]
 
 
 class Usage(TypedDict, total=False):
@@ -51,8 +57,9 @@ class PanelTask(TypedDict):
     started_at: float
     messages: list[AnyMessage]
     plan: dict[str, Any]  # the run's plan, as in FusionState
-    # The clock this branch shares (a cascade's second wave has its own) and its quorum.
-    clock_key: NotRequired[str]
+    run: NotRequired[RunScopeValue]  # the run's scope, as in FusionState (not in a resumed run)
+    # The wave whose clock this branch shares (a cascade's rest has its own) and its quorum.
+    wave: NotRequired[str]
     quorum: NotRequired[int | None]
     # The resolved model spec and tool settings (nodes.dispatch.panel_identity): the cache key.
     spec: NotRequired[dict[str, Any]]
@@ -84,9 +91,10 @@ class FusionState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     run_key: str
     started_at: float  # wall clock (time.time) when dispatch ran, for the run deadline
-    # The run's FusionConfig as plain data, resolved once by dispatch: every node of the run (and
-    # of its resume) reads this plan, not the context again (graph.config.config_of).
+    # The run's FusionConfig as plain data, resolved once by dispatch: a resumed run reads it
+    # back (graph.config.config_of); a live run's nodes use the scope's FusionConfig.
     plan: dict[str, Any]
+    run: RunScopeValue  # what the run coordinates while it runs (nodes/scheduling.RunScope)
     panel: Annotated[list[PanelResult], reduce_panel]
     analysis: dict[str, Any] | None
     judge: dict[str, Any]  # {"ok", "error", "usage", "latency_s", "order"}

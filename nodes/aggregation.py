@@ -27,11 +27,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from fusiongraph.graph.config import FusionConfig, config_of
+from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.state import FusionState, PanelResult, Usage
 from fusiongraph.nodes.answers import answers_agree, extract_answer, normalise_answer
 from fusiongraph.nodes.routing import auto_decision
+from fusiongraph.nodes.scheduling import scope_of
 
 # Task kinds whose answers hold details a rewrite from the analysis would lose.
 DETAILED_TASKS = ("code", "math")
@@ -218,7 +219,7 @@ def selection(state: FusionState) -> str | None:
 def after_judge(state: FusionState) -> str:
     """The judge's conditional edge: `finish` with a valid selection (the caller's tools not
     bound), else `synthesis` (the usual path, and the fallback of a failed selection)."""
-    if selection(state) is not None and not config_of(state["plan"]).synthesis_tools:
+    if selection(state) is not None and not scope_of(state).config.synthesis_tools:
         return "finish"
     return "synthesis"
 
@@ -232,7 +233,10 @@ def fallback_reason(state: FusionState) -> str | None:
     if not judge.get("ok"):
         reason = (judge.get("error") or {}).get("reason", "error")
         return f"the judge failed ({reason}): synthesis from the raw answers instead"
-    best = (state.get("analysis") or {}).get("best")
+    analysis = state.get("analysis") or {}
+    # A label the judge was never shown is dropped from the analysis (nodes/analysis.map_labels).
+    unknown = [d["labels"][0] for d in analysis.get("dropped") or () if d["section"] == "best"]
+    best = analysis.get("best") or next(iter(unknown), None)
     if not best:
         return "the judge named no best response: synthesis instead"
     return f"the judge named {best!r}, not one of the responses it was shown: synthesis instead"

@@ -1,7 +1,7 @@
 """The dispatch node: validates the run before any model is called, then fans out with Send.
 
-It resolves the run's configuration once: the plan goes into the state and into every panelist's
-Send payload as plain data, and the later nodes read it there (`graph.config.config_of`), so the
+It resolves the run's configuration once and creates the run's scope (nodes/scheduling.py): the
+later nodes use the scope's plan, and the plan also goes into the state as plain data, so the
 plan a run started with is the plan all of it uses, after a resume too.
 
 It also builds every model of the plan, so that what a process's first run does before its first
@@ -25,7 +25,6 @@ from fusiongraph.graph.config import (
     FusionConfig,
     FusionContext,
     check_configurable,
-    config_of,
     plan_of,
     resolve_config,
 )
@@ -43,8 +42,7 @@ from fusiongraph.nodes.messages import check_conversation
 from fusiongraph.nodes.panel import panel_spec
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.routing import classifier_spec
-from fusiongraph.nodes.send_order import slowest_first
-from fusiongraph.nodes.start_order import end_start_turn, take_start_turn
+from fusiongraph.nodes.scheduling import PANEL_LATENCIES, RunScope, Wave, scope_of, take_start_turn
 from fusiongraph.nodes.synthesis import synthesis_spec
 from fusiongraph.tools.mcp import servers_identity
 
@@ -55,8 +53,7 @@ def make_dispatch(model_factory: ModelFactory):
     async def dispatch(state: FusionState) -> dict[str, Any]:
         """Check config and input; let the model factory prepare the plan (the default one
         starts the bundled local model server when the plan needs it); build the plan's models."""
-        run_key = uuid.uuid4().hex
-        await take_start_turn(run_key)  # until its first panel request leaves (start_order.py)
+        turn = await take_start_turn()  # until its first panel request leaves (scheduling.py)
         try:
             context = get_runtime(FusionContext).context
             check_configurable(get_config().get("configurable"), context)
@@ -69,7 +66,7 @@ def make_dispatch(model_factory: ModelFactory):
             await warm_models(model_factory, specs)
             aggregation = start_aggregation(config, state["messages"])
         except BaseException:
-            end_start_turn(run_key)
+            turn.end()
             raise
         emit(
             "run_started",
@@ -81,9 +78,10 @@ def make_dispatch(model_factory: ModelFactory):
             emit("aggregation_chosen", **aggregation_event(aggregation))
         return {
             "aggregation": aggregation,  # the strategy, as plain data (nodes/aggregation.py)
-            "run_key": run_key,
+            "run_key": uuid.uuid4().hex,
             "started_at": started_at,
-            "plan": plan_of(config),  # what every later node of this run (and a resume) uses
+            "plan": plan_of(config),  # what a resumed run reads back
+            "run": RunScope(config, turn),  # the plan, start turn and clocks of this run
             "panel": None,  # clears the previous turn's panel on a persistent thread
             "analysis": None,
             "judge": {},
@@ -130,7 +128,7 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
 def fan_out(state: FusionState) -> list[Send]:
     """One `Send` per panelist (a cascade: its first wave only): the branches run in parallel
     and join at the gate. With `auto` undecided by its rules, the classifier runs beside them."""
-    config = config_of(state["plan"])
+    config = scope_of(state).config
     record = state.get("aggregation") or {}
     cascade = record.get("cascade")
     if cascade:
@@ -139,7 +137,7 @@ def fan_out(state: FusionState) -> list[Send]:
         indices = list(range(len(config.panel)))
     sends = panel_sends(state, config, indices)
     if record.get("applied") is None and config.classifier is not None:
-        payload = {k: state[k] for k in ("plan", "messages", "started_at", "aggregation")}
+        payload = {k: state[k] for k in ("plan", "run", "messages", "started_at", "aggregation")}
         sends.append(Send("classify", payload))
     return sends
 
@@ -149,13 +147,13 @@ def panel_sends(
     config: FusionConfig,
     indices: list[int],
     *,
-    clock_key: str | None = None,
+    wave: Wave = "first",
     quorum: int | None = None,
 ) -> list[Send]:
     """The panelists at `indices` as Sends, the slowest-expected first (its request leaves
-    first: nodes/send_order.py). A cascade's second wave has a clock of its own (`clock_key`)
-    and the quorum that is left."""
-    plan = state["plan"]
+    first: nodes/scheduling.py). A cascade's second wave (`rest`) has a clock of its own and the
+    quorum that is left."""
+    plan, scope = state["plan"], scope_of(state)
     tasks: dict[int, PanelTask] = {}
     for i in indices:
         task: PanelTask = {
@@ -165,13 +163,14 @@ def panel_sends(
             "started_at": state["started_at"],
             "messages": state["messages"],
             "plan": plan,
+            "run": scope,
             **panel_identity(config, i),
         }
-        if clock_key is not None:
-            task["clock_key"] = clock_key
+        if wave != "first":
+            task["wave"] = wave
             task["quorum"] = quorum
         tasks[i] = task
-    order = slowest_first([config.panel[i].latency_key() for i in indices])
+    order = PANEL_LATENCIES.slowest_first([config.panel[i].latency_key() for i in indices])
     return [Send("panelist", tasks[indices[k]]) for k in order]
 
 
@@ -213,7 +212,8 @@ def _message_key(message: AnyMessage) -> dict[str, Any]:
 
 def panel_cache_key(task: PanelTask) -> str:
     """Node-cache key of one panel answer: same panelist slot, same resolved model and tools,
-    same conversation. Leaves out run_key and started_at, which differ on every run."""
+    same conversation. Leaves out run_key, started_at and the run's scope, which differ on every
+    run."""
     return json.dumps(
         {
             "panelist": task["panelist"],

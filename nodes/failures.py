@@ -16,7 +16,7 @@ from langchain_core.exceptions import (
 )
 
 from fusiongraph.graph.models import ResponseTooLarge
-from fusiongraph.nodes.panel_clock import PanelDeadline
+from fusiongraph.nodes.scheduling import PanelDeadline
 
 
 class NamedFailure(Exception):

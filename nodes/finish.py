@@ -13,15 +13,15 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from fusiongraph.graph.config import config_of
 from fusiongraph.graph.state import FusionState, empty_usage, usage_metadata_of
 from fusiongraph.nodes.aggregation import decided
 from fusiongraph.nodes.metadata import fusion_metadata
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.scheduling import scope_of
 
 
 async def finish(state: FusionState) -> dict[str, Any]:
-    config = config_of(state["plan"])
+    config = scope_of(state).config
     choice = decided(state)
     if choice is None:  # the routes reach this node only with a decided answer
         raise RuntimeError("finish reached without a decided answer")

@@ -4,8 +4,8 @@
 - `finish`: the answer is decided (early exit, a vote's winner): no judge, no synthesis call.
 - `judge`: compare (and, for select or a vote's tie, select) as usual.
 
-The gate itself makes no model call; it releases the wave's panel clock (a second wave gets
-a clock of its own) and reports its decision as a progress event.
+The gate itself makes no model call; it ends the run's start turn when the panel sent no
+request (cached answers) and reports its decision as a progress event.
 """
 
 from __future__ import annotations
@@ -14,24 +14,17 @@ from typing import Any
 
 from langgraph.types import Send
 
-from fusiongraph.graph.config import config_of
 from fusiongraph.graph.state import FusionState
 from fusiongraph.nodes.aggregation import after_panel, answered
 from fusiongraph.nodes.dispatch import panel_sends
-from fusiongraph.nodes.panel_clock import release_clock
 from fusiongraph.nodes.progress import emit
-from fusiongraph.nodes.start_order import end_start_turn
-
-REST_CLOCK = "/rest"
+from fusiongraph.nodes.scheduling import scope_of
 
 
 async def gate(state: FusionState) -> dict[str, Any]:
-    config = config_of(state["plan"])
-    run_key = state.get("run_key", "")
-    release_clock(run_key)
-    end_start_turn(run_key)  # a panel of cached answers sent no request (start_order.py)
-    release_clock(run_key + REST_CLOCK)
-    record = after_panel(state, config)
+    scope = scope_of(state)
+    scope.end_start_turn()  # a panel of cached answers sent no request (scheduling.py)
+    record = after_panel(state, scope.config)
     route = record["route"]
     if route == "rest":
         emit(
@@ -44,7 +37,10 @@ async def gate(state: FusionState) -> dict[str, Any]:
         emit("cascade_agreed", asked=record["cascade"]["first"], skipped=record["cascade"]["rest"])
     if route == "finish":
         emit("aggregation_decided", outcome=record["outcome"], note=record.get("note"))
-    return {"aggregation": record}
+    update: dict[str, Any] = {"aggregation": record}
+    if state.get("run") is not scope:  # a resumed run: the scope its cascade's rest will share
+        update["run"] = scope
+    return update
 
 
 def after_gate(state: FusionState) -> str | list[Send]:
@@ -53,9 +49,9 @@ def after_gate(state: FusionState) -> str | list[Send]:
     route = record["route"]
     if route != "rest":
         return route
-    config = config_of(state["plan"])
+    config = scope_of(state).config
     rest = [int(p.removeprefix("p")) - 1 for p in record["cascade"]["rest"]]
     quorum = None
     if config.quorum is not None:  # the quorum counts the whole panel's answers
         quorum = max(1, config.quorum - len(answered(state.get("panel", []))))
-    return panel_sends(state, config, rest, clock_key=state["run_key"] + REST_CLOCK, quorum=quorum)
+    return panel_sends(state, config, rest, wave="rest", quorum=quorum)

@@ -19,7 +19,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from fusiongraph.graph.config import FusionConfig, config_of
+from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, close_model, quiet, track_upstream_status
 from fusiongraph.graph.reasoning import with_effort
 from fusiongraph.graph.specs import ModelSpec, StructuredMethod
@@ -45,8 +45,8 @@ from fusiongraph.nodes.images import without_images
 from fusiongraph.nodes.judge_tools import judge_with_checks
 from fusiongraph.nodes.messages import last_user_text, text_of
 from fusiongraph.nodes.metadata import fusion_failure
-from fusiongraph.nodes.panel_clock import release_clock, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.scheduling import run_deadline_cutoff, scope_of
 from fusiongraph.tools.untrusted import delimit_untrusted
 
 NOSTREAM = {"tags": ["nostream", "fusion:judge"]}
@@ -198,8 +198,7 @@ def make_judge(model_factory: ModelFactory):
     """Build the judge node (the join of the panel fan-out)."""
 
     async def judge(state: FusionState) -> dict[str, Any]:
-        config = config_of(state["plan"])  # the plan dispatch resolved
-        release_clock(state.get("run_key", ""))
+        config = scope_of(state).config  # the plan dispatch resolved
         panel = state.get("panel", [])
         answers = successful(panel)
         # The strategy's ask (nodes/aggregation.py): name the best response, among these only.

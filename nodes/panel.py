@@ -14,7 +14,7 @@ import time
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage
 
-from fusiongraph.graph.config import FusionConfig, config_of
+from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import (
     ModelFactory,
     close_model,
@@ -29,10 +29,14 @@ from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import cut_error, describe, failure_reason
 from fusiongraph.nodes.images import accepts_images, count_images, without_images
 from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, text_of, with_system
-from fusiongraph.nodes.panel_clock import PanelDeadline, clock_for, run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
-from fusiongraph.nodes.send_order import remember_latency
-from fusiongraph.nodes.start_order import end_start_turn
+from fusiongraph.nodes.scheduling import (
+    PANEL_LATENCIES,
+    PanelClock,
+    PanelDeadline,
+    run_deadline_cutoff,
+    scope_of,
+)
 from fusiongraph.nodes.tool_loop import ToolTally, run_tool_loop
 from fusiongraph.tools.mcp import mcp_tools
 from fusiongraph.tools.web import make_web_tools, prefetch_context
@@ -111,18 +115,23 @@ def make_panelist(model_factory: ModelFactory):
     """Build the panelist node around a model factory (real endpoints, or fakes in tests)."""
 
     async def panelist(task: PanelTask) -> dict[str, list[PanelResult]]:
-        config = config_of(task["plan"])  # the plan dispatch resolved
+        scope = scope_of(task)  # the run's: its plan, start turn and clocks
+        config = scope.config
         spec = panel_spec(config, task["index"])
         panelist_id = task["panelist"]
         # Built before the clock starts: a process's first build imports the client library
         # (about a second), which is no part of this panelist's time (dispatch warms it too).
         model = quiet(model_factory(spec))
-        clock = clock_for(
-            task.get("clock_key", task["run_key"]),  # a cascade's second wave: its own clock
-            timeout_s=config.panel_timeout_s,
-            quorum=task.get("quorum", config.quorum),
-            grace_s=config.straggler_grace_s,
-            hard_cutoff=run_deadline_cutoff(task.get("started_at"), config.deadline_s, share=0.6),
+        clock = scope.panel_clock(
+            "rest" if task.get("wave") == "rest" else "first",  # a cascade's rest: its own
+            lambda: PanelClock.starting_now(
+                timeout_s=config.panel_timeout_s,
+                quorum=task.get("quorum", config.quorum),
+                grace_s=config.straggler_grace_s,
+                hard_cutoff=run_deadline_cutoff(
+                    task.get("started_at"), config.deadline_s, share=0.6
+                ),
+            ),
         )
         emit("panelist_started", panelist=panelist_id, model=spec.name)
         started = time.monotonic()
@@ -147,9 +156,9 @@ def make_panelist(model_factory: ModelFactory):
                 else:
                     work = answer_off(model, messages, out)
                 if mode != "prefetch" and reports_sends(model):  # its first step is a request
-                    work = clock.sends.run(work, then=lambda: end_start_turn(task["run_key"]))
+                    work = clock.sends.run(work, then=scope.end_start_turn)
                 else:  # no request to wait for: the run's start is over as far as this one goes
-                    end_start_turn(task["run_key"])
+                    scope.end_start_turn()
                 await clock.run(work)
                 if not out.content.strip():
                     error = {"reason": "empty", "message": "the model returned no text"}
@@ -162,7 +171,7 @@ def make_panelist(model_factory: ModelFactory):
         latency = round(time.monotonic() - started, 3)
         if error is None:
             clock.record_success()
-            remember_latency(spec.latency_key(), latency)
+            PANEL_LATENCIES.remember(spec.latency_key(), latency)
             emit(
                 "panelist_finished",
                 panelist=panelist_id,

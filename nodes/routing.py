@@ -19,7 +19,7 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from fusiongraph.graph.config import FusionConfig, config_of
+from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, close_model, quiet
 from fusiongraph.graph.pricing import CLASSIFIER_OUTPUT_TOKENS
 from fusiongraph.graph.specs import ModelSpec
@@ -27,8 +27,8 @@ from fusiongraph.graph.state import FusionState, empty_usage, estimate_usage, us
 from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.images import without_images
 from fusiongraph.nodes.messages import last_user_text, text_of
-from fusiongraph.nodes.panel_clock import run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.scheduling import run_deadline_cutoff, scope_of
 
 TASK_STRATEGY = {
     "code": "select",
@@ -179,7 +179,7 @@ def make_classify(model_factory: ModelFactory):
     """The classify node: `auto` with a classifier, when no rule decided. Runs beside the panel."""
 
     async def classify(state: FusionState) -> dict[str, Any]:
-        config = config_of(state["plan"])
+        config = scope_of(state).config
         record = dict(state.get("aggregation") or {})
         spec = classifier_spec(config)
         model = quiet(model_factory(spec))

@@ -17,7 +17,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage
 
-from fusiongraph.graph.config import FusionConfig, config_of
+from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, close_model
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.graph.state import FusionState, estimate_usage, usage_metadata_of, usage_of
@@ -28,8 +28,8 @@ from fusiongraph.nodes.images import without_images
 from fusiongraph.nodes.judge import successful
 from fusiongraph.nodes.messages import flatten_tool_history, with_system
 from fusiongraph.nodes.metadata import fusion_failure, fusion_metadata
-from fusiongraph.nodes.panel_clock import run_deadline_cutoff
 from fusiongraph.nodes.progress import emit
+from fusiongraph.nodes.scheduling import run_deadline_cutoff, scope_of
 from fusiongraph.tools.untrusted import delimit_untrusted
 
 
@@ -38,7 +38,9 @@ def synthesis_instructions(state: FusionState, config: FusionConfig) -> str:
     analysis = state.get("analysis")
     judge = state.get("judge") or {}
     if analysis is not None:
-        text = json.dumps(analysis, ensure_ascii=False, indent=1)
+        # Without what was dropped for naming unknown panelists (nodes/analysis.map_labels).
+        shown = {k: v for k, v in analysis.items() if k != "dropped"}
+        text = json.dumps(shown, ensure_ascii=False, indent=1)
         parts.append(prompts.SYNTHESIS_ANALYSIS.format(analysis=delimit_untrusted(text, "judge")))
     elif judge:  # the judge ran and failed
         reason = (judge.get("error") or {}).get("reason", "no analysis")
@@ -80,7 +82,7 @@ def make_synthesis(model_factory: ModelFactory):
     """Build the synthesis node; its model call is the one that streams to the caller."""
 
     async def synthesis(state: FusionState) -> dict[str, Any]:
-        config = config_of(state["plan"])  # the plan dispatch resolved
+        config = scope_of(state).config  # the plan dispatch resolved
         spec = synthesis_spec(config)
         model = model_factory(spec)
         emit("synthesis_started", model=spec.name)

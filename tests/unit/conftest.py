@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import openai
 import pytest
 
-from fusiongraph.nodes import send_order
+from fusiongraph.nodes import scheduling
 from tests.support.fakes import FakeFactory
 from tests.support.network import loopback_only
 from tests.support.upstream import FakeUpstream, UpstreamServer
@@ -31,9 +30,9 @@ def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_latency_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fresh_latency_memory() -> None:
     """Each test starts with no remembered panel latencies (they set the send order)."""
-    monkeypatch.setattr(send_order, "_latencies", OrderedDict())
+    scheduling.PANEL_LATENCIES.clear()
 
 
 @pytest.fixture(scope="module")

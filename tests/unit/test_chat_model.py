@@ -409,4 +409,4 @@ def test_sync_stream_drives_the_async_run_and_closes_its_loops_clients(
     chunks = list(model.stream("[bench:sync1] why?"))
     full = aggregate(chunks)
     assert full.content and full.response_metadata["fusion"]["panel"]
-    assert len(closed) == 1 and closed[0] not in models._LOOP_MODELS
+    assert len(closed) == 1 and closed[0] not in models._MODEL_CACHES

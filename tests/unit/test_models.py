@@ -89,7 +89,7 @@ def test_each_sync_node_run_closes_its_loop_models(openai_env: str) -> None:
     assert runnable.invoke({}) and runnable.invoke({})
     assert seen[0] is not seen[1]  # one short-lived loop per sync run
     assert all(client.is_closed for client in seen)
-    assert not any(loop in models._LOOP_MODELS for loop in loops)
+    assert not any(loop in models._MODEL_CACHES for loop in loops)
 
 
 def test_a_strict_json_schema_format_equal_to_the_sdks() -> None:

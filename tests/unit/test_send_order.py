@@ -1,4 +1,4 @@
-"""Panel requests leave in turn, slowest-expected first (nodes/send_order.py): each turn ends as
+"""Panel requests leave in turn, slowest-expected first (nodes/scheduling.py): each turn ends as
 its request leaves, a branch that never sends cannot hold up the others, the calls still run
 together, and the panelist that took longest last time is sent first."""
 
@@ -14,8 +14,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.models import default_model_factory, quiet, reports_sends
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.nodes import send_order
-from fusiongraph.nodes.send_order import SendOrder, remember_latency, slowest_first
+from fusiongraph.nodes import scheduling
+from fusiongraph.nodes.scheduling import PANEL_LATENCIES, SendOrder
 from tests.support.upstream import UpstreamServer
 
 
@@ -36,7 +36,7 @@ def model(name: str):
 async def test_a_turn_ends_as_its_request_leaves_not_when_the_answer_comes(
     openai_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(send_order, "MAX_TURN_S", 30.0)  # only the request can end this turn
+    monkeypatch.setattr(scheduling, "SEND_TURN_MAX_S", 30.0)  # only the request can end this turn
     order, events = SendOrder(), []
     slow = model("turn-0.300s")
     assert reports_sends(slow)
@@ -58,7 +58,7 @@ async def test_a_turn_ends_as_its_request_leaves_not_when_the_answer_comes(
 async def test_a_branch_that_never_sends_holds_its_turn_only_briefly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(send_order, "MAX_TURN_S", 0.02)
+    monkeypatch.setattr(scheduling, "SEND_TURN_MAX_S", 0.02)
     order, events, release = SendOrder(), [], asyncio.Event()
 
     async def stuck() -> None:
@@ -91,7 +91,7 @@ def test_branches_on_different_loops_never_wait_for_each_other(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Sync invocation runs each branch on its own loop and thread."""
-    monkeypatch.setattr(send_order, "MAX_TURN_S", 30.0)  # no timer may end the holder's turn
+    monkeypatch.setattr(scheduling, "SEND_TURN_MAX_S", 30.0)  # no timer may end the holder's turn
     order, inside, seen = SendOrder(), threading.Event(), []
 
     async def holder() -> None:
@@ -130,18 +130,18 @@ async def test_panel_calls_still_run_together(openai_env: str, upstream: Upstrea
 
 
 def test_unseen_models_go_first_then_the_slowest() -> None:
-    remember_latency("fast", 0.5)
-    remember_latency("slow", 2.0)
-    assert slowest_first(["fast", "new", "slow", "other new"]) == [1, 3, 2, 0]
+    PANEL_LATENCIES.remember("fast", 0.5)
+    PANEL_LATENCIES.remember("slow", 2.0)
+    assert PANEL_LATENCIES.slowest_first(["fast", "new", "slow", "other new"]) == [1, 3, 2, 0]
 
 
 def test_a_remembered_latency_follows_the_model_smoothly() -> None:
-    remember_latency("a", 1.0)
-    remember_latency("b", 2.0)
-    remember_latency("a", 4.0)  # one slow answer: a = 1.0 + 0.3 * 3.0 = 1.9, still below b
-    assert slowest_first(["a", "b"]) == [1, 0]
-    remember_latency("a", 4.0)  # slow again: a = 2.53, now the slowest
-    assert slowest_first(["a", "b"]) == [0, 1]
+    PANEL_LATENCIES.remember("a", 1.0)
+    PANEL_LATENCIES.remember("b", 2.0)
+    PANEL_LATENCIES.remember("a", 4.0)  # one slow answer: a = 1.0 + 0.3 * 3.0 = 1.9, still below b
+    assert PANEL_LATENCIES.slowest_first(["a", "b"]) == [1, 0]
+    PANEL_LATENCIES.remember("a", 4.0)  # slow again: a = 2.53, now the slowest
+    assert PANEL_LATENCIES.slowest_first(["a", "b"]) == [0, 1]
 
 
 async def test_the_panelist_that_took_longest_is_sent_first_next_time(openai_env: str) -> None:

@@ -1,4 +1,4 @@
-"""Runs on one event loop start in turn (nodes/start_order.py), and every path ends a turn."""
+"""Runs on one event loop start in turn (nodes/scheduling.py), and every path ends a turn."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from langchain_core.messages import HumanMessage
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.models import DefaultModelFactory
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.nodes import start_order
-from fusiongraph.nodes.start_order import StartOrder
+from fusiongraph.nodes import scheduling
+from fusiongraph.nodes.scheduling import StartOrder
 from tests.support.upstream import UpstreamServer
 
 CONTEXT = {
@@ -41,7 +41,7 @@ async def test_a_start_waits_for_the_turn_before_it() -> None:
 
 
 async def test_a_turn_ends_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(start_order, "MAX_TURN_S", 0.05)
+    monkeypatch.setattr(scheduling, "START_TURN_MAX_S", 0.05)
     order = StartOrder()
     await order.take("stuck")  # never ended
     started = time.monotonic()
@@ -79,7 +79,7 @@ async def test_concurrent_runs_send_their_panels_in_turn(
 async def test_a_failed_dispatch_ends_its_turn(
     openai_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(start_order, "MAX_TURN_S", 60.0)  # only ending the turn lets b start
+    monkeypatch.setattr(scheduling, "START_TURN_MAX_S", 60.0)  # only ending the turn lets b start
     graph = build_graph()
     with pytest.raises(Exception, match="no price known"):  # refused inside dispatch's turn
         await graph.ainvoke(_ask("so-bad"), context={**CONTEXT, "max_cost_usd": 0.01})
@@ -91,8 +91,8 @@ async def test_a_panel_of_cached_answers_ends_its_turn(
     openai_env: str, upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A repeated request's panel comes from the cache and sends no panel request: the gate
-    ends its turn, so the next run does not wait for MAX_TURN_S."""
-    monkeypatch.setattr(start_order, "MAX_TURN_S", 60.0)
+    ends its turn, so the next run does not wait for START_TURN_MAX_S."""
+    monkeypatch.setattr(scheduling, "START_TURN_MAX_S", 60.0)
     graph = build_graph(cache=True)
     for tag in ("so-cached", "so-cached", "so-next"):
         out = await asyncio.wait_for(graph.ainvoke(_ask(tag), context=CONTEXT), 10)
