@@ -241,6 +241,21 @@ def test_serve_applies_its_settings_under_every_model(monkeypatch: pytest.Monkey
         assert {m.id for m in client.models.list()} >= {"fusion", "fusion-quality"}
 
 
+def test_serve_with_a_panel_and_no_preset_runs_it_as_ask_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("FUSIONGRAPH_PRESET", raising=False)
+    settings = {"panel": ["openai:m1", "openai:m2"], "tool_mode": "off"}
+    with served(FakeFactory(scripts()), context=settings) as (url, client):
+        reply = client.chat.completions.create(model="fusion", messages=USER)
+        fusion = reply.model_extra["fusion"]
+        assert fusion["settings"]["preset"] is None  # no preset: the first panelist judges
+        assert fusion["judge"]["model"] == "openai:m1"
+        card = httpx.get(f"{url}/v1/models/fusion").json()
+        assert card["fusion"] == {"preset": "", "description": "the operator's panel"}
+
+
 # --------------------------------------------------------------------------- MCP and inspect
 
 
