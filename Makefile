@@ -29,13 +29,14 @@ docs: setup
 # is started for the run and removed afterwards, unless FUSIONGRAPH_TEST_POSTGRES_URL names one.
 # The browser tests (tests/browser) need Debian's chromium: scripts/ci_chromium.sh installs it.
 # The shared panel cache tests need Redis: scripts/ci_redis.sh, like PostgreSQL's.
+# The code sandbox (and every test that runs code) needs bubblewrap: scripts/ci_bubblewrap.sh.
 test: setup lint docs
-	bash scripts/ci_postgres.sh run bash scripts/ci_redis.sh run bash scripts/ci_chromium.sh run $(VENV)/bin/pytest -q -rs
+	bash scripts/ci_postgres.sh run bash scripts/ci_redis.sh run bash scripts/ci_chromium.sh run bash scripts/ci_bubblewrap.sh run $(VENV)/bin/pytest -q -rs
 
 # While you work: the unit tests only (one process, fakes and loopback servers in threads; no
 # PostgreSQL, Redis or browser). `make test` stays what CI runs.
 test-fast: setup
-	$(VENV)/bin/pytest -q -rs tests/unit
+	bash scripts/ci_bubblewrap.sh run $(VENV)/bin/pytest -q -rs tests/unit
 
 bench: setup
 	$(PY) -m bench.run

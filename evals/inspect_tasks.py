@@ -5,7 +5,7 @@ Every suite of `fusiongraph.evals.items.SUITES` is a task `fusiongraph/<suite>`,
 `fusiongraph eval`). Task args: `limit` (a seeded sample, as `fusiongraph eval --limit`), `seed`,
 `grader` (the model spec that grades research/open-ended answers: such a task refuses to start
 without one, rather than score every sample 0). The scorer is ours
-(`fusiongraph.evals.scorers.score`): code runs the item's unit tests in our subprocess sandbox,
+(`fusiongraph.evals.scorers.score`): code runs the item's unit tests in our bubblewrap sandbox,
 so no Docker is needed; inspect's own sandboxes are not used.
 
 These tasks run against any inspect model, not only fusion (`--model openai/gpt-5.5`).

@@ -1,12 +1,14 @@
 """Scorers by task type, and the pairwise comparison against a baseline answer.
 
-- exact (math, short answers): the reply's final answer (fusiongraph.nodes.answers.extract_answer
+- exact (math, short answers): the reply's final answer (fusiongraph.graph.answers.extract_answer
   with the item's `answer_how`; a reply of one short line is its own answer) equals the target
   once both are normalised (numbers, units, case, punctuation).
 - choice (multiple choice): the option letter the reply picks (or, failing that, the one option
   whose text it names) equals the target letter.
 - code: the reply's code (its fenced block(s), else the whole text) passes the item's unit tests
-  in the sandbox (fusiongraph.evals.sandbox): pass@1.
+  in the sandbox (fusiongraph.tools.check_cases.run_tests): pass@1. The tests become
+  input/expected cases where they convert, and the reply's outputs are compared outside its
+  sandbox; the explanation names the mode and the conversion.
 - graded (research, open-ended): a grader model's verdict against the reference answer and/or
   rubric: CORRECT (value 1), PARTIAL (0.5), INCORRECT (0), or its 0-10 score. A missing,
   failing or unreadable grader is a Score with `error` set and an explanation, never an
@@ -34,15 +36,18 @@ from fusiongraph.evals.grader import (
     parse_preference,
 )
 from fusiongraph.evals.items import EvalItem
-from fusiongraph.evals.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, run_tests
+from fusiongraph.graph.answers import extract_answer, normalise_answer
 from fusiongraph.graph.state import Usage, add_usage, empty_usage
-from fusiongraph.nodes.answers import extract_answer, normalise_answer
+from fusiongraph.tools.check_cases import run_tests
+from fusiongraph.tools.sandbox import Limits
 
 __all__ = ["Comparison", "Grader", "Outcome", "Score", "compare", "compare_detailed", "score"]
 
 Outcome = Literal["win", "tie", "loss"]
 MAX_EXPLANATION_CHARS = 2000
 MAX_SHORT_REPLY_CHARS = 100
+DEFAULT_TIMEOUT_S = Limits().timeout_s
+DEFAULT_MEMORY_MB = Limits().memory_mb
 
 
 class Score(BaseModel):
@@ -110,17 +115,19 @@ def score_choice(item: EvalItem, answer: str) -> Score:
 
 async def score_code(item: EvalItem, answer: str, *, timeout_s: float, memory_mb: int) -> Score:
     code = program(item, answer)
+    prefix = item.metadata.get("code_prefix")
     result = await asyncio.to_thread(
         run_tests,
         code,
         item.tests or "",
         item.entry_point,
-        timeout_s=timeout_s,
-        memory_mb=memory_mb,
+        prefix=prefix if isinstance(prefix, str) else "",
+        limits=Limits(timeout_s=timeout_s, memory_mb=memory_mb),
     )
-    explanation = result.reason
-    if result.output and not result.passed:
-        explanation += ": " + result.output[-MAX_EXPLANATION_CHARS:]
+    explanation = f"{result.reason} ({result.mode}; {result.conversion})"
+    detail = "\n".join(part for part in (result.error, result.output) if part)
+    if detail and not result.passed:
+        explanation += ": " + detail[-MAX_EXPLANATION_CHARS:]
     return Score(
         correct=result.passed,
         value=float(result.passed),

@@ -103,10 +103,32 @@ async def test_code_passes_the_canonical_solution_and_fails_a_wrong_one() -> Non
     problem_item, problem = humaneval("HumanEval/0")
     whole = f"Sure:\n```python\n{problem['prompt']}{problem['canonical_solution']}```\nDone."
     result = await score(problem_item, whole)
-    assert result.correct and result.value == 1.0 and result.explanation == "passed"
+    assert result.correct and result.value == 1.0
+    assert result.explanation == "passed (cases; converted: 7 cases)"
     wrong = "```python\ndef has_close_elements(numbers, threshold):\n    return False\n```"
     failed = await score(problem_item, wrong)
-    assert not failed.correct and failed.explanation.startswith("failed")
+    assert not failed.correct and failed.explanation.startswith("failed (cases;")
+    assert "got False" in failed.explanation
+
+
+async def test_a_failing_answer_s_explanation_holds_nothing_of_the_parent_s_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The explanation (written into the eval's samples) shows what the code printed and
+    returned; the code's environment is empty, so the caller's keys cannot be among it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-parent-secret")
+    add = item(task_type="code", tests="assert add(2, 2) == 4", entry_point="add")
+    leak = (
+        "import os\n"
+        "def add(a, b):\n"
+        "    found = [open(f'/proc/{p}/environ').read() for p in os.listdir('/proc')\n"
+        "             if p.isdigit() and os.access(f'/proc/{p}/environ', os.R_OK)]\n"
+        "    print(os.environ, found)\n"
+        "    return str(dict(os.environ)) + str(found)\n"
+    )
+    result = await score(add, f"```python\n{leak}```")
+    assert not result.correct and "PATH" in result.explanation
+    assert "sk-parent-secret" not in result.explanation
 
 
 async def test_code_accepts_a_body_only_reply_and_a_reply_without_the_imports() -> None:
