@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 from langchain_core.messages import HumanMessage
 
 from fusiongraph.graph.builder import build_graph
@@ -194,10 +195,17 @@ def test_a_long_unknown_label_is_clipped_in_dropped() -> None:
     assert len(entry["labels"][0]) <= 40
 
 
-def test_dropped_reaches_the_http_record() -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": MODEL, "messages": USER}),
+        ("/v1/messages", {"model": MODEL, "messages": USER, "max_tokens": 256}),
+        ("/v1/responses", {"model": MODEL, "input": USER[0]["content"]}),
+    ],
+)
+def test_dropped_reaches_every_http_api(path: str, body: dict[str, Any]) -> None:
     with served(factory(hostile_judge())) as (url, _client):
-        body = {"model": MODEL, "messages": USER}
-        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        response = httpx.post(f"{url}{path}", json=body, timeout=60)
     assert response.status_code == 200, response.text
     analysis = response.json()["fusion"]["analysis"]
     assert {d["item"] for d in analysis["dropped"]} >= {"ghost insight", "nobody-known"}
