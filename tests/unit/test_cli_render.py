@@ -196,6 +196,17 @@ MODELS = (
 )
 
 
+def use_graph(monkeypatch: pytest.MonkeyPatch, compiled: CompiledStateGraph) -> None:
+    """`ask` runs on `compiled` (fake models), wherever the CLI opens its graph from."""
+
+    @asynccontextmanager
+    async def open_graph(*_: Any, **__: Any) -> AsyncIterator[CompiledStateGraph]:
+        yield compiled
+
+    for where in ("fusiongraph.graph.builder", "fusiongraph.graph.persistence"):
+        monkeypatch.setattr(f"{where}.open_graph", open_graph, raising=False)
+
+
 def hostile_judge(messages: list[Any]) -> str:
     labels = sorted(set(re.findall(r"Response ([A-Z]):", messages[-1].content)))
     return judge_json(
@@ -223,12 +234,7 @@ def graph(monkeypatch: pytest.MonkeyPatch) -> Iterator[CompiledStateGraph]:
         )
     )
     compiled = build_graph(factory)
-
-    @asynccontextmanager
-    async def open_graph(*_: Any, **__: Any) -> AsyncIterator[CompiledStateGraph]:
-        yield compiled
-
-    monkeypatch.setattr("fusiongraph.graph.persistence.open_graph", open_graph)
+    use_graph(monkeypatch, compiled)
     yield compiled
 
 
@@ -248,3 +254,12 @@ def test_ask_prints_hostile_answers_literally_and_the_analysis_readably(
     assert "ghost insight" not in out
     assert "1 item dropped: named unknown panelist E" in flat
     assert '"stances"' not in out
+
+
+def test_a_failed_run_prints_upstream_messages_literally(monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = {f"m{i}": [RuntimeError(f"upstream said [/] and [bold]{i}")] for i in (1, 2, 3)}
+    use_graph(monkeypatch, build_graph(FakeFactory(scripts(**failing))))
+    result = CliRunner().invoke(app, ["ask", "Why is the sky blue?", *MODELS])
+    assert result.exit_code == 1, result.output
+    assert "fusion failed (all_panelists_failed)" in result.stderr
+    assert "upstream said [/] and [bold]1" in " ".join(result.stderr.split())
