@@ -26,8 +26,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import filelock
 import httpx
@@ -45,9 +46,11 @@ from fusiongraph.local_model.settings import (
     LocalServerError,
     base_url_for,
     config_path,
+    configured_models,
     local_port,
     lock_path,
     log_path,
+    model_files,
     state_dir,
     write_config,
 )
@@ -79,7 +82,8 @@ class LocalServerStatus:
 # ---------------------------------------------------------------------------------------------
 
 _state_lock = threading.Lock()  # guards the dicts below
-_status_cache: dict[int, float] = {}  # port -> monotonic time of the last positive check
+# port -> monotonic time of the last positive check, and the models the server served then
+_status_cache: dict[int, tuple[float, frozenset[str]]] = {}
 _owned: dict[int, psutil.Popen] = {}  # port -> server this process started
 _detached: set[int] = set()  # ports whose server this process must leave running at exit
 _atexit_registered = False
@@ -113,7 +117,7 @@ def _probe(port: int, timeout_s: float) -> LocalServerStatus:
         title = str(response.json().get("info", {}).get("title", ""))
     except (httpx.HTTPError, ValueError, AttributeError):
         return LocalServerStatus(running=False, base_url=base_url, pid=pid)
-    models = [LOCAL_MODEL_ALIAS] if "llama.cpp" in title and pid is not None else []
+    models = configured_models(port) if "llama.cpp" in title and pid is not None else []
     return LocalServerStatus(running=True, base_url=base_url, pid=pid, models=models, busy=True)
 
 
@@ -122,19 +126,22 @@ def server_status(timeout_s: float = PROBE_TIMEOUT_S) -> LocalServerStatus:
     return _probe(local_port(), timeout_s)
 
 
-def _serves_model(status: LocalServerStatus) -> bool:
-    return status.running and LOCAL_MODEL_ALIAS in status.models
+def _serves_models(status: LocalServerStatus, models: set[str]) -> bool:
+    return status.running and models <= set(status.models)
 
 
-def _cache_fresh(port: int) -> bool:
+def _cache_fresh(port: int, models: set[str]) -> bool:
     with _state_lock:
-        checked = _status_cache.get(port)
-    return checked is not None and time.monotonic() - checked < STATUS_CACHE_TTL_S
+        cached = _status_cache.get(port)
+    if cached is None:
+        return False
+    checked, served = cached
+    return time.monotonic() - checked < STATUS_CACHE_TTL_S and models <= served
 
 
-def _mark_healthy(port: int) -> None:
+def _mark_healthy(port: int, status: LocalServerStatus) -> None:
     with _state_lock:
-        _status_cache[port] = time.monotonic()
+        _status_cache[port] = (time.monotonic(), frozenset(status.models))
 
 
 def _forget(port: int) -> None:
@@ -180,9 +187,14 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def _check_installed() -> None:
+def missing_packages() -> list[str]:
+    """The modules the local model server needs that are not installed (the `local` extra)."""
     needed = ("llama_cpp", "llama_cpp.server", "uvicorn", "fastapi", "sse_starlette", GGUF_PACKAGE)
-    missing = [name for name in needed if not _has_module(name)]
+    return [name for name in needed if not _has_module(name)]
+
+
+def _check_installed() -> None:
+    missing = missing_packages()
     if missing:
         raise LocalServerError(
             f"the local model server needs {', '.join(missing)}, which is not installed; "
@@ -196,8 +208,8 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _spawn(port: int, *, detach: bool) -> psutil.Popen:
-    config = write_config(port)
+def _spawn(port: int, files: dict[str, Path], *, detach: bool) -> psutil.Popen:
+    config = write_config(port, files)
     env = _server_env()
     if not detach:
         # Exit with us even when we die without running atexit (SIGTERM, SIGKILL).
@@ -220,7 +232,7 @@ def _spawn(port: int, *, detach: bool) -> psutil.Popen:
         )
 
 
-def _wait_ready(proc: psutil.Popen, port: int, deadline: float) -> None:
+def _wait_ready(proc: psutil.Popen, port: int, models: set[str], deadline: float) -> None:
     delay = 0.1
     while True:
         code = proc.poll()
@@ -229,7 +241,7 @@ def _wait_ready(proc: psutil.Popen, port: int, deadline: float) -> None:
                 f"the local model server exited with code {code} during startup "
                 f"(log {log_path(port)}):\n{_log_tail(port)}"
             )
-        if _serves_model(_probe(port, PROBE_TIMEOUT_S)):
+        if _serves_models(_probe(port, PROBE_TIMEOUT_S), models):
             return
         if time.monotonic() >= deadline:
             terminate(proc)
@@ -261,70 +273,78 @@ def _register_atexit() -> None:
     atexit.register(_stop_owned)
 
 
-def ensure_local_server(timeout_s: float = 120, *, detach: bool = False) -> str:
+def ensure_local_server(
+    timeout_s: float = 120, *, detach: bool = False, models: Iterable[str] = ()
+) -> str:
     """Make sure the local model server answers on the configured port; return its base URL.
 
-    Reuses a server that already serves LOCAL_MODEL_ALIAS there (from any process); otherwise
-    starts one and waits for it. Safe to call concurrently from threads and processes. A server
-    this process starts is stopped at interpreter exit unless `detach` is true
-    (`fusiongraph local start`).
+    It serves the bundled model and each of `models` (split models of the `local-panel` extra,
+    whose weights are joined and verified first). Reuses a server that already serves them there
+    (from any process); otherwise starts one and waits for it. A server of ours that lacks one of
+    them is replaced by one serving its models and these. Safe to call concurrently from threads
+    and processes. A server this process starts is stopped at interpreter exit unless `detach`
+    is true (`fusiongraph local start`).
     """
     port = local_port()
     base_url = base_url_for(port)
+    wanted = {LOCAL_MODEL_ALIAS, *models}
     if detach:
         with _state_lock:
             _detached.add(port)
-    if _cache_fresh(port):
+    if _cache_fresh(port, wanted):
         return base_url
 
-    if _serves_model(_probe(port, PROBE_TIMEOUT_S)):
-        _mark_healthy(port)
+    status = _probe(port, PROBE_TIMEOUT_S)
+    if _serves_models(status, wanted):
+        _mark_healthy(port, status)
         return base_url
 
     _check_installed()
+    model_files(wanted)  # joins and verifies new weights before the startup clock runs
     deadline = time.monotonic() + timeout_s
     with _start_guard(port, timeout_s):
         # Another thread or process may have started it while we waited for the lock.
         status = _probe(port, PROBE_TIMEOUT_S)
-        if _serves_model(status):
-            _mark_healthy(port)
+        if status.busy:  # llama.cpp holds /v1/models while it generates: wait for its answer
+            status = _probe(port, max(deadline - time.monotonic(), PROBE_TIMEOUT_S))
+        if _serves_models(status, wanted):
+            _mark_healthy(port, status)
             return base_url
-        if status.running and not status.busy:
+        ours = _server_process(port)
+        if status.running and ours is None:
             raise LocalServerError(
-                f"port {port} is used by another service (models: {status.models or 'unknown'}); "
-                f"set {PORT_ENV} to a free port"
+                f"port {port} is used by another service (models: {status.models or 'unknown'}), "
+                f"not a server of {', '.join(sorted(wanted))}; set {PORT_ENV} to a free port"
             )
-        if status.busy:
-            # A llama.cpp server not started from this state dir, busy generating: wait for it.
-            if _serves_model(_probe(port, max(deadline - time.monotonic(), PROBE_TIMEOUT_S))):
-                _mark_healthy(port)
-                return base_url
-            raise LocalServerError(
-                f"port {port} is held by a process that does not serve {LOCAL_MODEL_ALIAS}; "
-                f"set {PORT_ENV} to a free port"
-            )
-        stale = _server_process(port)
-        if stale is not None:
-            # Our server of this port is alive but did not answer: give it one patient look (a
-            # loaded machine can be slow), then treat it as wedged and replace it.
-            patience = min(10.0, max(deadline - time.monotonic(), PROBE_TIMEOUT_S))
-            if _serves_model(_probe(port, patience)):
-                _mark_healthy(port)
-                return base_url
-            terminate(stale)
-        proc = _spawn(port, detach=detach)
+        if ours is not None:
+            if not status.running:
+                # Alive but silent: give it one patient look (a loaded machine can be slow),
+                # then treat it as wedged and replace it.
+                patience = min(10.0, max(deadline - time.monotonic(), PROBE_TIMEOUT_S))
+                status = _probe(port, patience)
+                if _serves_models(status, wanted):
+                    _mark_healthy(port, status)
+                    return base_url
+            # Whatever it served stays served by its replacement.
+            wanted |= set(status.models) & set(configured_models(port))
+            terminate(ours)
+        proc = _spawn(port, model_files(wanted), detach=detach)
         with _state_lock:
             _owned[port] = proc
         if not detach:
             _register_atexit()
-        _wait_ready(proc, port, deadline)
-    _mark_healthy(port)
+        _wait_ready(proc, port, wanted, deadline)
+    _mark_healthy(port, _probe(port, PROBE_TIMEOUT_S))
     return base_url
 
 
-async def aensure_local_server(timeout_s: float = 120, *, detach: bool = False) -> str:
+async def aensure_local_server(
+    timeout_s: float = 120, *, detach: bool = False, models: Iterable[str] = ()
+) -> str:
     """Async twin of `ensure_local_server`: runs it in a worker thread so the loop keeps going."""
-    return await asyncio.to_thread(ensure_local_server, timeout_s, detach=detach)
+    return await asyncio.to_thread(
+        ensure_local_server, timeout_s, detach=detach, models=tuple(models)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

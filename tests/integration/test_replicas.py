@@ -80,6 +80,9 @@ class Replica:
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
             "FUSIONGRAPH_API_KEYS": "",
+            # The alias is the model under test; on the default `local` preset `serve` would
+            # start the local model at boot (serve/health.py).
+            "FUSIONGRAPH_PRESET": "quality",
             **settings,
         }
         cmd = [str(FUSIONGRAPH), "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]

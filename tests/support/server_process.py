@@ -55,6 +55,9 @@ class ServeProcess:
                 "OPENAI_API_KEY": "test-key",
                 "FUSIONGRAPH_API_KEYS": "",
                 "PYTHONUNBUFFERED": "1",
+                # These servers serve their aliases; on the default `local` preset `serve` would
+                # start the local model at boot (serve/health.py). `env` may set it back.
+                "FUSIONGRAPH_PRESET": "quality",
                 **(env or {}),
             },
             stdout=self.log,
