@@ -146,7 +146,11 @@ class _Setting:
     def value(self, raw: Any) -> Any:
         if self.read is None or raw is None:
             return raw
-        return [self.read(r) for r in raw] if self.many else self.read(raw)
+        try:
+            return [self.read(r) for r in raw] if self.many else self.read(raw)
+        except typer.BadParameter as exc:
+            exc.param_hint = option_name(self.name)
+            raise
 
 
 SETTINGS = {name: _Setting(name, info) for name, info in FusionContext.model_fields.items()}

@@ -159,9 +159,10 @@ def test_every_setting_typed_on_the_command_line_reaches_the_context(
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--deadline", "5"], "No such option: --deadline"),
-        (["--corpus", "."], "No such option: --corpus"),
-        (["--search", "none"], "No such option: --search"),
+        (["--deadline", "5"], "--deadline-s"),  # "No such option ... (Possible options: ...)"
+        (["--corpus", "."], "--corpus-dir"),
+        (["--search", "none"], "--search-provider"),
+        (["--corpus-dir", "/no/such/folder"], "--corpus-dir"),
         (["--set", "quorum=2"], "No such option: --set"),
         (["--max-tool-calls", str(MAX_TOOL_CALLS + 1)], "max_tool_calls"),
         (["--panel", "openai:m1"] * (MAX_PANEL + 1), "panel"),
