@@ -105,4 +105,8 @@ def test_the_docs_run_blocks_of_both_kinds() -> None:
         for line in page.read_text().splitlines()
         if line.strip().startswith("```") and line.strip() != "```"
     }
-    assert fences <= {"python", "bash", "py", "sh", "json", "text", "yaml", "toml"}, fences
+    shown = {"py", "sh", "json", "jsonl", "text", "yaml", "toml", "html", "js", "dockerfile", "ini"}
+    assert fences <= {"python", "bash", *shown}, (
+        f"fences {fences - {'python', 'bash', *shown}}: run it as python or bash, show it as py or "
+        "sh, or add a language that is not code to run to `shown`"
+    )
