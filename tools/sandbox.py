@@ -33,6 +33,7 @@ import math
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -346,18 +347,19 @@ def resolve_backend(backend: Backend | None = None) -> Backend:
 
 @functools.cache
 def bwrap_problem() -> str | None:
-    """Why bubblewrap cannot run a sandbox here (None: it can). Probed once."""
+    """Why bubblewrap cannot run a sandbox here (None: it can). Probed once, the way every run
+    starts (the cgroups, the sized /tmp, bwrap, the harness)."""
     if shutil.which("bwrap") is None:
         return "the `bwrap` command is not installed"
-    command = [*_bwrap_command(Limits(), sized_tmp=None), _interpreter(), "-I", "-S", "-c", "pass"]
     try:
-        probe = subprocess.run(
-            command, capture_output=True, timeout=30, check=False, env=_BWRAP_ENV
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        with _Run("bwrap", Limits(timeout_s=30)) as run:
+            process = run.start("program", {"code": "print('ready')"}, stdin=subprocess.DEVNULL)
+            timed_out = run.wait([process])
+    except (OSError, SandboxUnavailable) as exc:
         return f"bwrap did not start: {exc}"
-    if probe.returncode != 0:
-        return f"bwrap failed: {probe.stderr.decode(errors='replace').strip()[:300]}"
+    if timed_out or run.stdout[process.pid].text() != "ready\n":
+        said = run.stderr[process.pid].text().strip()[-300:] or "no output"
+        return f"bwrap failed (exit status {process.returncode}): {said}"
     return None
 
 
@@ -406,6 +408,7 @@ def _bwrap_command(limits: Limits, *, sized_tmp: Path | None) -> list[str]:
         str(SANDBOX_UID),
         "--cap-drop",
         "ALL",
+        "--disable-userns",  # no nested user namespace: no capabilities to be had inside
         "--die-with-parent",
         "--new-session",
         "--hostname",
@@ -442,11 +445,15 @@ def _bwrap_command(limits: Limits, *, sized_tmp: Path | None) -> list[str]:
     return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
 
 
-# Run as root before bwrap: join the run's cgroups, mount the sized tmpfs in a private mount
+# Run as root before bwrap: join the run's cgroups (a group it cannot join is noted in the host
+# folder, which the tmpfs then hides from the sandbox), mount the sized tmpfs in a private mount
 # namespace (so it vanishes with the run), then become bwrap.
 _ROOT_WRAPPER = r"""set -e
 dir=$1; size=$2; count=$3; shift 3
-while [ "$count" -gt 0 ]; do echo $$ > "$1"; shift; count=$((count - 1)); done
+while [ "$count" -gt 0 ]; do
+    echo $$ 2>/dev/null > "$1" || echo "$1" >> "$dir/.unjoined"
+    shift; count=$((count - 1))
+done
 if [ "$size" -gt 0 ]; then mount -t tmpfs -o "size=${size}m,mode=1777,nosuid,nodev" tmpfs "$dir"; fi
 exec "$@"
 """
@@ -565,31 +572,52 @@ class _Run:
         return [*wrapper, *_bwrap_command(self.limits, sized_tmp=folder if size else None)]
 
     def _cgroups(self) -> list[Path]:
-        """cgroup v1 pids and memory groups for this run, where they can be made."""
-        made = []
+        """pids and memory cgroups for this run, where they can be made: cgroup v1 groups
+        beside this process's own, or one group at the root of a cgroup v2 hierarchy whose
+        subtree already has the controllers. Returns the `cgroup.procs` files to join."""
         name = f"fusiongraph-sandbox-{secrets.token_hex(6)}"
         memory = (self.limits.memory_mb + self.limits.disk_mb) * 2**20
-        wanted = {
-            "pids": ("pids.max", str(self.limits.processes)),
-            "memory": ("memory.limit_in_bytes", str(memory)),
+        settings = {
+            "pids": {"pids.max": str(self.limits.processes)},
+            "memory": {"memory.limit_in_bytes": str(memory), "memory.max": str(memory)},
         }
+        unified = Path("/sys/fs/cgroup")
+        if (unified / "cgroup.subtree_control").is_file():
+            with contextlib.suppress(OSError):
+                enabled = (unified / "cgroup.subtree_control").read_text().split()
+                wanted = [c for c in ("pids", "memory") if c in enabled]
+                if wanted and self._make_group(unified / name, wanted, settings, memory):
+                    return [unified / name / "cgroup.procs"]
+            return []
+        made = []
         for controller, path in _own_cgroups_v1().items():
-            if controller not in wanted:
-                continue
             group = Path("/sys/fs/cgroup", controller, path.lstrip("/"), name)
-            setting, value = wanted[controller]
-            try:
-                group.mkdir()
-                self.cgroups.append(group)
-                (group / setting).write_text(value)
-            except OSError:
-                continue
-            made.append(group / "cgroup.procs")
-            if controller == "pids":
-                self.enforced["processes"] = f"pids cgroup {self.limits.processes}"
-            else:
-                self.enforced["memory"] = f"memory cgroup {memory // 2**20} MiB"
+            if controller in settings and self._make_group(group, [controller], settings, memory):
+                made.append(group / "cgroup.procs")
         return made
+
+    def _make_group(
+        self, group: Path, controllers: list[str], settings: dict[str, dict[str, str]], memory: int
+    ) -> bool:
+        try:
+            group.mkdir()
+        except OSError:
+            return False
+        self.cgroups.append(group)
+        for controller in controllers:
+            files = [f for f in settings[controller] if (group / f).exists()]
+            try:
+                for setting in files:
+                    (group / setting).write_text(settings[controller][setting])
+            except OSError:
+                return False
+            if not files:
+                return False
+        if "pids" in controllers:
+            self.enforced["processes"] = f"pids cgroup {self.limits.processes}"
+        if "memory" in controllers:
+            self.enforced["memory"] = f"memory cgroup {memory // 2**20} MiB"
+        return True
 
     def feed(self, fd: int, data: bytes) -> None:
         def write() -> None:
@@ -614,16 +642,29 @@ class _Run:
         deadline = time.monotonic() + self.limits.timeout_s
         timed_out = False
         for process in processes:
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.001))
-            except subprocess.TimeoutExpired:
+            if not _wait_until(process, deadline):
                 timed_out = True
                 break
         for process in self.processes:
             self._kill(process)
         for reader in [*self.stdout.values(), *self.stderr.values()]:
             reader.join(timeout=5)
+        self._note_unjoined()
         return timed_out
+
+    def _note_unjoined(self) -> None:
+        """What the enforced limits were without the cgroups the wrapper could not join."""
+        for folder in self.folders:
+            with contextlib.suppress(OSError):
+                for line in (folder / ".unjoined").read_text().splitlines():
+                    if "pids" in line or line.startswith(self._unified_prefix()):
+                        self.enforced["processes"] = "not limited (root; no pids cgroup joined)"
+                    if "memory" in line or line.startswith(self._unified_prefix()):
+                        self.enforced.pop("memory", None)
+
+    @staticmethod
+    def _unified_prefix() -> str:
+        return "/sys/fs/cgroup/fusiongraph-sandbox-"
 
     def _kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the process's group (bwrap; its PID namespace dies with it)."""
@@ -636,6 +677,25 @@ class _Run:
     def output(self, process: subprocess.Popen[bytes]) -> str:
         parts = (self.stdout[process.pid].text(), self.stderr[process.pid].text())
         return "\n".join(p.strip("\n") for p in parts if p.strip())
+
+
+def _wait_until(process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Whether the process ended before `deadline`. A pidfd wakes at the exit itself, where
+    Popen.wait(timeout) polls with sleeps."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        pidfd = None  # no pidfd here, or the process is already reaped: wait below
+    if pidfd is not None:
+        try:
+            select.select([pidfd], [], [], max(deadline - time.monotonic(), 0))
+        finally:
+            os.close(pidfd)
+    try:
+        process.wait(timeout=max(deadline - time.monotonic(), 0.001))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _own_cgroups_v1() -> dict[str, str]:
