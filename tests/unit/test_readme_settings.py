@@ -54,3 +54,16 @@ def test_the_readme_fits_two_screens_and_links_every_surface_page() -> None:
         assert f"docs/surfaces/{page.name}" in links, page.name
     for link in links - {link for link in links if link.startswith("http")}:
         assert (ROOT / link).exists(), link
+
+
+def test_no_commit_hashes_or_dates_in_the_readme_or_docs() -> None:
+    """Measurements and their stamps live in bench/RESULTS.md (the Benchmarks page includes it)."""
+    stamp = re.compile(
+        r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"  # a commit
+        r"|\b20[0-9]{2}-[01][0-9]-[0-3][0-9]\b|\b[0-2]?[0-9]:[0-5][0-9] UTC\b"  # a date, a time
+        r"|\b[0-3]?[0-9] (January|February|March|April|May|June|July|August|September|October"
+        r"|November|December)\b"
+    )
+    for page in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        found = [m.group(0) for m in stamp.finditer(page.read_text())]
+        assert not found, f"{page.relative_to(ROOT)}: {found}"
