@@ -36,7 +36,7 @@ from fusiongraph.evals.grader import (
     parse_preference,
 )
 from fusiongraph.evals.items import EvalItem
-from fusiongraph.graph.answers import extract_answer, normalise_answer
+from fusiongraph.graph.answers import extract_answer, extract_code, normalise_answer
 from fusiongraph.graph.state import Usage, add_usage, empty_usage
 from fusiongraph.tools.check_cases import run_tests
 from fusiongraph.tools.sandbox import Limits
@@ -249,20 +249,6 @@ def conversation(item: EvalItem) -> str:
     if len(item.messages) == 1:
         return item.messages[0]["content"]
     return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in item.messages)
-
-
-_FENCE_RE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_PYTHON_LANGS = ("", "python", "py", "python3", "py3")
-
-
-def extract_code(text: str) -> str:
-    """The code of a reply: its Python (or unlabelled) fenced blocks joined, else every fenced
-    block, else the whole text. An unclosed last fence (a reply cut by max_tokens) counts."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
-    chosen = [body for lang, body in blocks if lang in _PYTHON_LANGS] or [b for _, b in blocks]
-    if not chosen:
-        return text.strip("\n")
-    return "\n\n".join(body.rstrip() for body in chosen) + "\n"
 
 
 def program(item: EvalItem, answer: str) -> str:

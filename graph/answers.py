@@ -4,6 +4,8 @@ A panel answer is prose; two answers "agree" when the final answer they commit t
 once spelling is folded ("1,000" and "1000.0", "(b)" and "B."). `extract_answer` finds that final
 answer, `normalise_answer` folds it, `answers_agree` compares a panel's worth.
 
+`extract_code` takes the code out of a reply (its fenced blocks), for the code scorer and verify.
+
 `how` says where the answer is: "auto" (a \\boxed{..}, else a marked "Answer: ..." / "the final
 answer is ...", else a lone option letter the text picks, else the last number), "number",
 "letter", "boxed", "marked" (a boxed or marked answer only: no guessing from the last number),
@@ -224,3 +226,17 @@ def _dig(value: Any, path: str) -> str | None:
     if isinstance(value, str):
         return value.strip() or None
     return json.dumps(value, sort_keys=True)
+
+
+_FENCE_RE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_LANGS = ("", "python", "py", "python3", "py3")
+
+
+def extract_code(text: str) -> str:
+    """The code of a reply: its Python (or unlabelled) fenced blocks joined, else every fenced
+    block, else the whole text. An unclosed last fence (a reply cut by max_tokens) counts."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
+    chosen = [body for lang, body in blocks if lang in _PYTHON_LANGS] or [b for _, b in blocks]
+    if not chosen:
+        return text.strip("\n")
+    return "\n\n".join(body.rstrip() for body in chosen) + "\n"
