@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
 from fusiongraph.graph.config import CONTEXT_FIELDS
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 
-def _hook():
+def _hook() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "context_table", ROOT / "docs/hooks/context_table.py"
     )
