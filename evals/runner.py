@@ -17,16 +17,18 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import convert_to_messages
-from langgraph.graph.state import CompiledStateGraph
 
 from fusiongraph.evals.arms import Arm, RunPlan
 from fusiongraph.evals.cache import ResultCache, digest
 from fusiongraph.graph.config import resolve_config
 from fusiongraph.graph.errors import FusionError
-from fusiongraph.nodes.dispatch import panel_identity
+from fusiongraph.nodes.panel import panel_identity
+
+if TYPE_CHECKING:
+    from fusiongraph.graph.builder import FusionGraph
 
 DEFAULT_ITEM_TIMEOUT_S = 900.0
 SampleHook = Callable[[dict[str, Any]], None]
@@ -46,14 +48,15 @@ def _json_safe(value: Any) -> Any:
 
 
 async def execute_run(
-    graph: CompiledStateGraph, run: RunPlan, item: Any, *, timeout_s: float
+    graph: FusionGraph, run: RunPlan, item: Any, *, timeout_s: float
 ) -> dict[str, Any]:
     """One graph run on one item: its answer and record, or its error, never an exception."""
     started = time.perf_counter()
     out: dict[str, Any] = {"answer": None, "error": None, "fusion": {}}
     try:
         async with asyncio.timeout(timeout_s):
-            state = await graph.ainvoke(
+            # langgraph's overloads take the context schema only; it coerces a context dict.
+            state = await graph.ainvoke(  # type: ignore[call-overload]
                 {"messages": convert_to_messages(item.messages)}, context=run.context
             )
         final = state["messages"][-1]
@@ -182,7 +185,7 @@ def read_arm(arm: Arm, result: dict[str, Any], ledger: Ledger) -> dict[str, Any]
 class Runner:
     """Runs the arms over the items; `runs_made` counts the graph runs made (not from disk)."""
 
-    graph: CompiledStateGraph
+    graph: FusionGraph
     cache: ResultCache
     score: Callable[..., Any]
     grader: Any = None

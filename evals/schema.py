@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fusiongraph.nodes.answers import check_how
+from fusiongraph.graph.answers import check_how
 
 TaskType = Literal["code", "math", "short_answer", "multiple_choice", "research", "open_ended"]
 ScorerName = Literal["exact", "choice", "code", "graded"]
@@ -207,7 +207,7 @@ def _checked(item: EvalItem, where: str) -> EvalItem:
         raise EvalTaskError(f"{where}: field 'target': the {scorer!r} scorer needs a target")
     if scorer == "choice":
         count = len(item.choices) if item.choices else len(LETTERS)
-        if item.target not in LETTERS[:count]:
+        if item.target is None or item.target not in LETTERS[:count]:
             allowed = LETTERS[:count]
             raise EvalTaskError(
                 f"{where}: field 'target': must be an option letter {allowed[0]}-{allowed[-1]} "

@@ -13,18 +13,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fusiongraph.graph.builder import build_graph
+    from fusiongraph.graph.builder import build_graph, open_graph
     from fusiongraph.graph.builder import graph as default_graph
     from fusiongraph.graph.chat_model import FusionChatModel
     from fusiongraph.graph.config import FusionContext
     from fusiongraph.graph.errors import FusionConfigError, FusionError
-    from fusiongraph.graph.persistence import open_graph
     from fusiongraph.graph.tool import fusion_tool
 
 _PUBLIC = {
     "build_graph": ("fusiongraph.graph.builder", "build_graph"),
     "default_graph": ("fusiongraph.graph.builder", "graph"),
-    "open_graph": ("fusiongraph.graph.persistence", "open_graph"),
+    "open_graph": ("fusiongraph.graph.builder", "open_graph"),
     "FusionChatModel": ("fusiongraph.graph.chat_model", "FusionChatModel"),
     "fusion_tool": ("fusiongraph.graph.tool", "fusion_tool"),
     "FusionContext": ("fusiongraph.graph.config", "FusionContext"),

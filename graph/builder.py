@@ -14,7 +14,8 @@ The strategy decisions live in nodes/aggregation.py; the gate and finish nodes o
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -27,19 +28,27 @@ from langgraph.types import CachePolicy
 
 from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.model_objects import ObjectModels
-from fusiongraph.graph.models import ModelFactory, aclose_models, default_model_factory
-from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, panel_cache
+from fusiongraph.graph.models import (
+    ModelFactory,
+    aclose_models,
+    default_model_factory,
+    prewarm_clients,
+)
+from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, open_checkpointer, panel_cache
 from fusiongraph.graph.prewarm import start_client_prewarm
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
 from fusiongraph.nodes.aggregation import after_judge
-from fusiongraph.nodes.dispatch import fan_out, make_dispatch, panel_cache_key
+from fusiongraph.nodes.dispatch import fan_out, make_dispatch
 from fusiongraph.nodes.finish import finish
 from fusiongraph.nodes.gate import after_gate, gate
 from fusiongraph.nodes.judge import make_judge
-from fusiongraph.nodes.panel import make_panelist
+from fusiongraph.nodes.panel import make_panelist, panel_cache_key
 from fusiongraph.nodes.routing import make_classify
 from fusiongraph.nodes.synthesis import make_synthesis
 from fusiongraph.tools.aio import run_coroutine
+
+# The compiled fusion graph (its context a FusionContext or an extension's subclass of it).
+FusionGraph = CompiledStateGraph[FusionState, FusionContext, FusionInput, FusionOutput]
 
 
 class SyncAndAsync(Runnable[Any, Any]):
@@ -120,7 +129,7 @@ def build_graph(
     cache_ttl_s: int | None = DEFAULT_CACHE_TTL_S,
     context_schema: type[FusionContext] = FusionContext,
     **compile_kwargs: Any,
-) -> CompiledStateGraph:
+) -> FusionGraph:
     """Compile the fusion graph. `compile_kwargs` go to `compile` (checkpointer, store, ...).
 
     `context_schema` (a FusionContext subclass) adds settings of an extension's own: Studio, the
@@ -140,7 +149,7 @@ def build_graph(
     plain data; a request to the server cannot name an object (graph/model_objects.py).
     """
     if model_factory is default_model_factory:
-        start_client_prewarm()  # the clients' imports, in the background (graph/prewarm.py)
+        start_client_prewarm(prewarm_clients)  # the clients' imports, in the background
     if models:
         model_factory = ObjectModels(models, model_factory)
     answers = panel_cache(cache)
@@ -173,6 +182,26 @@ def build_graph(
     builder.add_edge("synthesis", END)
     builder.add_edge("finish", END)
     return builder.compile(name="fusion", cache=answers, **compile_kwargs)
+
+
+@asynccontextmanager
+async def open_graph(
+    checkpointer_url: str | None = None,
+    *,
+    model_factory: ModelFactory | None = None,
+    cache: bool | BaseCache | None = None,
+) -> AsyncIterator[FusionGraph]:
+    """The fusion graph compiled with the checkpointer (and cache) the server or CLI was given.
+
+    `async with open_graph(args.checkpointer, cache=args.cache) as graph:` around the process's
+    lifetime (one pool, one SQLite connection) rather than around each request.
+    """
+    async with open_checkpointer(checkpointer_url) as saver:
+        yield build_graph(
+            model_factory or default_model_factory,
+            checkpointer=saver,
+            cache=cache,
+        )
 
 
 graph = build_graph()

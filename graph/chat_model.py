@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
@@ -43,6 +44,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from fusiongraph.graph.config import CONTEXT_FIELDS, PRESET_ENV, FusionContext
+from fusiongraph.graph.deliberation import deliberation_tool
 from fusiongraph.graph.model_objects import place_models
 from fusiongraph.graph.models import aclose_models
 from fusiongraph.graph.runner import stream_run
@@ -137,7 +139,9 @@ def _inner_config(
     """The inner run's config: only the caller's tracers, nested under this model's run."""
     config = RunnableConfig(run_name="fusion")
     if run_manager is not None:
-        tracers = [h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)]
+        tracers: list[BaseCallbackHandler] = [
+            h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)
+        ]
         if tracers:
             config["callbacks"] = CallbackManager(
                 handlers=tracers,
@@ -351,9 +355,7 @@ class FusionChatModel(BaseChatModel):
         self, *, name: str = "deliberate", description: str | None = None
     ) -> BaseTool:
         """A LangChain tool an agent calls when a question deserves a panel's deliberation."""
-        from fusiongraph.graph.tool import fusion_tool
-
-        return fusion_tool(model=self, name=name, description=description)
+        return deliberation_tool(self, name=name, description=description)
 
     # --- running the graph -----------------------------------------------------------------
 
@@ -489,7 +491,7 @@ class FusionChatModel(BaseChatModel):
             self._graph(),
             messages,
             self._run_context(kwargs),
-            dict(_inner_config(run_manager)),
+            _inner_config(run_manager),
             progress=False,
         )
 

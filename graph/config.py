@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from fusiongraph.graph.answers import check_how
 from fusiongraph.graph.errors import FusionConfigError, field_path
 from fusiongraph.graph.limits import (
     DEFAULT_JUDGE_MAX_TOOL_CALLS,
@@ -28,7 +29,6 @@ from fusiongraph.graph.presets import (
 )
 from fusiongraph.graph.providers import missing_package, object_models_note
 from fusiongraph.graph.specs import ModelSpec, Price, ReasoningEffort, ToolMode
-from fusiongraph.nodes.answers import check_how
 from fusiongraph.tools.mcp import (
     MCP_SERVERS_ENV,
     McpServerSettings,

@@ -324,10 +324,11 @@ class DefaultModelFactory:
                 raise _no_object(spec)
         if prewarm_pending():  # the client stack a graph build started loading (prewarm.py)
             await asyncio.to_thread(wait_client_prewarm)
-        if any(spec.provider == "local" for spec in specs):
+        local = [spec.model for spec in specs if spec.provider == "local"]
+        if local:
             from fusiongraph.local_model.launcher import aensure_local_server
 
-            await aensure_local_server()
+            await aensure_local_server(models=local)
 
 
 default_model_factory = DefaultModelFactory()
@@ -372,6 +373,29 @@ _SAMPLE_CHUNK: dict[str, Any] = {
 
 
 @functools.cache
+def prewarm_clients() -> None:
+    """Load what a default model's first build loads (`_build_model`), without a request: the
+    client libraries, the CA bundle, anyio's backend and the SDK's types. graph/prewarm.py runs
+    it in the background when a graph is built."""
+    from langchain_openai import ChatOpenAI
+
+    from fusiongraph.graph.compat_openai import send_directly
+
+    _tls_context()  # the CA bundle, shared by every client
+    sync_http_client()
+    warm_client_stack()  # anyio's backend, the SDK's response types
+    # One throwaway model (no request is made) builds ChatOpenAI's validators and the SDK
+    # client classes the first real build would build.
+    model = ChatOpenAI(
+        model="prewarm",
+        api_key="prewarm",
+        base_url="http://127.0.0.1:9/v1",
+        http_client=sync_http_client(),
+        http_async_client=_http_client(DEFAULT_CALL_TIMEOUT_S),
+    )
+    send_directly(model)
+
+
 def warm_client_stack() -> None:
     """Do once, when the process builds its first model (dispatch, before any panelist's clock
     starts), what its first request would otherwise do lazily on a panelist's clock: anyio

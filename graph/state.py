@@ -61,7 +61,7 @@ class PanelTask(TypedDict):
     # The wave whose clock this branch shares (a cascade's rest has its own) and its quorum.
     wave: NotRequired[str]
     quorum: NotRequired[int | None]
-    # The resolved model spec and tool settings (nodes.dispatch.panel_identity): the cache key.
+    # The resolved model spec and tool settings (nodes.panel.panel_identity): the cache key.
     spec: NotRequired[dict[str, Any]]
     tools: NotRequired[dict[str, Any]]
 

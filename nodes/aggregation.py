@@ -5,7 +5,7 @@
   answer is the final answer verbatim. With the caller's tools bound (`synthesis_tools`, an
   agent needs tool calls from the final step) the synthesizer runs with the selection as its
   draft instead. A judge that fails, or names no response it was shown, falls back to synthesis.
-- `vote`: each answer is reduced to its final answer (nodes/answers.py, `vote_answer`) and
+- `vote`: each answer is reduced to its final answer (graph/answers.py, `vote_answer`) and
   counted; a clear winner is the answer, with no judge or synthesis call; a tie goes to the
   judge, which selects among the tied answers only.
 - `auto`: the request's kind picks one of the three (nodes/routing.py).
@@ -27,10 +27,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from fusiongraph.graph.answers import answers_agree, extract_answer, normalise_answer
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.state import FusionState, PanelResult, Usage
-from fusiongraph.nodes.answers import answers_agree, extract_answer, normalise_answer
 from fusiongraph.nodes.routing import auto_decision
 from fusiongraph.nodes.scheduling import scope_of
 

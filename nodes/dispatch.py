@@ -11,12 +11,10 @@ before any panelist's clock starts, and never counts against a panelist's timeou
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
 
-from langchain_core.messages import AnyMessage
 from langgraph.config import get_config
 from langgraph.runtime import get_runtime
 from langgraph.types import Send
@@ -32,19 +30,17 @@ from fusiongraph.graph.errors import FusionConfigError, FusionError
 from fusiongraph.graph.models import ModelFactory, close_model, prepare_models
 from fusiongraph.graph.pricing import worst_case_cost
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import FusionState, PanelTask
+from fusiongraph.graph.state import FusionState
 from fusiongraph.nodes.aggregation import event as aggregation_event
 from fusiongraph.nodes.aggregation import start as start_aggregation
-from fusiongraph.nodes.images import content_key
 from fusiongraph.nodes.images import prompt_chars as conversation_chars
 from fusiongraph.nodes.judge import judge_spec
 from fusiongraph.nodes.messages import check_conversation
-from fusiongraph.nodes.panel import panel_spec
+from fusiongraph.nodes.panel import panel_sends, panel_spec
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.routing import classifier_spec
-from fusiongraph.nodes.scheduling import PANEL_LATENCIES, RunScope, Wave, scope_of, take_start_turn
+from fusiongraph.nodes.scheduling import RunScope, scope_of, take_start_turn
 from fusiongraph.nodes.synthesis import synthesis_spec
-from fusiongraph.tools.mcp import servers_identity
 
 
 def make_dispatch(model_factory: ModelFactory):
@@ -140,87 +136,3 @@ def fan_out(state: FusionState) -> list[Send]:
         payload = {k: state[k] for k in ("plan", "run", "messages", "started_at", "aggregation")}
         sends.append(Send("classify", payload))
     return sends
-
-
-def panel_sends(
-    state: FusionState,
-    config: FusionConfig,
-    indices: list[int],
-    *,
-    wave: Wave = "first",
-    quorum: int | None = None,
-) -> list[Send]:
-    """The panelists at `indices` as Sends, the slowest-expected first (its request leaves
-    first: nodes/scheduling.py). A cascade's second wave (`rest`) has a clock of its own and the
-    quorum that is left."""
-    plan, scope = state["plan"], scope_of(state)
-    tasks: dict[int, PanelTask] = {}
-    for i in indices:
-        task: PanelTask = {
-            "panelist": f"p{i + 1}",
-            "index": i,
-            "run_key": state["run_key"],
-            "started_at": state["started_at"],
-            "messages": state["messages"],
-            "plan": plan,
-            "run": scope,
-            **panel_identity(config, i),
-        }
-        if wave != "first":
-            task["wave"] = wave
-            task["quorum"] = quorum
-        tasks[i] = task
-    order = PANEL_LATENCIES.slowest_first([config.panel[i].latency_key() for i in indices])
-    return [Send("panelist", tasks[indices[k]]) for k in order]
-
-
-def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
-    """What decides a panelist's answer besides the conversation: the resolved model spec (with
-    its endpoint and the run's panel token cap) and its tool settings. Carried in the Send
-    payload so the node cache can key on it (`panel_cache_key`)."""
-    spec = config.panel[index]
-    mode = config.panel_tool_mode(spec)
-    tools: dict[str, Any] = {"mode": mode}
-    if mode != "off":
-        tools["search"] = config.search.model_dump(mode="json")
-        tools["fetch"] = config.fetch.model_dump(mode="json")
-        if mode == "agentic":
-            tools["max_tool_calls"] = config.panel_max_tool_calls(spec)
-            if config.mcp_servers:  # another server, or the same one reached otherwise
-                tools["mcp_servers"] = servers_identity(config.mcp_servers)
-    return {
-        "spec": {
-            **spec.model_dump(mode="json", exclude={"price"}),
-            "base_url": spec.resolved_base_url(),
-            "max_tokens": spec.max_tokens or config.panel_max_tokens,
-            "reasoning_effort": panel_spec(config, index).reasoning_effort,
-        },
-        "tools": tools,
-    }
-
-
-def _message_key(message: AnyMessage) -> dict[str, Any]:
-    # Message ids are new on every request, so they stay out of the key.
-    return {
-        "type": message.type,
-        "content": content_key(message.content),  # an image as its digest
-        "name": message.name,
-        "tool_calls": getattr(message, "tool_calls", None) or None,
-        "tool_call_id": getattr(message, "tool_call_id", None),
-    }
-
-
-def panel_cache_key(task: PanelTask) -> str:
-    """Node-cache key of one panel answer: same panelist slot, same resolved model and tools,
-    same conversation. Leaves out run_key, started_at and the run's scope, which differ on every
-    run."""
-    return json.dumps(
-        {
-            "panelist": task["panelist"],
-            "spec": task.get("spec"),
-            "tools": task.get("tools"),
-            "messages": [_message_key(m) for m in task["messages"]],
-        },
-        sort_keys=True,
-        default=str,
-    )

@@ -16,7 +16,7 @@ from langgraph.types import Send
 
 from fusiongraph.graph.state import FusionState
 from fusiongraph.nodes.aggregation import after_panel, answered
-from fusiongraph.nodes.dispatch import panel_sends
+from fusiongraph.nodes.panel import panel_sends
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.scheduling import scope_of
 

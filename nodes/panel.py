@@ -5,14 +5,21 @@ the operator's MCP servers), `prefetch` (search the question once, fetch the top
 from them: for models without tool calling) and `off`. A failing panelist never fails the run:
 it returns a result with `error` set. A panelist whose spec (or model profile) accepts images
 is sent the conversation's images; the others get a note in place of each (nodes/images.py).
+
+How a panelist is sent lives here too: the Send of each (`panel_sends`, used by dispatch for the
+first wave and by the gate for a cascade's rest) and the key its cached answer is stored under
+(`panel_cache_key`).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage
+from langgraph.types import Send
 
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import (
@@ -24,21 +31,22 @@ from fusiongraph.graph.models import (
 )
 from fusiongraph.graph.reasoning import with_effort
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import PanelResult, PanelTask
+from fusiongraph.graph.state import FusionState, PanelResult, PanelTask
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import cut_error, describe, failure_reason
-from fusiongraph.nodes.images import accepts_images, count_images, without_images
+from fusiongraph.nodes.images import accepts_images, content_key, count_images, without_images
 from fusiongraph.nodes.messages import flatten_tool_history, last_user_text, text_of, with_system
 from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.scheduling import (
     PANEL_LATENCIES,
     PanelClock,
     PanelDeadline,
+    Wave,
     run_deadline_cutoff,
     scope_of,
 )
 from fusiongraph.nodes.tool_loop import ToolTally, run_tool_loop
-from fusiongraph.tools.mcp import mcp_tools
+from fusiongraph.tools.mcp import mcp_tools, servers_identity
 from fusiongraph.tools.web import make_web_tools, prefetch_context
 
 NOSTREAM = {"tags": ["nostream", "fusion:panel"]}
@@ -198,3 +206,90 @@ def make_panelist(model_factory: ModelFactory):
         return {"panel": [result]}
 
     return panelist
+
+
+# --- how a panelist is sent, and what its cached answer is keyed on ------------------------
+
+
+def panel_sends(
+    state: FusionState,
+    config: FusionConfig,
+    indices: list[int],
+    *,
+    wave: Wave = "first",
+    quorum: int | None = None,
+) -> list[Send]:
+    """The panelists at `indices` as Sends, the slowest-expected first (its request leaves
+    first: nodes/scheduling.py). A cascade's second wave (`rest`) has a clock of its own and the
+    quorum that is left."""
+    plan, scope = state["plan"], scope_of(state)
+    tasks: dict[int, PanelTask] = {}
+    for i in indices:
+        task: PanelTask = {
+            "panelist": f"p{i + 1}",
+            "index": i,
+            "run_key": state["run_key"],
+            "started_at": state["started_at"],
+            "messages": state["messages"],
+            "plan": plan,
+            "run": scope,
+            **panel_identity(config, i),
+        }
+        if wave != "first":
+            task["wave"] = wave
+            task["quorum"] = quorum
+        tasks[i] = task
+    order = PANEL_LATENCIES.slowest_first([config.panel[i].latency_key() for i in indices])
+    return [Send("panelist", tasks[indices[k]]) for k in order]
+
+
+def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
+    """What decides a panelist's answer besides the conversation: the resolved model spec (with
+    its endpoint and the run's panel token cap) and its tool settings. Carried in the Send
+    payload so the node cache can key on it (`panel_cache_key`)."""
+    spec = config.panel[index]
+    mode = config.panel_tool_mode(spec)
+    tools: dict[str, Any] = {"mode": mode}
+    if mode != "off":
+        tools["search"] = config.search.model_dump(mode="json")
+        tools["fetch"] = config.fetch.model_dump(mode="json")
+        if mode == "agentic":
+            tools["max_tool_calls"] = config.panel_max_tool_calls(spec)
+            if config.mcp_servers:  # another server, or the same one reached otherwise
+                tools["mcp_servers"] = servers_identity(config.mcp_servers)
+    return {
+        "spec": {
+            **spec.model_dump(mode="json", exclude={"price"}),
+            "base_url": spec.resolved_base_url(),
+            "max_tokens": spec.max_tokens or config.panel_max_tokens,
+            "reasoning_effort": panel_spec(config, index).reasoning_effort,
+        },
+        "tools": tools,
+    }
+
+
+def _message_key(message: AnyMessage) -> dict[str, Any]:
+    # Message ids are new on every request, so they stay out of the key.
+    return {
+        "type": message.type,
+        "content": content_key(message.content),  # an image as its digest
+        "name": message.name,
+        "tool_calls": getattr(message, "tool_calls", None) or None,
+        "tool_call_id": getattr(message, "tool_call_id", None),
+    }
+
+
+def panel_cache_key(task: PanelTask) -> str:
+    """Node-cache key of one panel answer: same panelist slot, same resolved model and tools,
+    same conversation. Leaves out run_key, started_at and the run's scope, which differ on every
+    run."""
+    return json.dumps(
+        {
+            "panelist": task["panelist"],
+            "spec": task.get("spec"),
+            "tools": task.get("tools"),
+            "messages": [_message_key(m) for m in task["messages"]],
+        },
+        sort_keys=True,
+        default=str,
+    )

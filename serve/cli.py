@@ -164,7 +164,7 @@ async def _ask(
     thread: str | None,
     cache: str | None,
 ) -> int:
-    from fusiongraph.graph.persistence import open_graph
+    from fusiongraph.graph.builder import open_graph
     from fusiongraph.graph.threads import ThreadPlan, digest, plan_thread
 
     async with open_graph(checkpointer, cache=open_cache(cache)) as graph:
@@ -505,11 +505,28 @@ def mcp_command(
 
 
 @local_app.command("start")
-def local_start() -> None:
+def local_start(
+    preset: Annotated[
+        str, typer.Option(help="Serve the local models of this preset (e.g. local-panel).")
+    ] = "local",
+) -> None:
     """Start the local model server (or reuse the running one) and leave it running."""
+    from fusiongraph.graph.config import PRESETS, expand
+    from fusiongraph.graph.specs import ModelSpec
     from fusiongraph.local_model.launcher import ensure_local_server
+    from fusiongraph.local_model.settings import LocalServerError
 
-    console.print(f"local model server: {ensure_local_server(detach=True)}")
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"known: {', '.join(PRESETS)}", param_hint="--preset")
+    plan, _ = expand(preset, {})
+    roles = (*plan["panel"], plan["judge"], plan["synthesizer"])
+    models = [m.model for m in map(ModelSpec.model_validate, roles) if m.provider == "local"]
+    try:
+        url = ensure_local_server(detach=True, models=models)
+    except LocalServerError as exc:
+        err_console.print(f"[red]cannot start the local model server:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    console.print(f"local model server: {url}")
 
 
 @local_app.command("stop")

@@ -18,11 +18,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from fusiongraph.graph.config import OPERATOR_ONLY, FusionContext
+from fusiongraph.graph.deliberation import deliberation_messages, render
 from fusiongraph.graph.errors import field_path
 from fusiongraph.graph.presets import PRESETS
 from fusiongraph.graph.providers import OBJECT_PROVIDER
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.tool import deliberation_messages, render
 from fusiongraph.serve.openai_protocol import SPEC_FORBIDDEN, RequestSpec, openapi_schema
 
 TOOL_NAME = "deliberate"

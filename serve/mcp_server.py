@@ -342,12 +342,9 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover - `python -m` entry
-    """`python -m fusiongraph.serve.mcp_server [ARGS]`: the same as `fusiongraph mcp [ARGS]`."""
+if __name__ == "__main__":  # pragma: no cover
+    # `python -m fusiongraph.serve.mcp_server [ARGS]`: the same as `fusiongraph mcp [ARGS]`. Run
+    # so, this file is the module `__main__`: the CLI it imports imports this module anew.
     from fusiongraph.serve.cli import app
 
-    app(["mcp", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    app(["mcp", *sys.argv[1:]])

@@ -28,10 +28,10 @@ from langchain_core.messages import AIMessage
 from langgraph.graph.state import CompiledStateGraph
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from fusiongraph.graph.builder import open_graph
 from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.errors import FusionConfigError, FusionError
 from fusiongraph.graph.models import aclose_models
-from fusiongraph.graph.persistence import open_graph
 from fusiongraph.graph.presets import PRESETS
 from fusiongraph.graph.runner import RunEvent
 from fusiongraph.graph.shared_cache import open_cache

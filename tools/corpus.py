@@ -20,6 +20,8 @@ from urllib.parse import quote, unquote
 from langchain_core.documents import Document
 from rank_bm25 import BM25Plus
 
+from fusiongraph.tools.settings import SAMPLE_CORPUS
+
 SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
 CHUNK_CHARS = 1500
 SCHEME = "corpus://"
@@ -215,8 +217,6 @@ _LOCK = threading.Lock()
 
 def resolve_corpus_dir(corpus_dir: str | Path | None) -> Path:
     """The configured folder, or the sample corpus shipped with the package."""
-    from fusiongraph.tools.settings import SAMPLE_CORPUS
-
     return Path(corpus_dir).expanduser().resolve() if corpus_dir else SAMPLE_CORPUS.resolve()
 
 

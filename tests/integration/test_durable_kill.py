@@ -36,7 +36,8 @@ import asyncio, json, sys
 
 from langchain_core.messages import HumanMessage
 
-from fusiongraph.graph.persistence import has_unfinished_run, open_graph
+from fusiongraph.graph.builder import open_graph
+from fusiongraph.graph.persistence import has_unfinished_run
 
 
 async def main(url: str, base: str, thread_id: str) -> None:

@@ -23,7 +23,6 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from fusiongraph.graph.presets import LOCAL_MODEL_ALIAS
 from fusiongraph.local_model import launcher, server, settings
 from fusiongraph.local_model.launcher import (
     aensure_local_server,
@@ -31,7 +30,7 @@ from fusiongraph.local_model.launcher import (
     server_status,
     stop_local_server,
 )
-from fusiongraph.local_model.settings import LocalServerError, local_base_url
+from fusiongraph.local_model.settings import LOCAL_MODEL_ALIAS, LocalServerError, local_base_url
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration

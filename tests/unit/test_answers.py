@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fusiongraph.nodes.answers import answers_agree, check_how, extract_answer, normalise_answer
+from fusiongraph.graph.answers import answers_agree, check_how, extract_answer, normalise_answer
 
 EXTRACTED = [
     # (text, how, extracted as written, normalised)

@@ -29,7 +29,7 @@ from fusiongraph.graph.persistence import (
     parse_checkpointer_url,
 )
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.nodes.dispatch import panel_cache_key
+from fusiongraph.nodes.panel import panel_cache_key
 from tests.support.fakes import FakeFactory, Script, ScriptedChatModel, fake_context, judge_json
 
 BASE = "http://127.0.0.1:9/v1"  # never dialled: the fakes answer

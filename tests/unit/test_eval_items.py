@@ -13,7 +13,7 @@ import pytest
 
 from fusiongraph.evals.items import SUITES, EvalItem, EvalTaskError, load_items
 from fusiongraph.evals.suites import MATH_POOL, TEMPLATES, math_items
-from fusiongraph.nodes.answers import normalise_answer
+from fusiongraph.graph.answers import normalise_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tools" / "sample_corpus"

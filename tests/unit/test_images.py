@@ -24,7 +24,6 @@ from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.nodes import panel as panel_node
 from fusiongraph.nodes import prompts
-from fusiongraph.nodes.dispatch import panel_cache_key
 from fusiongraph.nodes.images import (
     IMAGE_OMITTED,
     MAX_IMAGE_BYTES,
@@ -33,6 +32,7 @@ from fusiongraph.nodes.images import (
     without_images,
 )
 from fusiongraph.nodes.messages import check_conversation
+from fusiongraph.nodes.panel import panel_cache_key
 from fusiongraph.serve.openai_request import RequestLimits
 from fusiongraph.serve.server import create_app
 from tests.support.fakes import FakeFactory, ScriptedChatModel, judge_json

@@ -16,7 +16,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.config import OPERATOR_ONLY, FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionConfigError
-from fusiongraph.nodes.dispatch import panel_cache_key, panel_identity
+from fusiongraph.nodes.panel import panel_cache_key, panel_identity
 from fusiongraph.serve.openai_errors import OpenAIError
 from fusiongraph.serve.openai_protocol import fusion_options_model
 from fusiongraph.serve.openai_request import fusion_overrides

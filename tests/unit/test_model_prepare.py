@@ -12,9 +12,9 @@ from langchain_core.messages import HumanMessage
 
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.models import default_model_factory
-from fusiongraph.graph.presets import LOCAL_MODEL_ALIAS
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.local_model import launcher
+from fusiongraph.local_model.settings import LOCAL_MODEL_ALIAS
 from tests.support.fakes import FakeFactory, fake_context, judge_json
 
 LOCAL = f"local:{LOCAL_MODEL_ALIAS}"

@@ -21,7 +21,7 @@ from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionConfigError
 from fusiongraph.graph.reasoning import chat_openai_kwargs, effort_is_mapped
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.nodes.dispatch import panel_identity
+from fusiongraph.nodes.panel import panel_identity
 from fusiongraph.serve.server import create_app
 from tests.support.servers import running_server
 from tests.support.upstream import FakeUpstream, RequestRecord, UpstreamServer

@@ -11,6 +11,7 @@ import yaml
 from langgraph.cache.redis import RedisCache
 
 from fusiongraph.graph import prewarm
+from fusiongraph.graph.models import prewarm_clients
 from fusiongraph.graph.shared_cache import open_cache, parse_cache_url
 from fusiongraph.serve.cli import app
 
@@ -87,9 +88,9 @@ def test_the_image_runs_the_serve_command() -> None:
 
 def test_prewarm_loads_the_client_stack_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prewarm, "_thread", None)
-    prewarm.start_client_prewarm()
+    prewarm.start_client_prewarm(prewarm_clients)
     first = prewarm._thread
-    prewarm.start_client_prewarm()
+    prewarm.start_client_prewarm(prewarm_clients)
     assert prewarm._thread is first is not None
     prewarm.wait_client_prewarm()
     assert not prewarm.prewarm_pending()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from fusiongraph.nodes.answers import answers_agree
+from fusiongraph.graph.answers import answers_agree
 from tests.support.upstream import UpstreamServer
 
 
