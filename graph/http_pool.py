@@ -4,7 +4,7 @@ httpcore walks every connection of a pool each time a request is queued or a res
 (closed? expired? idle? and, per idle connection, a count of all the idle ones), so a pool's CPU
 per request grows with the connections it holds. A server with 200 runs in flight holds 600
 panel connections: in one pool that walk was the largest single item of the server's CPU under
-load (12 % of it, bench item 4). `ShardedTransport` spreads requests over a few pools, each
+load (bench item 4). `ShardedTransport` spreads requests over a few pools, each
 request to the pool with the fewest in flight (the first on a tie, so a quiet server keeps
 reusing one pool's warm connections), which cuts the walk by the number of pools.
 """
