@@ -1,0 +1,315 @@
+"""`verify`: the panel's answers checked by execution, not by a judge's opinion.
+
+On code, geometry and math a judge's opinion of which answer is right is weak, and rewriting
+from a summary is worse; running the answers is what works (CodeT: candidates run on generated
+tests, picked by dual execution agreement; AlphaCode: candidates clustered by behaviour on
+generated inputs; program-aided answers check arithmetic by running it). The two decisions,
+on plain data, with the sandbox (fusiongraph.tools.sandbox) as the only runner:
+
+- `verify_code`: every panel answer's code is a candidate; the tests are the caller's (unit
+  tests, or input/expected pairs) or the judge's (`JudgeTests`: inputs, expected outputs and the
+  reasoning per case). Every candidate runs on every test; candidates with identical outputs on
+  every input form a group (behavioural agreement). The winner: most tests passed, then the
+  largest group, then the judge's preference. When nothing runs or nothing passes, the record
+  says to fall back to `select`, and why.
+- `verify_math`: each answer's final value (as the vote extracts it), and a short program the
+  judge wrote (`JudgeProgram`) run in the sandbox: the answer the program's output confirms
+  wins, else the vote's; a disagreement between them is recorded.
+
+The record of each is what `fusion.aggregation.verify` holds: the tests and where they came
+from, each candidate's pass/fail per test and outputs, the groups, the program and its output,
+why the winner won, and the sandbox's time. A judge that writes a wrong test misleads verify;
+the record shows it as a test every candidate fails, or one the winner fails while the group
+that agrees on all other tests passes.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from fusiongraph.graph.answers import extract_answer, extract_code, normalise_answer
+from fusiongraph.tools.check_cases import Case, convert, run_tests
+from fusiongraph.tools.sandbox import (
+    Backend,
+    Call,
+    CallOutcome,
+    Limits,
+    run_calls,
+    run_program,
+)
+from fusiongraph.tools.sandbox_harness import encode
+
+__all__ = ["ExpectedCall", "JudgeProgram", "JudgeTests", "verify_code", "verify_math"]
+
+MAX_SHOWN_CHARS = 300
+TestSource = Literal["caller", "judge"]
+
+
+class ExpectedCall(BaseModel):
+    """One test the judge (or the caller) writes: the arguments, the expected result, and why
+    that result is right."""
+
+    args: list[Any] = Field(description="the positional arguments of the call, as JSON values")
+    expected: Any = Field(description="the result the function must return, as a JSON value")
+    reasoning: str = Field(default="", description="why that is the right result")
+
+
+class JudgeTests(BaseModel):
+    """What the judge writes for `verify` on code: the function to call and its tests."""
+
+    entry_point: str = Field(description="the name of the function the answers must define")
+    tests: list[ExpectedCall] = Field(
+        description="inputs with expected outputs, edge cases included"
+    )
+
+
+class JudgeProgram(BaseModel):
+    """What the judge writes for `verify` on math: a program that prints the answer."""
+
+    program: str = Field(description="Python (standard library only) printing the final answer")
+    reasoning: str = Field(default="", description="how the program computes it")
+
+
+def verify_code(
+    answers: Mapping[str, str],
+    *,
+    entry_point: str | None = None,
+    unit_tests: str | None = None,
+    pairs: Sequence[ExpectedCall] = (),
+    source: TestSource = "judge",
+    preference: Sequence[str] = (),
+    limits: Limits | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Run every answer's code on every test and pick the winner (see the module docstring).
+    `answers`: label -> the panelist's reply; `unit_tests` (the caller's, in the eval's test
+    form) or `pairs`; `preference`: labels, best first, as the judge ranked them."""
+    limits = limits or Limits()
+    codes = {label: extract_code(text) for label, text in answers.items()}
+    entry = entry_point or _common_entry_point(codes.values())
+    record: dict[str, Any] = {
+        "kind": "code",
+        "tests": {"source": source, "entry_point": entry, "cases": [], "conversion": None},
+        "candidates": {},
+        "groups": [],
+        "winner": None,
+        "why": "",
+        "fallback": None,
+        "sandbox_s": 0.0,
+    }
+    if entry is None:
+        return _fallback(record, "no function to call: the answers define none in common")
+    cases, conversion = _cases(entry, unit_tests, pairs, backend)
+    record["tests"]["conversion"] = conversion
+    record["tests"]["cases"] = [_shown_case(entry, case) for case in cases]
+    if unit_tests and not cases:
+        return _run_whole_tests(record, codes, unit_tests, entry, limits, backend, preference)
+    if not cases:
+        return _fallback(record, "no tests to run")
+    calls = [Call(entry, case.args, case.kwargs) for case in cases]
+    signatures: dict[str, str] = {}
+    for label, code in codes.items():
+        ran = run_calls(code, calls, limits=limits, backend=backend)
+        record["sandbox_s"] += ran.seconds
+        passed = [case.judge(outcome) for case, outcome in zip(cases, ran.outcomes, strict=True)]
+        record["candidates"][label] = {
+            "ran": ran.reason,
+            "passed": passed,
+            "outputs": [_shown_outcome(o) for o in ran.outcomes],
+            "error": ran.error[-MAX_SHOWN_CHARS:],
+        }
+        if ran.reason == "completed":
+            signatures[label] = _signature(ran.outcomes)
+    record["groups"] = _groups(signatures, list(codes))
+    return _decide(record, preference)
+
+
+def _cases(
+    entry: str, unit_tests: str | None, pairs: Sequence[ExpectedCall], backend: Backend | None
+) -> tuple[list[Case], str | None]:
+    if unit_tests:
+        conversion = convert(unit_tests, entry, backend=backend)
+        return list(conversion.cases or ()), conversion.note
+    return [
+        Case("eq", tuple(pair.args), {}, expected=pair.expected, source=pair.reasoning)
+        for pair in pairs
+    ], None
+
+
+def _run_whole_tests(
+    record: dict[str, Any],
+    codes: Mapping[str, str],
+    unit_tests: str,
+    entry: str,
+    limits: Limits,
+    backend: Backend | None,
+    preference: Sequence[str],
+) -> dict[str, Any]:
+    """Unit tests that do not convert to cases: one pass/fail per candidate, no groups."""
+    record["tests"]["cases"] = [{"call": "the caller's unit tests, as written", "expected": ""}]
+    for label, code in codes.items():
+        result = run_tests(code, unit_tests, entry, limits=limits, backend=backend)
+        record["sandbox_s"] += result.seconds
+        record["candidates"][label] = {
+            "ran": result.reason,
+            "passed": [result.passed],
+            "outputs": [],
+            "error": result.error[-MAX_SHOWN_CHARS:],
+        }
+    record["groups"] = [[label] for label in codes]
+    return _decide(record, preference)
+
+
+def _decide(record: dict[str, Any], preference: Sequence[str]) -> dict[str, Any]:
+    candidates = record["candidates"]
+    if not any(c["ran"] in ("completed", "passed", "failed") for c in candidates.values()):
+        return _fallback(record, "no candidate ran")
+    scores = {label: sum(c["passed"]) for label, c in candidates.items()}
+    if max(scores.values(), default=0) == 0:
+        return _fallback(record, "no candidate passed any test")
+    group_of = {label: len(group) for group in record["groups"] for label in group}
+    rank = {label: i for i, label in enumerate(preference)}
+    order = list(candidates)
+    winner = max(
+        order,
+        key=lambda label: (
+            scores[label],
+            group_of.get(label, 1),
+            -rank.get(label, len(rank) + order.index(label)),
+        ),
+    )
+    total = len(candidates[winner]["passed"])
+    why = f"{winner} passed {scores[winner]} of {total} tests"
+    tied = [label for label in order if label != winner and scores[label] == scores[winner]]
+    if tied:
+        peers = [label for label in tied if group_of.get(label, 1) == group_of.get(winner, 1)]
+        if len(peers) < len(tied):
+            why += "; of those that did as well, its behaviour is shared by the most answers"
+        else:
+            why += f"; tied with {', '.join(peers)} on tests and agreement: the judge preferred it"
+    record.update(winner=winner, why=why)
+    return record
+
+
+def _fallback(record: dict[str, Any], why: str) -> dict[str, Any]:
+    record.update(winner=None, fallback="select", why=f"{why}: the judge selects instead")
+    return record
+
+
+def _signature(outcomes: Sequence[CallOutcome | None]) -> str:
+    """What a candidate did on every input, comparable across candidates."""
+    return json.dumps(
+        [
+            ["ok", encode(o.value)] if o and o.ok else ["error", (o.error or "")[:80] if o else ""]
+            for o in outcomes
+        ],
+        sort_keys=True,
+    )
+
+
+def _groups(signatures: Mapping[str, str], order: Sequence[str]) -> list[list[str]]:
+    """Candidates with identical behaviour, largest group first; one that did not complete is
+    a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for label in order:
+        groups.setdefault(signatures.get(label, f"incomplete:{label}"), []).append(label)
+    return sorted(groups.values(), key=lambda g: (-len(g), order.index(g[0])))
+
+
+def _common_entry_point(codes: Sequence[str] | Any) -> str | None:
+    """The function most answers define at top level (the first one each defines)."""
+    names = []
+    for code in codes:
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            continue
+        first = next((n.name for n in tree.body if isinstance(n, ast.FunctionDef)), None)
+        if first:
+            names.append(first)
+    return Counter(names).most_common(1)[0][0] if names else None
+
+
+def _shown_case(entry: str, case: Case) -> dict[str, Any]:
+    arguments = ", ".join(repr(a) for a in case.args)
+    return {
+        "call": f"{entry}({arguments})"[:MAX_SHOWN_CHARS],
+        "expected": repr(case.expected)[:MAX_SHOWN_CHARS],
+        "check": case.kind,
+        "reasoning": case.source[:MAX_SHOWN_CHARS],
+    }
+
+
+def _shown_outcome(outcome: CallOutcome | None) -> str:
+    if outcome is None:
+        return "(not run)"
+    if outcome.ok:
+        return repr(outcome.value)[:MAX_SHOWN_CHARS]
+    return f"error: {(outcome.error or '').strip().splitlines()[-1:]}"[:MAX_SHOWN_CHARS]
+
+
+def verify_math(
+    answers: Mapping[str, str],
+    program: str,
+    *,
+    how: str = "auto",
+    limits: Limits | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Each answer's final value against what the judge's `program` prints (its last line)."""
+    finals = {}
+    for label, text in answers.items():
+        value = extract_answer(text, how)
+        finals[label] = normalise_answer(value) if value else None
+    ran = run_program(program, limits=limits or Limits(), backend=backend)
+    lines = [line for line in ran.stdout.splitlines() if line.strip()]
+    computed = None
+    if ran.reason == "exited" and ran.exit_code == 0 and lines:
+        value = extract_answer(lines[-1], how) or lines[-1].strip()
+        computed = normalise_answer(value)
+    votes = Counter(v for v in finals.values() if v is not None)
+    ranked = votes.most_common()
+    vote_winner = (
+        ranked[0][0] if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None
+    )
+    confirmed = [label for label, value in finals.items() if computed and value == computed]
+    record: dict[str, Any] = {
+        "kind": "math",
+        "finals": finals,
+        "program": program,
+        "program_output": {
+            "ran": ran.reason,
+            "exit_code": ran.exit_code,
+            "stdout": ran.stdout[-MAX_SHOWN_CHARS:],
+            "stderr": ran.stderr[-MAX_SHOWN_CHARS:],
+        },
+        "computed": computed,
+        "confirmed": confirmed,
+        "vote": dict(votes),
+        "winner": None,
+        "disagreement": bool(computed and vote_winner and computed != vote_winner),
+        "why": "",
+        "fallback": None,
+        "sandbox_s": ran.seconds,
+    }
+    if confirmed:
+        winner = max(confirmed, key=lambda label: votes[finals[label]])
+        record.update(winner=winner, why=f"the program computed {computed}, as {winner} answered")
+        if record["disagreement"]:
+            record["why"] += f" (the vote's majority said {vote_winner})"
+    elif vote_winner is not None:
+        winner = next(label for label, value in finals.items() if value == vote_winner)
+        shown = f"computed {computed}" if computed else f"did not compute ({ran.reason})"
+        record.update(
+            winner=winner,
+            why=f"the program {shown}; no answer matches it, so the vote's {vote_winner} stands",
+        )
+    else:
+        _fallback(record, "neither the program nor the vote decides")
+    return record
