@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 from langchain_core.language_models import BaseChatModel
+from pydantic import SecretStr
 
 from fusiongraph.graph.errors import FusionConfigError
 from fusiongraph.graph.http_pool import ShardedTransport
@@ -388,7 +389,7 @@ def prewarm_clients() -> None:
     # client classes the first real build would build.
     model = ChatOpenAI(
         model="prewarm",
-        api_key="prewarm",
+        api_key=SecretStr("prewarm"),
         base_url="http://127.0.0.1:9/v1",
         http_client=sync_http_client(),
         http_async_client=_http_client(DEFAULT_CALL_TIMEOUT_S),
@@ -455,9 +456,9 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
     model = ChatOpenAI(
         model=spec.model,
         base_url=spec.resolved_base_url(),
-        api_key=_api_key(spec),
+        api_key=SecretStr(_api_key(spec)),
         temperature=spec.temperature,
-        max_tokens=spec.max_tokens,
+        max_completion_tokens=spec.max_tokens,  # the field max_tokens, by its alias
         timeout=timeout,
         max_retries=2,
         stream_usage=True,

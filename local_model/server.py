@@ -162,6 +162,35 @@ def _replay(message: dict[str, Any], receive: Any) -> Any:
     return replayed
 
 
+def _keep_every_model_loaded(proxy_cls: Any) -> None:
+    """Patch llama_cpp.server's LlamaProxy to load every configured model once, at startup.
+
+    As shipped, it holds one model at a time and closes it to load the next one asked for, so a
+    heterogeneous panel would reload weights on every call. Requests for a name it does not
+    serve still get the default (first) model, as before.
+    """
+    base_init = proxy_cls.__init__
+
+    def __init__(self: Any, models: Any) -> None:
+        base_init(self, models)  # loads the default model
+        self._fg_loaded = {self._default_model_alias: self._current_model}
+        for alias, settings in self._model_settings_dict.items():
+            if alias not in self._fg_loaded:
+                self._fg_loaded[alias] = self.load_llama_from_model_settings(settings)
+
+    def __call__(self: Any, model: str | None = None) -> Any:
+        return self._fg_loaded.get(model, self._fg_loaded[self._default_model_alias])
+
+    def free(self: Any) -> None:
+        for llama in self._fg_loaded.values():
+            llama.close()
+        self._fg_loaded.clear()
+
+    proxy_cls.__init__ = __init__
+    proxy_cls.__call__ = __call__
+    proxy_cls.free = free
+
+
 def _serve_main(argv: list[str]) -> None:
     """Run llama_cpp.server's app with fixes for llama-cpp-python 0.3.36.
 
@@ -173,12 +202,14 @@ def _serve_main(argv: list[str]) -> None:
        (`NormalizeChatRequests`, around the app `llama_cpp.server.app.create_app` builds).
     3. Streams end with an OpenAI-style usage chunk when the client asked for one: the server
        never sends usage while streaming, so streamed calls would report no token counts.
+    4. Every configured model stays loaded (`_keep_every_model_loaded`).
     """
     _exit_with_parent()
     import llama_cpp
     import llama_cpp.llama_cpp as llama_lib
     import uvicorn
     from llama_cpp.server.app import create_app
+    from llama_cpp.server.model import LlamaProxy
     from llama_cpp.server.settings import ConfigFileSettings, ServerSettings
 
     parser = argparse.ArgumentParser(prog="fusiongraph.local_model.server")
@@ -238,6 +269,7 @@ def _serve_main(argv: list[str]) -> None:
 
     llama_cls.generate = generate
     llama_cls.create_chat_completion = create_chat_completion
+    _keep_every_model_loaded(LlamaProxy)
 
     settings = ConfigFileSettings.model_validate_json(Path(config_file).read_bytes())
     server_settings = ServerSettings.model_validate(settings)
