@@ -6,12 +6,14 @@ pipefail`. Models are the fake OpenAI-compatible upstream (tests/support/upstrea
 provider endpoints point at it, as an operator points them at a gateway, and `fusion` defaults to
 the `quality` preset on it instead of starting the bundled llama.cpp model. A page whose blocks
 talk to `fusiongraph serve` on 127.0.0.1:8000 gets the real app on a free loopback port instead.
-Blocks fenced ```sh or ```py are shown, not run: they start a server, need Docker or the
-internet, or run the bundled model for minutes (docs/architecture.md says so to contributors).
+Blocks fenced ```sh or ```py are shown, not run (they start a server, need Docker or the
+internet, or run the bundled model for minutes; docs/architecture.md says so to contributors),
+but they must still parse, as must every ```json block.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -110,3 +112,16 @@ def test_the_docs_run_blocks_of_both_kinds() -> None:
         f"fences {fences - {'python', 'bash', *shown}}: run it as python or bash, show it as py or "
         "sh, or add a language that is not code to run to `shown`"
     )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_the_blocks_that_only_show_still_parse(page: Path) -> None:
+    """A shown block (`py`, `sh`, `json`) is not run, but a reader may paste it: it must parse."""
+    text = page.read_text()
+    for number, code in enumerate(grab_code_blocks(text, lang="py"), 1):
+        compile(code, f"{page.name}, py block {number}", "exec")
+    for code in grab_code_blocks(text, lang="sh"):
+        done = subprocess.run(["bash", "-n", "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, f"{page.name}: {code}\n{done.stderr}"
+    for code in grab_code_blocks(text, lang="json"):
+        json.loads(code)
