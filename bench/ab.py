@@ -1,6 +1,7 @@
 """Two checkouts side by side: `bench.run` on each in turn (A B A B ...), then one table.
 
     python -m bench.ab BEFORE_TREE AFTER_TREE [--pairs 2] -- --items 1,2,4 --scale 1 --runs 10
+    python -m bench.ab . . --after-env FUSIONGRAPH_PUBLIC_APIS_ONLY=1 -- --items 1 --scale 1
 
 Each tree is a checkout of this repository (`git worktree add /tmp/before <commit>`). Its code
 runs from an overlay directory whose `fusiongraph` package maps onto that tree's folders, so one
@@ -8,7 +9,8 @@ virtual environment serves both and the editable install of the main checkout is
 arm's package path is checked before it runs. Each arm runs its own tree's `bench.run` with the
 arguments after `--`; taking turns spreads the machine's drift over both arms. The samples of an
 arm's runs are pooled: the table shows percentiles over all of them, and the JSON goes to
-bench/results/ab-*.json.
+bench/results/ab-*.json. `--before-env`/`--after-env KEY=VALUE` set a variable for one arm only
+(the same tree twice compares a switch).
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def overlay(tree: Path, into: Path) -> Path:
     return into
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def _env(extra: list[str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return env | dict(item.split("=", 1) for item in extra or [])
 
 
 def commit(tree: Path) -> str:
@@ -68,12 +71,12 @@ def commit(tree: Path) -> str:
     ).stdout.strip()
 
 
-def run_arm(where: Path, bench_args: list[str]) -> dict[str, Any]:
-    """One `bench.run` in `where`; its JSON results."""
+def run_arm(where: Path, bench_args: list[str], env: list[str]) -> dict[str, Any]:
+    """One `bench.run` in `where` (with `env`'s KEY=VALUE set); its JSON results."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", *bench_args],
         cwd=where,
-        env=_env(),
+        env=_env(env),
         capture_output=True,
         text=True,
     )
@@ -131,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--pairs", type=int, default=2, help="runs of each arm, alternating")
+    for arm in ("before", "after"):
+        parser.add_argument(f"--{arm}-env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv[:split])
     bench_args = argv[split + 1 :]
     arms = {"before": args.before, "after": args.after}
+    envs = {"before": args.before_env, "after": args.after_env}
     commits = {name: commit(tree) for name, tree in arms.items()}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
     started = time.monotonic()
@@ -142,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         for pair in range(args.pairs):
             for name in arms:
                 print(f"pair {pair + 1}/{args.pairs}: {name} ({commits[name]})", flush=True)
-                results[name].append(run_arm(where[name], bench_args))
+                results[name].append(run_arm(where[name], bench_args, envs[name]))
     table = {name: measures(runs) for name, runs in results.items()}
-    command = f"python -m bench.ab {args.before} {args.after} --pairs {args.pairs} -- " + " ".join(
-        bench_args
-    )
+    flags = [f"--{name}-env {item}" for name in arms for item in envs[name]]
+    head = ["python -m bench.ab", str(args.before), str(args.after), f"--pairs {args.pairs}"]
+    command = " ".join([*head, *flags, "--", *bench_args])
     lines = [
         command,
         f"before {commits['before']}, after {commits['after']}; {args.pairs} runs each, "
