@@ -8,7 +8,8 @@
     judge ──> finish                            (select, a vote's tie: the answer verbatim)
     dispatch ──Send──> classify ──> gate        (auto, when its rules cannot tell)
 
-The strategy decisions live in nodes/aggregation.py; the gate and finish nodes only apply them.
+The strategy decisions live in nodes/aggregation.py, with the gate node that applies them; the
+finish node, which writes a decided answer, lives with the synthesis node in nodes/synthesis.py.
 """
 
 from __future__ import annotations
@@ -37,14 +38,12 @@ from fusiongraph.graph.models import (
 from fusiongraph.graph.persistence import DEFAULT_CACHE_TTL_S, open_checkpointer, panel_cache
 from fusiongraph.graph.prewarm import start_client_prewarm
 from fusiongraph.graph.state import FusionInput, FusionOutput, FusionState
-from fusiongraph.nodes.aggregation import after_judge
+from fusiongraph.nodes.aggregation import after_gate, after_judge, gate
 from fusiongraph.nodes.dispatch import fan_out, make_dispatch
-from fusiongraph.nodes.finish import finish
-from fusiongraph.nodes.gate import after_gate, gate
 from fusiongraph.nodes.judge import make_judge
 from fusiongraph.nodes.panel import make_panelist, panel_cache_key
 from fusiongraph.nodes.routing import make_classify
-from fusiongraph.nodes.synthesis import make_synthesis
+from fusiongraph.nodes.synthesis import finish, make_synthesis
 from fusiongraph.tools.aio import run_coroutine
 
 # The compiled fusion graph (its context a FusionContext or an extension's subclass of it).

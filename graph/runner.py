@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage
-from langgraph.graph.state import CompiledStateGraph
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import StreamMode
 
 from fusiongraph.graph.config import FusionContext
+
+if TYPE_CHECKING:
+    from fusiongraph.graph.builder import FusionGraph
 
 # The nodes that write a run's final message: the synthesizer, or `finish` when a strategy
 # decided the answer without a model call (nodes/aggregation.py).
@@ -31,10 +35,10 @@ class RunEvent:
 
 
 async def stream_run(
-    graph: CompiledStateGraph,
-    messages: Sequence[AnyMessage] | None,
+    graph: FusionGraph,
+    messages: Sequence[BaseMessage] | None,
     context: FusionContext | dict[str, Any],
-    config: dict[str, Any] | None = None,
+    config: RunnableConfig | None = None,
     *,
     progress: bool = True,
 ) -> AsyncIterator[RunEvent]:
@@ -44,10 +48,15 @@ async def stream_run(
     final: AIMessage | None = None
     final_node = ""
     inputs = None if messages is None else {"messages": list(messages)}
-    modes = ["custom", "messages", "updates"] if progress else ["messages", "updates"]
-    async for mode, data in graph.astream(
-        inputs, config=config, context=context, stream_mode=modes
-    ):
+    modes: list[StreamMode] = (
+        ["custom", "messages", "updates"] if progress else ["messages", "updates"]
+    )
+    mode: str
+    data: Any  # with a list of modes, astream yields (mode, data) pairs
+    # langgraph types the input and context as the schemas; at run time it coerces a context
+    # dict into the schema, and add_messages takes any message (RemoveMessage too).
+    stream = graph.astream(inputs, config=config, context=context, stream_mode=modes)  # type: ignore[arg-type]
+    async for mode, data in stream:
         if mode == "custom":
             yield RunEvent("progress", progress=data)
         elif mode == "messages":
@@ -61,7 +70,7 @@ async def stream_run(
     if final is None:
         raise RuntimeError("the graph ended without a final message")
     if final_node == "finish" and final.content:
-        # A final no model wrote (early exit, a vote, a selection: nodes/finish.py) still
+        # A final no model wrote (early exit, a vote, a selection: nodes/synthesis.finish) still
         # reaches the caller as content, the way a synthesis stream would.
         yield RunEvent("token", chunk=AIMessageChunk(content=final.content, id=final.id))
     yield RunEvent("final", message=final)

@@ -16,10 +16,11 @@ Two ways to spend less, with any strategy:
 - cascade (`cascade: k`): the k cheapest panelists answer first; when they agree, the rest are
   never called. Otherwise the rest are dispatched and the run goes on as usual.
 
-Dispatch writes the run's record (`start`), the gate node decides after each panel wave
-(`after_panel`), `after_judge` routes a selection, and `summary` is the run record's
-`fusion.aggregation`. Everything here reads and returns plain data, so a resumed run continues
-from its checkpointed record.
+Dispatch writes the run's record (`start`); the gate node (`gate`, at the end of this module)
+decides after each panel wave (`after_panel`) and routes the run (`after_gate`): a cascade's
+rest, the judge, or finish, with no model call of its own; `after_judge` routes a selection,
+and `summary` is the run record's `fusion.aggregation`. Everything here reads and returns
+plain data, so a resumed run continues from its checkpointed record.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from langgraph.types import Send
+
 from fusiongraph.graph.answers import answers_agree, extract_answer, normalise_answer
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.state import FusionState, PanelResult, Usage
+from fusiongraph.nodes.panel import panel_sends
+from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.routing import auto_decision
 from fusiongraph.nodes.scheduling import scope_of
 
@@ -362,3 +367,44 @@ def saved_cost(
 def event(record: dict[str, Any]) -> dict[str, Any]:
     """The progress event's fields for a strategy decision."""
     return {k: record.get(k) for k in ("requested", "applied", "task", "reason")}
+
+
+# --- the gate node ----------------------------------------------------------------------------
+
+
+async def gate(state: FusionState) -> dict[str, Any]:
+    """After each panel wave: apply the strategy's decision (`after_panel`) and report it. It
+    also ends the run's start turn when the panel sent no request (cached answers)."""
+    scope = scope_of(state)
+    scope.end_start_turn()  # a panel of cached answers sent no request (scheduling.py)
+    record = after_panel(state, scope.config)
+    route = record["route"]
+    if route == "rest":
+        emit(
+            "cascade_expanded",
+            asked=record["cascade"]["first"],
+            rest=record["cascade"]["rest"],
+            reason="the first panelists did not agree",
+        )
+    elif record.get("cascade") and record["cascade"].get("agreed") and route != "rest":
+        emit("cascade_agreed", asked=record["cascade"]["first"], skipped=record["cascade"]["rest"])
+    if route == "finish":
+        emit("aggregation_decided", outcome=record["outcome"], note=record.get("note"))
+    update: dict[str, Any] = {"aggregation": record}
+    if state.get("run") is not scope:  # a resumed run: the scope its cascade's rest will share
+        update["run"] = scope
+    return update
+
+
+def after_gate(state: FusionState) -> str | list[Send]:
+    """The gate's conditional edge: the rest of a cascade's panel, the judge or finish."""
+    record = state["aggregation"]
+    route = record["route"]
+    if route != "rest":
+        return route
+    config = scope_of(state).config
+    rest = [int(p.removeprefix("p")) - 1 for p in record["cascade"]["rest"]]
+    quorum = None
+    if config.quorum is not None:  # the quorum counts the whole panel's answers
+        quorum = max(1, config.quorum - len(answered(state.get("panel", []))))
+    return panel_sends(state, config, rest, wave="rest", quorum=quorum)

@@ -6,6 +6,9 @@ from the raw panel answers instead and the metadata says the run was degraded. I
 answers too whenever the strategy needs their details (nodes/aggregation.needs_raw_answers).
 When a strategy decided the answer (a selection, a vote's winner, an early exit) but the caller
 bound tools, it writes from that answer as its draft: a panel answer can make no tool call.
+
+Without tools, a decided answer needs no synthesizer: the finish node, at the end of this
+module, writes it as the final message verbatim, with the run's record.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from langchain_core.messages import AIMessage, AnyMessage
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, close_model
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import FusionState, estimate_usage, usage_metadata_of, usage_of
+from fusiongraph.graph.state import (
+    FusionState,
+    empty_usage,
+    estimate_usage,
+    usage_metadata_of,
+    usage_of,
+)
 from fusiongraph.nodes import prompts
-from fusiongraph.nodes.aggregation import decided, needs_raw_answers
+from fusiongraph.nodes.aggregation import answered, decided, needs_raw_answers
 from fusiongraph.nodes.failures import describe, failure_reason
 from fusiongraph.nodes.images import without_images
-from fusiongraph.nodes.judge import successful
 from fusiongraph.nodes.messages import flatten_tool_history, with_system
 from fusiongraph.nodes.metadata import fusion_failure, fusion_metadata
 from fusiongraph.nodes.progress import emit
@@ -49,7 +57,7 @@ def synthesis_instructions(state: FusionState, config: FusionConfig) -> str:
         answers = "\n\n".join(
             f"{r['panelist']} ({r['model']}):\n"
             + delimit_untrusted(r["content"][: config.judge_input_chars], r["panelist"])
-            for r in successful(state.get("panel", []))
+            for r in answered(state.get("panel", []))
         )
         parts.append(prompts.SYNTHESIS_ANSWERS.format(answers=answers))
     draft = decided(state)  # a decided answer with the caller's tools bound: the draft
@@ -134,3 +142,35 @@ def make_synthesis(model_factory: ModelFactory):
         return {"messages": [final]}
 
     return synthesis
+
+
+# --- the finish node: a decided answer, no model call ------------------------------------------
+#
+# Early exit, a vote's winner and the judge's selection (nodes/aggregation.py) end here: the
+# final message is that panelist's answer verbatim, with the run's record. It reaches every
+# surface like a synthesized one: in `messages` stream mode as the node's output (from node
+# `finish`), and graph/runner.py turns it into the token stream the chat model and the server
+# send.
+
+
+async def finish(state: FusionState) -> dict[str, Any]:
+    config = scope_of(state).config
+    choice = decided(state)
+    if choice is None:  # the routes reach this node only with a decided answer
+        raise RuntimeError("finish reached without a decided answer")
+    meta = fusion_metadata(state, config, synthesis_usage=empty_usage(), synthesis_latency_s=None)
+    meta["usage_estimated"] = False
+    total = meta["usage"]["total"]
+    final = AIMessage(
+        content=choice["content"],
+        id=f"fusion-{state.get('run_key', '')}",
+        response_metadata={"fusion": meta, "finish_reason": "stop"},
+        usage_metadata=usage_metadata_of(total),  # type: ignore[arg-type]
+    )
+    emit(
+        "answer_selected",
+        panelist=choice["panelist"],
+        reason=choice["reason"],
+        final=meta["aggregation"]["final"],
+    )
+    return {"messages": [final]}
