@@ -15,7 +15,7 @@ runs only when the file is run as a script, as a module of its own (`__main__`).
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -148,13 +148,13 @@ def project_imports(runtime_only: bool = False) -> Iterator[tuple[str, int, str,
                 yield module, line, target, path
 
 
-def violations(rule: object) -> list[str]:
+def violations(rule: Callable[[str, str], bool]) -> list[str]:
     """Every project import for which `rule(module, target)` is false."""
     return sorted(
         {
             f"{path.relative_to(ROOT)}:{line} ({module}) imports {target}"
             for module, line, target, path in project_imports()
-            if not rule(module, target)  # type: ignore[operator]
+            if not rule(module, target)
         }
     )
 
