@@ -43,7 +43,7 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from fusiongraph.graph.config import CONTEXT_FIELDS, PRESET_ENV, FusionContext
+from fusiongraph.graph.config import CONTEXT_FIELDS, PRESET_ENV, PRESETS, FusionContext
 from fusiongraph.graph.deliberation import deliberation_tool
 from fusiongraph.graph.model_objects import place_models
 from fusiongraph.graph.models import aclose_models
@@ -186,7 +186,7 @@ class FusionChatModel(BaseChatModel):
     sampling, endpoint and key; this model runs them on a graph of its own that holds them.
     """
 
-    preset: str = Field(default="", description="local | quality | budget; empty: env or local")
+    preset: str = Field(default="", description=f"{' | '.join(PRESETS)}; empty: env or local")
     context: dict[str, Any] = Field(
         default_factory=dict, description="FusionContext overrides (panel, judge, tool_mode, ...)"
     )

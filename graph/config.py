@@ -73,7 +73,7 @@ class FusionContext(BaseModel):
 
     preset: str = Field(
         default="",
-        description="local | quality | budget. Empty: FUSIONGRAPH_PRESET, else `local` - or, "
+        description=f"{' | '.join(PRESETS)}. Empty: FUSIONGRAPH_PRESET, else `local` - or, "
         "when a panel is given, no preset (judge and synthesizer default to its first model)",
     )
     panel: list[SpecInput] | None = Field(
@@ -402,7 +402,7 @@ def expand(preset: str | None, overrides: dict[str, Any]) -> tuple[dict[str, Any
         first = _without_panel_settings(overrides["panel"][0])
         base: dict[str, Any] = {"judge": first, "synthesizer": first}
     else:
-        base = {k: v for k, v in PRESETS[preset].items() if k != "description"}
+        base = {k: v for k, v in PRESETS[preset].items() if k not in ("description", "cost")}
     models = {**base, **{k: overrides[k] for k in _ROLES if k in overrides}}
     tuning: dict[str, Any] = {}
     tuned = []

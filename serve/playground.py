@@ -19,20 +19,22 @@ import webbrowser
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
-from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
 from starlette.middleware.gzip import GZipMiddleware
 
 from fusiongraph.graph.presets import PRESETS
 from fusiongraph.graph.threads import OWNER_KEY, owner_of
 from fusiongraph.serve.openai_errors import OpenAIError
+
+if TYPE_CHECKING:
+    from fusiongraph.graph.builder import FusionGraph
 
 STATIC_DIR = Path(__file__).with_name("playground")
 EVALS_DIR_ENV = "FUSIONGRAPH_EVALS_DIR"
@@ -77,6 +79,7 @@ def presets_view() -> dict[str, dict[str, Any]]:
     return {
         name: {
             "description": preset.get("description", ""),
+            "cost": preset.get("cost", ""),
             "panel": [_spec_label(s) for s in preset.get("panel", [])],
             "judge": _spec_label(preset.get("judge")) if preset.get("judge") else None,
             "synthesizer": _spec_label(preset.get("synthesizer"))
@@ -154,7 +157,7 @@ def eval_file(root: Path, name: str, file: str) -> Path:
     return target
 
 
-async def list_threads(graph: CompiledStateGraph, api_key: str | None) -> list[dict[str, Any]]:
+async def list_threads(graph: FusionGraph, api_key: str | None) -> list[dict[str, Any]]:
     """The caller's threads in the checkpointer, newest first: id, first question, turns, time."""
     saver = graph.checkpointer
     if saver is None or saver is True or saver is False:
@@ -182,9 +185,7 @@ async def list_threads(graph: CompiledStateGraph, api_key: str | None) -> list[d
     return threads
 
 
-async def thread_detail(
-    graph: CompiledStateGraph, thread_id: str, api_key: str | None
-) -> dict[str, Any]:
+async def thread_detail(graph: FusionGraph, thread_id: str, api_key: str | None) -> dict[str, Any]:
     """One thread's conversation with each answer's run record; another key's thread is a 404."""
     missing = OpenAIError(404, f"no thread {thread_id!r} for this API key", code="thread_not_found")
     if graph.checkpointer in (None, True, False):
@@ -202,7 +203,7 @@ async def thread_detail(
 def install_playground(
     app: FastAPI,
     *,
-    graph: Callable[[], CompiledStateGraph],
+    graph: Callable[[], FusionGraph],
     authorize: Authorize,
     context_schema: type[BaseModel],
     auth_required: bool,

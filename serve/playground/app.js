@@ -277,7 +277,7 @@ function describeModel() {
   const card = state.models.find((m) => m.id === ui.modelSelect.value);
   const preset = card?.fusion?.preset && state.info?.presets?.[card.fusion.preset];
   ui.modelDescription.textContent = card
-    ? `${card.fusion?.description || ""}${preset ? ` Panel: ${preset.panel.join(", ")}.` : ""}`
+    ? `${card.fusion?.description || ""}${preset ? ` Panel: ${preset.panel.join(", ")}.` : ""}${preset?.cost ? ` Cost: ${preset.cost}.` : ""}`
     : "";
 }
 
