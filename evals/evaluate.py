@@ -87,7 +87,8 @@ def _grader_name(grader: Any) -> str | None:
 def arm_notes(plan: Sequence[Arm]) -> list[dict[str, Any]]:
     """Each arm and what it is; an arm whose run has the same plan as an earlier arm's says so
     (it is that run's answer, not a second run)."""
-    out, first = [], {}
+    out: list[dict[str, Any]] = []
+    first: dict[tuple[str, str], str] = {}
     for arm in plan:
         note = arm.note
         earlier = first.setdefault((arm.run.key, arm.read), arm.name)
@@ -165,7 +166,7 @@ async def arun_eval(
         else digest(the_grader.spec.model_dump(mode="json", exclude_defaults=True))
     )
     cache = ResultCache(cache_dir or Path(out_dir) / ".cache")
-    panel_answers = SqliteCache(path=str(cache.panel_cache_path()))
+    panel_answers: SqliteCache[Any] = SqliteCache(path=str(cache.panel_cache_path()))
     graph = build_graph(
         model_factory or default_model_factory, cache=panel_answers, cache_ttl_s=None
     )

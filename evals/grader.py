@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, default_model_factory, prepare_models, quiet
@@ -24,7 +25,7 @@ from fusiongraph.graph.state import Usage, add_usage, empty_usage, estimate_usag
 
 Verdict = Literal["CORRECT", "PARTIAL", "INCORRECT"]
 Preference = Literal["A", "B", "TIE"]
-GRADER_TAGS = {"tags": ["nostream", "fusion:grader"]}
+GRADER_TAGS: RunnableConfig = {"tags": ["nostream", "fusion:grader"]}
 MAX_SHOWN_CHARS = 12_000  # of each answer shown to the grader
 
 GRADE_SYSTEM = (

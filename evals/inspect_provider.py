@@ -167,7 +167,9 @@ async def langchain_messages(messages: list[ChatMessage]) -> list[Any]:
     user, assistant with tool calls, tool results)."""
     from langchain_core.messages import convert_to_messages
 
-    return convert_to_messages(await messages_to_openai(messages))
+    # convert_to_messages types its dicts as dict[str, Any]; OpenAI's message TypedDicts are
+    # dicts at run time, which it reads as any other.
+    return convert_to_messages(await messages_to_openai(messages))  # type: ignore[arg-type]
 
 
 def _text(content: Any) -> str:
@@ -393,9 +395,10 @@ class FusionModelAPI(ModelAPI):
         model = default_model_factory(spec)
         runnable: Any = model
         if tools:
-            runnable = model.bind_tools(
-                openai_tools(tools), tool_choice=openai_tool_choice(tool_choice)
-            )
+            # BaseChatModel types tool_choice as a name; the providers' models (ChatOpenAI,
+            # ChatAnthropic, ...) also take OpenAI's {"type": "function", ...} form.
+            choice = openai_tool_choice(tool_choice)
+            runnable = model.bind_tools(openai_tools(tools), tool_choice=choice)  # type: ignore[arg-type]
         else:
             messages = flatten_tool_history(messages)  # e.g. llama.cpp rejects tool roles
         started = time.monotonic()

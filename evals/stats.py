@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,7 +106,7 @@ class TaskStats:
         }
 
 
-def _scored(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _scored(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in samples if s.get("score") is not None]
 
 
@@ -122,9 +122,10 @@ def cost_per_item(samples: Sequence[dict[str, Any]]) -> float | None:
     """Mean deployment cost; unknown (None) when an answered sample's cost is unknown (a price
     missing), never 0. A failed sample whose cost is unknown (a timeout) is left out."""
     costs = [s.get("cost_usd") for s in samples if s.get("cost_usd") is not None or not s["error"]]
-    if not costs or any(c is None for c in costs):
+    known = [c for c in costs if c is not None]
+    if not costs or len(known) < len(costs):
         return None
-    return sum(costs) / len(costs)
+    return sum(known) / len(known)
 
 
 def best_panelist(samples: Sequence[dict[str, Any]]) -> str | None:

@@ -141,6 +141,7 @@ async def open_checkpointer(url: str | None) -> AsyncIterator[BaseCheckpointSave
         try:
             from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
             from psycopg import AsyncConnection
+            from psycopg.rows import DictRow
             from psycopg_pool import AsyncConnectionPool
         except ImportError as exc:
             raise _missing("PostgreSQL", exc) from exc
@@ -148,7 +149,8 @@ async def open_checkpointer(url: str | None) -> AsyncIterator[BaseCheckpointSave
         # pool would retry quietly until its timeout.
         probe = await AsyncConnection.connect(target, connect_timeout=CONNECT_TIMEOUT_S)
         await probe.close()
-        pool = AsyncConnectionPool(
+        # The rows are dicts (_postgres_kwargs' row_factory), as the saver requires.
+        pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
             target,
             min_size=1,
             max_size=POSTGRES_POOL_MAX,
@@ -156,12 +158,12 @@ async def open_checkpointer(url: str | None) -> AsyncIterator[BaseCheckpointSave
             open=False,
         )
         await pool.open(wait=True, timeout=30)
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        postgres = AsyncPostgresSaver(pool)
         try:
-            await saver.setup()
-            yield saver
+            await postgres.setup()
+            yield postgres
         finally:
-            await _finish_writes(saver)
+            await _finish_writes(postgres)
             await pool.close()
 
 
@@ -188,21 +190,24 @@ def open_checkpointer_sync(url: str | None) -> Iterator[BaseCheckpointSaver | No
         try:
             import psycopg
             from langgraph.checkpoint.postgres import PostgresSaver
+            from psycopg.rows import DictRow
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise _missing("PostgreSQL", exc) from exc
         psycopg.connect(target, connect_timeout=CONNECT_TIMEOUT_S).close()
-        with ConnectionPool(
+        # The rows are dicts (_postgres_kwargs' row_factory), as the saver requires.
+        pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             target,
             min_size=1,
             max_size=POSTGRES_POOL_MAX,
             kwargs=_postgres_kwargs(),
             open=False,
-        ) as pool:
+        )
+        with pool:
             pool.wait(timeout=30)
-            saver = PostgresSaver(pool)  # type: ignore[arg-type]
-            saver.setup()
-            yield saver
+            postgres = PostgresSaver(pool)
+            postgres.setup()
+            yield postgres
 
 
 def checkpointer_url_from_env() -> str | None:
@@ -210,7 +215,9 @@ def checkpointer_url_from_env() -> str | None:
     return os.environ.get(CHECKPOINTER_ENV) or None
 
 
-async def has_unfinished_run(graph: CompiledStateGraph, config: RunnableConfig) -> bool:
+async def has_unfinished_run(
+    graph: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig
+) -> bool:
     """Whether the thread holds a run that stopped midway; resume it with `ainvoke(None, ...)`.
 
     A finished run leaves nothing to do (`next` empty); an interrupted one still has the tasks

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, AnyMessage, RemoveMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, RemoveMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.graph.state import CompiledStateGraph
 
@@ -48,12 +50,12 @@ class ThreadPlan:
 
     action: Action = "fresh"
     thread_id: str | None = None
-    config: dict[str, Any] | None = None
+    config: RunnableConfig | None = None
     replay: AIMessage | None = field(default=None, repr=False)
 
     def inputs(
         self, messages: list[AnyMessage], *, whole_conversation: bool
-    ) -> list[AnyMessage] | None:
+    ) -> Sequence[BaseMessage] | None:
         """The messages to run: none to resume. On a new turn, messages that are the whole
         conversation (OpenAI clients resend it) replace the thread's history; otherwise (the CLI
         sends one question) they follow it."""
@@ -65,14 +67,18 @@ class ThreadPlan:
 
 
 async def plan_thread(
-    graph: CompiledStateGraph, thread_id: str | None, *, request: str, owner: str = ""
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+    thread_id: str | None,
+    *,
+    request: str,
+    owner: str = "",
 ) -> ThreadPlan:
     """Decide how `request` (a `digest`) meets the thread; without a checkpointer, every run is
     fresh and stands alone. No thread id: a new thread is made up (returned to the caller)."""
     if graph.checkpointer is None:
         return ThreadPlan()
     thread_id = thread_id or uuid.uuid4().hex
-    config = {
+    config: RunnableConfig = {
         "configurable": {"thread_id": thread_id},
         "metadata": {REQUEST_KEY: request, OWNER_KEY: owner},
     }

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, ToolCall, ToolCallChunk
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fusiongraph.serve.anthropic_protocol import (
@@ -148,8 +148,8 @@ def _user_messages(message: MessageParam, param: str) -> list[tuple[dict[str, An
         elif not isinstance(block, ThinkingBlock):
             rest.append(block)
     if rest:
-        content = _text_parts(rest, f"{param}.content")
-        out.append(({"role": "user", "content": content}, param))
+        parts = _text_parts(rest, f"{param}.content")
+        out.append(({"role": "user", "content": parts}, param))
     return out
 
 
@@ -252,7 +252,7 @@ def anthropic_usage(message: AIMessage) -> dict[str, int]:
     return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}
 
 
-def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+def _tool_use(call: ToolCall) -> dict[str, Any]:
     return {
         "type": "tool_use",
         "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
@@ -307,7 +307,7 @@ class MessageStreamWriter:
         self.tools: dict[Any, int] = {}  # a tool call's key (provider index or id) -> block
 
     def start(self) -> list[ServerSentEvent]:
-        message = {
+        message: dict[str, Any] = {
             "id": self.mid,
             "type": "message",
             "role": "assistant",
@@ -337,8 +337,8 @@ class MessageStreamWriter:
         delta = {"type": "text_delta", "text": text}
         return [*out, _event("content_block_delta", index=self.index, delta=delta)]
 
-    def _tool_key(self, part: dict[str, Any]) -> Any:
-        key = part.get("index")
+    def _tool_key(self, part: ToolCallChunk) -> Any:
+        key: int | str | None = part.get("index")
         if key is None:
             key = part.get("id")
         if key is None:  # a continuation without index or id belongs to the open call
@@ -374,7 +374,7 @@ class MessageStreamWriter:
                 block = {**_tool_use(call), "input": {}}
                 out += self._open(("final", i), block)
                 partial = json.dumps(call.get("args") or {}, ensure_ascii=False)
-                delta = {"type": "input_json_delta", "partial_json": partial}
+                delta: dict[str, str | None] = {"type": "input_json_delta", "partial_json": partial}
                 out.append(_event("content_block_delta", index=self.index, delta=delta))
         out += self._close()
         delta = {"stop_reason": stop_reason(message), "stop_sequence": None}

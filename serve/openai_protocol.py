@@ -22,7 +22,9 @@ from fusiongraph.nodes.analysis import inline_refs
 # would otherwise go wherever the caller points them.
 SPEC_FORBIDDEN = ("base_url", "api_key_env")
 # Server-side options of the `fusion` object that are not part of the run's context.
-REQUEST_OPTIONS = {"progress": (bool, Field(default=False, description="progress as SSE comments"))}
+REQUEST_OPTIONS: dict[str, Any] = {
+    "progress": (bool, Field(default=False, description="progress as SSE comments"))
+}
 
 
 class _Param(BaseModel):
@@ -175,16 +177,16 @@ class ChatCompletionRequest(_Param):
 
 
 # A spec object as a request may send it: every ModelSpec field but the endpoint and the key.
+_REQUEST_SPEC_FIELDS: dict[str, Any] = {
+    name: (info.annotation, info)
+    for name, info in ModelSpec.model_fields.items()
+    if name not in SPEC_FORBIDDEN
+}
 RequestModelSpec = create_model(
-    "RequestModelSpec",
-    __config__=ConfigDict(extra="forbid"),
-    **{
-        name: (info.annotation, info)
-        for name, info in ModelSpec.model_fields.items()
-        if name not in SPEC_FORBIDDEN
-    },
+    "RequestModelSpec", __config__=ConfigDict(extra="forbid"), **_REQUEST_SPEC_FIELDS
 )
 RequestSpec = Annotated[
+    # A model made at import time is a value to mypy, not a type it can check against.
     str | RequestModelSpec,  # type: ignore[valid-type]
     Field(description="provider:model, or a model spec object without base_url/api_key_env"),
 ]
@@ -239,7 +241,7 @@ def fusion_options_model(context_schema: type[BaseModel]) -> type[BaseModel]:
         elif name in MODEL_FIELDS:
             annotation = RequestSpec | None
         fields[name] = (annotation, Field(default=None, description=info.description))
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         "FusionOptions",
         __config__=ConfigDict(extra="forbid"),
         **fields,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, ToolCall, ToolCallChunk
 
 _FINISH_PASSTHROUGH = {"length", "content_filter"}
 
@@ -24,7 +25,7 @@ def completion_id() -> str:
 def usage_block(message: AIMessage) -> dict[str, Any]:
     """OpenAI usage from the final message, whose usage_metadata totals every call of the run
     (with the reasoning tokens among them in completion_tokens_details, when any)."""
-    usage = message.usage_metadata or {}
+    usage: Mapping[str, Any] = message.usage_metadata or {}
     prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
     block: dict[str, Any] = {
         "prompt_tokens": prompt,
@@ -37,7 +38,7 @@ def usage_block(message: AIMessage) -> dict[str, Any]:
     return block
 
 
-def openai_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+def openai_tool_call(call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
         "type": "function",
@@ -124,9 +125,9 @@ class ChunkWriter:
     def start(self) -> dict[str, Any]:
         return self._chunk({"role": "assistant", "content": ""})
 
-    def _tool_index(self, part: dict[str, Any]) -> tuple[int, bool]:
+    def _tool_index(self, part: ToolCallChunk) -> tuple[int, bool]:
         """Our index for a tool-call fragment, and whether it opens a new call."""
-        key = part.get("index")
+        key: int | str | None = part.get("index")
         if key is None:
             key = part.get("id")
         if key is None:  # a continuation without index or id belongs to the last call

@@ -23,13 +23,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from langchain_core.messages import AIMessage, AIMessageChunk, convert_to_openai_messages
-from langgraph.graph.state import CompiledStateGraph
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    ToolCallChunk,
+    convert_to_openai_messages,
+)
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fusiongraph.graph.errors import FusionError
@@ -67,6 +71,9 @@ from fusiongraph.serve.runs import (
     stream_events,
 )
 
+if TYPE_CHECKING:
+    from fusiongraph.graph.builder import FusionGraph
+
 RESPONSE_PREFIX = "resp_"
 TOOL_HINT = '{"type": "function", "name": ..., "parameters": {...}} (only function tools)'
 Authorize = Callable[[Request], str | None]
@@ -78,7 +85,7 @@ _PARAMS = {"max_tokens": "max_output_tokens"}
 
 
 async def previous_conversation(
-    graph: CompiledStateGraph, response_id: str, api_key: str | None
+    graph: FusionGraph, response_id: str, api_key: str | None
 ) -> list[dict[str, Any]]:
     """The conversation a stored response answered (its final answer included), as chat
     messages, without its system messages (a request's instructions do not carry over)."""
@@ -251,7 +258,7 @@ def _echo_choice(body: ResponsesRequest) -> Any:
 
 def responses_usage(message: AIMessage) -> dict[str, Any]:
     """Tokens of every call of the run (the final message totals them)."""
-    usage = message.usage_metadata or {}
+    usage: Mapping[str, Any] = message.usage_metadata or {}
     prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
     cached = int((usage.get("input_token_details") or {}).get("cache_read", 0) or 0)
     reasoning = int((usage.get("output_token_details") or {}).get("reasoning", 0) or 0)
@@ -422,8 +429,8 @@ class ResponseStreamWriter:
         )
         return out
 
-    def _tool_key(self, part: dict[str, Any]) -> Any:
-        key = part.get("index")
+    def _tool_key(self, part: ToolCallChunk) -> Any:
+        key: int | str | None = part.get("index")
         if key is None:
             key = part.get("id")
         if key is None:  # a continuation without index or id belongs to the open call
@@ -444,8 +451,8 @@ class ResponseStreamWriter:
                 item = _call_item(part.get("id"), part.get("name") or "", "", status="in_progress")
                 out += self._add(key, item)
                 self.tools[key] = len(self.items) - 1
-            if key == self.open and part.get("args"):
-                out.append(self._arguments(part["args"]))
+            if key == self.open and (fragment := part.get("args")):
+                out.append(self._arguments(fragment))
         return out
 
     def finish(self, message: AIMessage) -> list[ServerSentEvent]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
 
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.runner import RunEvent
@@ -52,13 +53,14 @@ class RunWatch:
             self.trace = RunTracer(hooks.tracer, thread_id=thread_id)
         self.ended = False
 
-    def config(self, config: dict[str, Any] | None) -> dict[str, Any] | None:
+    def config(self, config: RunnableConfig | None) -> RunnableConfig | None:
         """The run's config with the tracer's callback handler added (when tracing is on)."""
         if self.trace is None:
             return config
-        config = dict(config or {})
-        config["callbacks"] = [*(config.get("callbacks") or []), self.trace]
-        return config
+        traced = RunnableConfig(**(config or {}))
+        handlers = traced.get("callbacks")  # a thread's config holds no callback manager
+        traced["callbacks"] = [*(handlers if isinstance(handlers, list) else []), self.trace]
+        return traced
 
     async def events(self, events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEvent]:
         """`events`, ending the watch with the run's final message or its failure."""

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fastapi import Request
-from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
-from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
 from sse_starlette import ServerSentEvent
 
-from fusiongraph.graph.config import resolve_config
+from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import FUSION_DEPTH_HEADER
 from fusiongraph.graph.runner import RunEvent, stream_run
@@ -53,6 +52,9 @@ from fusiongraph.serve.openai_request import (
 )
 from fusiongraph.serve.run_watch import RunHooks
 from fusiongraph.tools.aio import Pump, cancel_and_wait
+
+if TYPE_CHECKING:
+    from fusiongraph.graph.builder import FusionGraph
 
 # Names the checkpointed thread of a request (durable servers): sent by clients to resume or
 # replay a run, returned on every response.
@@ -151,10 +153,10 @@ def renamed(exc: OpenAIError, origins: list[str]) -> OpenAIError:
 class PreparedRun:
     """A validated request with its thread plan: ready to stream or to wait for."""
 
-    graph: CompiledStateGraph
+    graph: FusionGraph
     run: RunRequest
     plan: ThreadPlan
-    messages: list[AnyMessage] | None
+    messages: Sequence[BaseMessage] | None
     # Metrics, traces and the shutdown drain (serve/run_watch.py): every run is watched.
     hooks: RunHooks = field(default_factory=RunHooks)
 
@@ -188,11 +190,17 @@ class PreparedRun:
         inputs = None if self.messages is None else {"messages": self.messages}
         watch = self.hooks.watch(self.plan.thread_id)
         config = watch.config(self.plan.config)
-        task = asyncio.ensure_future(
-            watch.final(self.graph.ainvoke(inputs, config=config, context=self.run.context))
-        )
+        # langgraph's overloads take the input and context schemas only; at run time it coerces
+        # a context dict into the schema, and add_messages takes any message (RemoveMessage too).
+        result = self.graph.ainvoke(inputs, config=config, context=self.run.context)  # type: ignore[call-overload]
+        task = asyncio.ensure_future(watch.final(result))
         stopped: list[BaseException] = []
-        release = self.hooks.drain.hold(lambda exc: (stopped.append(exc), task.cancel()))
+
+        def stop(exc: BaseException) -> None:
+            stopped.append(exc)
+            task.cancel()
+
+        release = self.hooks.drain.hold(stop)
         try:
             gone = await race_disconnect(request, task)
         finally:
@@ -203,7 +211,7 @@ class PreparedRun:
         if gone:
             logger.info("client disconnected; run cancelled")
             raise ClientGone
-        return task.result()["messages"][-1]  # type: ignore[no-any-return]  # FusionError: raised
+        return task.result()["messages"][-1]  # FusionError: raised
 
 
 @dataclass
@@ -211,14 +219,14 @@ class RunService:
     """What every surface shares: the graph, the callable model names, the limits and the
     context schema the `fusion` object follows."""
 
-    holder: dict[str, CompiledStateGraph]
+    holder: dict[str, FusionGraph]
     models: dict[str, dict[str, Any]]
     limits: RequestLimits
-    context_schema: type[BaseModel]
+    context_schema: type[FusionContext]
     hooks: RunHooks = field(default_factory=RunHooks)
 
     @property
-    def graph(self) -> CompiledStateGraph:
+    def graph(self) -> FusionGraph:
         return self.holder["graph"]
 
     def check_model(self, model: str) -> None:
@@ -256,7 +264,7 @@ class RunService:
 
 
 async def thread_plan(
-    graph: CompiledStateGraph,
+    graph: FusionGraph,
     thread_id: str | None,
     body: ChatCompletionRequest,
     run: RunRequest,

@@ -235,6 +235,8 @@ def _fenced(tool: BaseTool, server: str, timeout_s: float) -> BaseTool:
         text = result_text(message.content, getattr(message, "artifact", None))
         return f"{name} result:\n{delimit_untrusted(text, source)}", {"sources": [], "mcp": server}
 
+    # load_mcp_tools gives every tool its server's inputSchema; BaseTool's may be None.
+    assert tool.args_schema is not None
     return StructuredTool(
         name=name,
         description=description,
