@@ -373,6 +373,25 @@ def _bwrap_version() -> tuple[int, ...]:
     return tuple(int(g or 0) for g in found.groups()) if found else (0,)
 
 
+@functools.cache
+def _private_mount_command() -> tuple[str, ...]:
+    """`unshare` into a private mount namespace where a sized tmpfs can be mounted: directly as
+    root, else inside a user namespace of its own; () when that cannot be done here."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    command: tuple[str, ...] = (unshare, "--mount", "--propagation", "private", "--")
+    if os.geteuid() != 0:
+        command = (unshare, "--user", "--map-root-user", *command[1:])
+    try:
+        probe = subprocess.run(
+            [*command, "true"], capture_output=True, timeout=30, check=False, env=_BWRAP_ENV
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return command if probe.returncode == 0 else ()
+
+
 def _interpreter() -> str:
     """The base interpreter (not a venv's): the sandbox binds its install, not the project's."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -445,10 +464,10 @@ def _bwrap_command(limits: Limits, *, sized_tmp: Path | None) -> list[str]:
     return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
 
 
-# Run as root before bwrap: join the run's cgroups (a group it cannot join is noted in the host
+# Run before bwrap: join the run's cgroups (as root; a group it cannot join is noted in the host
 # folder, which the tmpfs then hides from the sandbox), mount the sized tmpfs in a private mount
 # namespace (so it vanishes with the run), then become bwrap.
-_ROOT_WRAPPER = r"""set -e
+_WRAPPER = r"""set -e
 dir=$1; size=$2; count=$3; shift 3
 while [ "$count" -gt 0 ]; do
     echo $$ 2>/dev/null > "$1" || echo "$1" >> "$dir/.unjoined"
@@ -554,22 +573,23 @@ class _Run:
         return process
 
     def _bwrap(self, folder: Path) -> list[str]:
+        """bwrap's command, behind the wrapper when the run has cgroups to join or a /tmp to
+        size in a private mount namespace (bwrap before 0.10 cannot size a tmpfs)."""
         self.enforced.setdefault("isolation", "bubblewrap namespaces")
-        if os.geteuid() != 0:
+        root = os.geteuid() == 0
+        joins = self._cgroups() if root else []
+        if not root:  # RLIMIT_NPROC counts the sandbox's own user namespace
             self.enforced["processes"] = f"RLIMIT_NPROC {self.limits.processes}"
-            sized = _bwrap_version() >= (0, 10)
-            self.enforced["disk"] = f"{self.limits.disk_mb} MiB" if sized else "per file only"
-            return _bwrap_command(self.limits, sized_tmp=None)
-        procs = self._cgroups()
-        unshare = shutil.which("unshare")
-        size = self.limits.disk_mb if unshare else 0
-        self.enforced["disk"] = f"{size} MiB" if size else "per file only (no `unshare`)"
         self.enforced.setdefault("processes", "not limited (root, no pids cgroup)")
-        wrapper = ["/bin/sh", "-c", _ROOT_WRAPPER, "sandbox", str(folder), str(size)]
-        wrapper += [str(len(procs)), *map(str, procs)]
-        if unshare and size:
-            wrapper = [unshare, "--mount", "--propagation", "private", "--", *wrapper]
-        return [*wrapper, *_bwrap_command(self.limits, sized_tmp=folder if size else None)]
+        native = _bwrap_version() >= (0, 10)
+        private_mounts = [] if native else list(_private_mount_command())
+        size = self.limits.disk_mb if private_mounts else 0
+        self.enforced["disk"] = f"{self.limits.disk_mb} MiB" if native or size else "per file only"
+        command = _bwrap_command(self.limits, sized_tmp=folder if size else None)
+        if not joins and not size:
+            return command
+        wrapper = ["/bin/sh", "-c", _WRAPPER, "sandbox", str(folder), str(size), str(len(joins))]
+        return [*private_mounts, *wrapper, *map(str, joins), *command]
 
     def _cgroups(self) -> list[Path]:
         """pids and memory cgroups for this run, where they can be made: cgroup v1 groups
