@@ -23,9 +23,7 @@ import threading
 import time
 from typing import Any
 
-from pydantic import BaseModel
-
-from fusiongraph.graph.config import resolve_config
+from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
 
 logger = logging.getLogger("fusiongraph.serve")
@@ -84,19 +82,19 @@ class LocalModelStarter:
         with self._lock:
             return self._thread is not None and self._thread.is_alive()
 
-    @property
-    def error(self) -> str | None:
+    def failure(self) -> tuple[str | None, bool]:
+        """The last start's error (None: it did not fail) and whether retrying can help."""
         with self._lock:
-            return self._error
+            return self._error, not self._permanent
 
     def _run(self) -> None:
         from fusiongraph.local_model.launcher import ensure_local_server, missing_packages
-        from fusiongraph.local_model.settings import INSTALL_HINT, LocalServerError
+        from fusiongraph.local_model.settings import INSTALL_HINT
 
         logger.info("starting the local model in the background (the default model needs it)")
         try:
             url = ensure_local_server()
-        except (LocalServerError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # the thread's boundary: whatever it was, readiness says it
             permanent = bool(missing_packages())
             message = f"not installed: {INSTALL_HINT}" if permanent else f"failed to start: {exc}"
             logger.warning("local model: %s", message)
@@ -115,16 +113,16 @@ class LocalModelStarter:
         self.start()
         if self.starting:
             return False, STARTING
-        error = self.error
+        error, retried = self.failure()
         if error is None:  # the start just finished: look once more
             return (True, "up") if await _local_model_up() else (False, STARTING)
-        return False, error if self._permanent else f"{error} (retrying)"
+        return False, f"{error} (retrying)" if retried else error
 
 
 async def readiness(
     models: dict[str, dict[str, Any]],
     names: list[str],
-    context_schema: type[BaseModel],
+    context_schema: type[FusionContext],
     *,
     draining: bool,
     starter: LocalModelStarter | None = None,
@@ -145,7 +143,7 @@ async def readiness(
     ready = all(check["ok"] for check in checks.values())
     starting = False
     if needs_local:
-        if starter is not None:
+        if starter is not None and not draining:  # a server shutting down starts nothing
             up, said = await starter.state()
             starting = said == STARTING
         else:
@@ -161,7 +159,7 @@ async def readiness(
 
 
 def needs_local_model(
-    models: dict[str, dict[str, Any]], name: str, context_schema: type[BaseModel]
+    models: dict[str, dict[str, Any]], name: str, context_schema: type[FusionContext]
 ) -> bool:
     """Whether model `name` runs on the bundled local model (False when it does not resolve)."""
     try:
