@@ -229,8 +229,8 @@ def run_calls(
         if record["ok"]:
             try:
                 outcomes.append(CallOutcome(True, decode(record.get("value"))))
-            except (ValueError, TypeError, KeyError) as exc:
-                outcomes.append(CallOutcome(False, error=f"unreadable value: {exc}"))
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                outcomes.append(CallOutcome(False, error=f"unreadable value: {exc!r}"[:300]))
         else:
             outcomes.append(CallOutcome(False, error=str(record.get("error"))))
     outcomes += [None] * (len(calls) - len(outcomes))
@@ -617,7 +617,11 @@ class _Run:
         return made
 
     def _make_group(
-        self, group: Path, controllers: list[str], settings: dict[str, dict[str, str]], memory: int
+        self,
+        group: Path,
+        controllers: Sequence[str],
+        settings: dict[str, dict[str, str]],
+        memory: int,
     ) -> bool:
         try:
             group.mkdir()
@@ -748,7 +752,7 @@ def _records(data: bytes, dropped: int) -> tuple[list[dict[str, Any]], str]:
     for line in data.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [], "an unreadable line on the results channel"
         if not isinstance(record, dict):
             return [], "an unreadable line on the results channel"

@@ -110,6 +110,13 @@ FAKE_PASSES = {
         "        except Exception:\n            pass\n" + WRONG_ADD
     ),
     "a generator instead of a value": "def add(a, b):\n    yield a + b\n",
+    "a result nested past any recursion limit on every fd": (
+        "import os\n"
+        "deep = b'{\"ok\": true, \"value\": ' + b'[' * 200000 + b']' * 200000 + b'}\\n'\n"
+        "for fd in range(3, 64):\n"
+        '    try:\n        os.write(fd, b\'{"ready": ["add"]}\\n\' + deep)\n'
+        "    except OSError:\n        pass\n" + WRONG_ADD
+    ),
 }
 
 
