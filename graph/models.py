@@ -397,6 +397,7 @@ def prewarm_clients() -> None:
     send_directly(model)
 
 
+@functools.cache
 def warm_client_stack() -> None:
     """Do once, when the process builds its first model (dispatch, before any panelist's clock
     starts), what its first request would otherwise do lazily on a panelist's clock: anyio
