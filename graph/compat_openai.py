@@ -130,7 +130,7 @@ class _DirectCompletions(AsyncCompletions):
         extra_body: dict[str, object] | None = None,
         timeout: float | NotGiven | Any = not_given,  # or the SDK's own Timeout type
         **params: Any,
-    ) -> dict[str, Any] | AsyncStream[dict[str, Any]]:
+    ) -> dict[str, Any] | AsyncStream[dict[str, Any]] | StallGuard:
         body = {key: value for key, value in params.items() if is_given(value)}
         if "messages" not in body or "model" not in body:
             raise TypeError("a chat completion needs `messages` and `model`")
@@ -150,11 +150,12 @@ class _DirectCompletions(AsyncCompletions):
             stream_cls=AsyncStream[_AsJSON],
         )
         if isinstance(reply, AsyncStream) and self.stall_timeout_s:
-            return StallGuard(reply, self.stall_timeout_s, str(body["model"]))  # type: ignore[return-value]
-        return reply
+            return StallGuard(reply, self.stall_timeout_s, str(body["model"]))
+        # The SDK types the reply as its cast type; _AsJSON.build hands it the JSON dict instead.
+        return reply  # type: ignore[return-value]
 
 
-DirectCompletions: type[AsyncCompletions] | None = _DirectCompletions if PRIVATE_API else None
+DirectCompletions: type[_DirectCompletions] | None = _DirectCompletions if PRIVATE_API else None
 """The direct completions class, None when the SDK moved a private name it needs."""
 
 
@@ -166,6 +167,6 @@ def send_directly(model: Any) -> bool:
         return False
     direct = DirectCompletions(model.root_async_client)
     if not getattr(model, "_uses_gateway", False):
-        direct.stall_timeout_s, model.stream_chunk_timeout = model.stream_chunk_timeout, None  # type: ignore[attr-defined]
+        direct.stall_timeout_s, model.stream_chunk_timeout = model.stream_chunk_timeout, None
     model.async_client = direct
     return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, get_args
 
 from langchain_core.messages import AnyMessage
 from langgraph.channels import UntrackedValue
@@ -102,7 +102,8 @@ class FusionState(TypedDict, total=False):
     aggregation: dict[str, Any]
 
 
-TOKEN_KEYS = ("input_tokens", "output_tokens", "total_tokens", "reasoning_tokens")
+TokenKey = Literal["input_tokens", "output_tokens", "total_tokens", "reasoning_tokens"]
+TOKEN_KEYS: tuple[TokenKey, ...] = get_args(TokenKey)
 
 
 def empty_usage() -> Usage:
@@ -110,7 +111,9 @@ def empty_usage() -> Usage:
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:
-    out: Usage = {k: a.get(k, 0) + b.get(k, 0) for k in TOKEN_KEYS}  # type: ignore[misc]
+    out: Usage = {}
+    for k in TOKEN_KEYS:
+        out[k] = a.get(k, 0) + b.get(k, 0)
     reported = a.get("reported_cost_usd", 0.0) + b.get("reported_cost_usd", 0.0)
     if reported:
         out["reported_cost_usd"] = reported

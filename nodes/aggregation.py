@@ -298,7 +298,9 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
     cascade = record.get("cascade")
     final = "synthesis"
     if choice is not None and not synthesized:
-        final = {"early_exit": "early_exit", "vote": "vote"}.get(record.get("outcome"), "select")
+        final = {"early_exit": "early_exit", "vote": "vote"}.get(
+            record.get("outcome", ""), "select"
+        )
     return {
         "requested": record["requested"],
         "applied": record.get("applied") or "synthesize",

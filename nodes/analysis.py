@@ -10,7 +10,7 @@ import functools
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -179,7 +179,7 @@ def coerce_analysis(data: dict[str, Any]) -> Analysis:
         value = data.get(name) or []
         if not isinstance(value, list):
             value = [value]
-        item_type = Analysis.model_fields[name].annotation.__args__[0]  # type: ignore[union-attr]
+        item_type = get_args(Analysis.model_fields[name].annotation)[0]  # list[X] -> X
         items = []
         for item in value[:_ITEMS]:
             if item_type is str:
@@ -196,7 +196,7 @@ def coerce_analysis(data: dict[str, Any]) -> Analysis:
         for name in SELECTION
         if isinstance(data.get(name), str | int) and str(data[name]).strip()
     }
-    return Analysis(**cleaned, **chosen)
+    return Analysis.model_validate({**cleaned, **chosen})
 
 
 _CLIP_LABEL = 40

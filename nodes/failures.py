@@ -16,6 +16,7 @@ from langchain_core.exceptions import (
 )
 
 from fusiongraph.graph.models import ResponseTooLarge
+from fusiongraph.graph.state import PanelError
 from fusiongraph.nodes.scheduling import PanelDeadline
 
 
@@ -102,7 +103,7 @@ def _retried(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
-def cut_error(reason: str, message: str, last_status: int | None) -> dict[str, str]:
+def cut_error(reason: str, message: str, last_status: int | None) -> PanelError:
     """The error of a call cut off by a clock (`reason`: timeout, deadline, straggler). When the
     last response it got was an HTTP error the SDK was retrying, the upstream was failing, not
     slow: report that (`rate_limited` for 429, else `upstream_error`)."""

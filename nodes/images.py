@@ -131,7 +131,7 @@ def _is_private_literal(host: str) -> bool:
         return False
 
 
-def check_images(messages: Sequence[AnyMessage]) -> None:
+def check_images(messages: Sequence[BaseMessage]) -> None:
     """Each image well-formed and bounded, in user messages only, at most MAX_IMAGES."""
     count = 0
     for index, message in enumerate(messages):
@@ -146,7 +146,7 @@ def check_images(messages: Sequence[AnyMessage]) -> None:
                     f"{where} is a {kind!r} block: audio, video and files are not supported, "
                     f"only text and images{hint}",
                 )
-            if kind not in IMAGE_KINDS:
+            if kind not in IMAGE_KINDS or not isinstance(block, dict):
                 continue
             if not isinstance(message, HumanMessage):
                 raise FusionError(

@@ -18,8 +18,10 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 
 from fusiongraph.graph.config import FusionConfig
+from fusiongraph.graph.errors import FailureReason
 from fusiongraph.graph.models import ModelFactory, close_model, quiet, track_upstream_status
 from fusiongraph.graph.reasoning import with_effort
 from fusiongraph.graph.specs import ModelSpec, StructuredMethod
@@ -49,7 +51,7 @@ from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.scheduling import run_deadline_cutoff, scope_of
 from fusiongraph.tools.untrusted import delimit_untrusted
 
-NOSTREAM = {"tags": ["nostream", "fusion:judge"]}
+NOSTREAM: RunnableConfig = {"tags": ["nostream", "fusion:judge"]}
 JUDGE_MAX_TOKENS = 1200
 # Failures of what a reply said, as opposed to what the upstream did.
 _REPLY_REASONS = ("invalid_response", "empty")
@@ -113,6 +115,7 @@ async def structured_call(
         schema = analysis_model(select=select)
         runnable = model.with_structured_output(schema, method=method, include_raw=True)
         out = await runnable.ainvoke(messages, NOSTREAM)
+        assert isinstance(out, dict)  # include_raw: {"raw", "parsed", "parsing_error"}
         spent.append(usage_of(out["raw"]))
         if out.get("parsed") is not None:
             return out["parsed"]
@@ -164,7 +167,7 @@ async def run_judge(
     last: Exception | None = None  # chained, so the upstream's own exception is kept
     for attempt in dict.fromkeys([method, "prompt"]):
         try:
-            analysis = await structured_call(model, attempt, messages, spent, select=select)  # type: ignore[arg-type]
+            analysis = await structured_call(model, attempt, messages, spent, select=select)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -208,9 +211,11 @@ def make_judge(model_factory: ModelFactory):
             answers = [r for r in answers if r["panelist"] in ask["candidates"]]
         if not answers:
             reasons = {r["error"]["reason"] for r in panel if r["error"]}
-            reason = "all_panelists_failed"
-            if reasons in ({"rate_limited"}, {"recursion"}):
-                reason = reasons.pop()
+            reason: FailureReason = "all_panelists_failed"
+            if reasons == {"rate_limited"}:
+                reason = "rate_limited"
+            elif reasons == {"recursion"}:
+                reason = "recursion"
             raise fusion_failure(reason, "no panelist produced an answer", state, config)
         spec = judge_spec(config)
         order, labels = anonymise(answers, state.get("run_key", ""))

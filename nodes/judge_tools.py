@@ -22,16 +22,17 @@ returned, and `checked` needs at least one such source.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
 
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.specs import StructuredMethod
-from fusiongraph.graph.state import Usage, add_usage, empty_usage
+from fusiongraph.graph.state import Source, Usage, add_usage, empty_usage
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.analysis import Analysis
 from fusiongraph.nodes.failures import describe, failure_reason
@@ -41,7 +42,7 @@ from fusiongraph.nodes.tool_loop import ToolTally, run_tool_loop
 from fusiongraph.tools.untrusted import delimit_untrusted
 from fusiongraph.tools.web import make_web_tools, run_web_search
 
-NOSTREAM = {"tags": ["nostream", "fusion:judge"]}
+NOSTREAM: RunnableConfig = {"tags": ["nostream", "fusion:judge"]}
 MAX_SOURCES = 8  # Contradiction.sources' bound
 QUERY_CHARS = 200
 
@@ -257,7 +258,7 @@ def _url_key(url: str) -> str:
     return url.strip().rstrip("/").lower()
 
 
-def settle(analysis: Analysis, gathered: list[dict[str, Any]]) -> Analysis:
+def settle(analysis: Analysis, gathered: Sequence[Source]) -> Analysis:
     """Keep of each contradiction's claim what the run can vouch for: sources the judge's own
     tool calls returned (matched on the URL, case and trailing slash aside), and `checked` only
     with at least one of them."""

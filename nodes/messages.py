@@ -42,7 +42,7 @@ def last_user_text(messages: Sequence[AnyMessage]) -> str:
     return ""
 
 
-def check_conversation(messages: Sequence[AnyMessage]) -> None:
+def check_conversation(messages: Sequence[BaseMessage]) -> None:
     """Refuse input no model can answer, before any call is made."""
     if not messages:
         raise FusionError("invalid_input", "messages is empty; send at least one user message")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import Send
 
 from fusiongraph.graph.config import FusionConfig
@@ -31,7 +32,7 @@ from fusiongraph.graph.models import (
 )
 from fusiongraph.graph.reasoning import with_effort
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.graph.state import FusionState, PanelResult, PanelTask
+from fusiongraph.graph.state import FusionState, PanelError, PanelResult, PanelTask
 from fusiongraph.nodes import prompts
 from fusiongraph.nodes.failures import cut_error, describe, failure_reason
 from fusiongraph.nodes.images import accepts_images, content_key, count_images, without_images
@@ -49,7 +50,7 @@ from fusiongraph.nodes.tool_loop import ToolTally, run_tool_loop
 from fusiongraph.tools.mcp import mcp_tools, servers_identity
 from fusiongraph.tools.web import make_web_tools, prefetch_context
 
-NOSTREAM = {"tags": ["nostream", "fusion:panel"]}
+NOSTREAM: RunnableConfig = {"tags": ["nostream", "fusion:panel"]}
 
 
 class PanelAnswer(ToolTally):
@@ -144,7 +145,7 @@ def make_panelist(model_factory: ModelFactory):
         emit("panelist_started", panelist=panelist_id, model=spec.name)
         started = time.monotonic()
         out = PanelAnswer()
-        error = None
+        error: PanelError | None = None
         images = 0
         with track_upstream_status() as upstream:
             try:
@@ -243,7 +244,12 @@ def panel_sends(
     return [Send("panelist", tasks[indices[k]]) for k in order]
 
 
-def panel_identity(config: FusionConfig, index: int) -> dict[str, Any]:
+class PanelIdentity(TypedDict):
+    spec: dict[str, Any]
+    tools: dict[str, Any]
+
+
+def panel_identity(config: FusionConfig, index: int) -> PanelIdentity:
     """What decides a panelist's answer besides the conversation: the resolved model spec (with
     its endpoint and the run's panel token cap) and its tool settings. Carried in the Send
     payload so the node cache can key on it (`panel_cache_key`)."""

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, close_model, quiet
@@ -40,7 +41,7 @@ TASK_STRATEGY = {
 }
 CLASSIFIER_TIMEOUT_S = 30.0
 CLASSIFIER_MAX_TOKENS = CLASSIFIER_OUTPUT_TOKENS  # the worst-case estimate assumes the same cap
-NOSTREAM = {"tags": ["nostream", "fusion:classifier"]}
+NOSTREAM: RunnableConfig = {"tags": ["nostream", "fusion:classifier"]}
 
 _I = re.IGNORECASE
 _LANGUAGES = (

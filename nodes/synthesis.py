@@ -97,7 +97,10 @@ def make_synthesis(model_factory: ModelFactory):
         started = time.monotonic()
         runnable: Any = model
         if config.synthesis_tools:
-            runnable = model.bind_tools(config.synthesis_tools, tool_choice=config.tool_choice)
+            # BaseChatModel types tool_choice as a name; the providers' models (ChatOpenAI,
+            # ChatAnthropic, ...) also take OpenAI's {"type": "function", ...} form.
+            choice = config.tool_choice
+            runnable = model.bind_tools(config.synthesis_tools, tool_choice=choice)  # type: ignore[arg-type]
         conversation = synthesis_conversation(state, config)
         cutoff = run_deadline_cutoff(state.get("started_at"), config.deadline_s)
         timeout = None if cutoff is None else max(cutoff - time.monotonic(), 0.0)
@@ -136,7 +139,7 @@ def make_synthesis(model_factory: ModelFactory):
             invalid_tool_calls=reply.invalid_tool_calls,
             id=reply.id,
             response_metadata={**reply.response_metadata, "fusion": meta},
-            usage_metadata=usage_metadata_of(total),  # type: ignore[arg-type]
+            usage_metadata=usage_metadata_of(total),
         )
         emit("synthesis_finished", model=spec.name, latency_s=latency)
         return {"messages": [final]}
@@ -165,7 +168,7 @@ async def finish(state: FusionState) -> dict[str, Any]:
         content=choice["content"],
         id=f"fusion-{state.get('run_key', '')}",
         response_metadata={"fusion": meta, "finish_reason": "stop"},
-        usage_metadata=usage_metadata_of(total),  # type: ignore[arg-type]
+        usage_metadata=usage_metadata_of(total),
     )
     emit(
         "answer_selected",

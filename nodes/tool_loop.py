@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolCall, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 
 from fusiongraph.graph.state import Source, Usage, add_usage, empty_usage, usage_of
@@ -48,7 +49,7 @@ async def run_tool_loop(
     max_calls: int,
     tally: ToolTally,
     budget_spent: str,
-    config: dict[str, Any],
+    config: RunnableConfig,
 ) -> AIMessage:
     """Call tools until the model answers, at most `max_calls` tool calls in total; then one
     reply with tools disabled (`budget_spent` says why). `history` grows in place (the replies
@@ -72,7 +73,7 @@ async def run_tool_loop(
 
 
 async def run_tool(
-    tools: dict[str, BaseTool], call: dict[str, Any], tally: ToolTally, budget_left: bool
+    tools: dict[str, BaseTool], call: ToolCall, tally: ToolTally, budget_left: bool
 ) -> ToolMessage:
     """One tool call's result message; counted against the budget only when it ran."""
     call_id = call.get("id") or ""

@@ -273,7 +273,7 @@ def verify_math(
     if ran.reason == "exited" and ran.exit_code == 0 and lines:
         value = extract_answer(lines[-1], how) or lines[-1].strip()
         computed = normalise_answer(value)
-    votes = Counter(v for v in finals.values() if v is not None)
+    votes: Counter[str | None] = Counter(v for v in finals.values() if v is not None)
     ranked = votes.most_common()
     vote_winner = (
         ranked[0][0] if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None

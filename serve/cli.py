@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from dotenv import load_dotenv
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -22,6 +22,9 @@ from fusiongraph.graph.limits import MAX_PANEL
 from fusiongraph.graph.shared_cache import open_cache, parse_cache_url
 from fusiongraph.serve.cli_render import plain, show_result, shown
 from fusiongraph.serve.cli_settings import model_spec_option, with_context_options
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
 
 app = typer.Typer(
     help="Multi-model deliberation: a panel answers, a judge compares, one writes.",
@@ -128,9 +131,9 @@ _THREAD_NOTES = {
 
 async def _run_live(
     graph: Any,
-    messages: list[Any] | None,
+    messages: Sequence[BaseMessage] | None,
     ctx: dict[str, Any],
-    config: dict[str, Any] | None,
+    config: RunnableConfig | None,
     as_json: bool,
 ) -> Any:
     """Run the graph with the live progress table; return the final message."""
@@ -561,4 +564,4 @@ def main() -> None:  # pragma: no cover - console entry
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -64,7 +64,7 @@ def _holds_spec(annotation: Any) -> bool:
 def _per_call_annotation(name: str, annotation: Any) -> Any:
     """The field's type as a call may set it: presets by name, specs without endpoint or key."""
     if name == "preset":
-        return Literal[tuple(PRESETS)] | None  # type: ignore[valid-type]
+        return Literal[tuple(PRESETS)] | None
     if _holds_spec(annotation):
         is_list = any(
             typing.get_origin(a) is list for a in (annotation, *typing.get_args(annotation))
@@ -73,51 +73,46 @@ def _per_call_annotation(name: str, annotation: Any) -> Any:
     return annotation
 
 
-def _one_input(values: Any) -> Any:
-    if isinstance(values, dict):
-        question, messages = values.get("question"), values.get("messages")
-        if (question is None) == (messages is None):
-            raise ValueError("give either `question` or `messages`, not both and not neither")
-        if messages is not None and values.get("context") is not None:
-            raise ValueError("`context` goes with `question`; put background in `messages`")
-    return values
+# The tool's own inputs, first among its arguments; the context settings follow
+# (arguments_model). No docstring: the arguments' JSON schema has no description.
+class _Inputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str | None = Field(
+        default=None, min_length=1, description="The question, self-contained."
+    )
+    context: str | None = Field(
+        default=None, description="Optional background the panel needs (with question)."
+    )
+    messages: list[ChatTurn] | None = Field(
+        default=None,
+        min_length=1,
+        description="A whole conversation instead of `question`; the last turn is the user's.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_input(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            question, messages = values.get("question"), values.get("messages")
+            if (question is None) == (messages is None):
+                raise ValueError("give either `question` or `messages`, not both and not neither")
+            if messages is not None and values.get("context") is not None:
+                raise ValueError("`context` goes with `question`; put background in `messages`")
+        return values
 
 
 @functools.cache
-def arguments_model(context_schema: type[BaseModel] = FusionContext) -> type[BaseModel]:
+def arguments_model(context_schema: type[BaseModel] = FusionContext) -> type[_Inputs]:
     """The tool's arguments: the question (or messages), then every per-call context setting
     with the context's own type and description."""
-    fields: dict[str, Any] = {
-        "question": (
-            str | None,
-            Field(default=None, min_length=1, description="The question, self-contained."),
-        ),
-        "context": (
-            str | None,
-            Field(default=None, description="Optional background the panel needs (with question)."),
-        ),
-        "messages": (
-            list[ChatTurn] | None,
-            Field(
-                default=None,
-                min_length=1,
-                description="A whole conversation instead of `question`; the last turn is the "
-                "user's.",
-            ),
-        ),
-    }
+    fields: dict[str, Any] = {}
     for name, info in context_schema.model_fields.items():
-        if name in NOT_PER_CALL or name in fields:
+        if name in NOT_PER_CALL or name in _INPUTS:
             continue
         annotation = _per_call_annotation(name, info.annotation)
         fields[name] = (annotation, Field(default=None, description=info.description))
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
-        "DeliberateArguments",
-        __config__=ConfigDict(extra="forbid"),
-        __validators__={"_one_input": model_validator(mode="before")(_one_input)},
-        **fields,
-    )
-    return model
+    return create_model("DeliberateArguments", __base__=_Inputs, **fields)
 
 
 def input_schema(context_schema: type[BaseModel] = FusionContext) -> dict[str, Any]:
@@ -174,10 +169,11 @@ def parse_arguments(
     except ValidationError as exc:
         raise ArgumentError(_validation_message(exc)) from None
     overrides = parsed.model_dump(exclude_none=True, exclude=set(_INPUTS))
-    if parsed.messages is not None:  # type: ignore[attr-defined]
-        messages = [_message(turn) for turn in parsed.messages]  # type: ignore[attr-defined]
+    if parsed.messages is not None:
+        messages = [_message(turn) for turn in parsed.messages]
     else:
-        messages = deliberation_messages(parsed.question, parsed.context)  # type: ignore[attr-defined]
+        assert parsed.question is not None  # _one_input: no messages, so a question
+        messages = deliberation_messages(parsed.question, parsed.context)
     return messages, overrides
 
 

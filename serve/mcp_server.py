@@ -29,7 +29,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import mcp.types as types
@@ -40,7 +40,6 @@ from mcp.server.streamable_http_manager import (
     StreamableHTTPSessionManager,
 )
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -66,6 +65,9 @@ from fusiongraph.serve.openai_errors import OpenAIError
 from fusiongraph.serve.openai_request import RequestLimits, load_json, read_body
 from fusiongraph.serve.request_guards import HeaderLimit
 from fusiongraph.tools.aio import Pump
+
+if TYPE_CHECKING:
+    from langgraph.cache.base import BaseCache
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,10 @@ def _tool_error(text: str) -> ToolResult:
 
 
 def create_mcp_server(
-    graph: Any = None, *, context: dict[str, Any] | None = None, cache: bool = False
+    graph: Any = None,
+    *,
+    context: dict[str, Any] | None = None,
+    cache: bool | BaseCache | None = False,
 ) -> Server[Any, Any]:
     """The MCP server around `graph` (default: the package's graph, with the panel cache when
     `cache`). `context` holds the operator's settings for every call (preset, models, operator-
@@ -104,7 +109,7 @@ def create_mcp_server(
         from fusiongraph.graph.builder import build_graph
 
         graph = build_graph(cache=cache or None)
-    context_schema: type[BaseModel] = getattr(graph, "context_schema", None) or FusionContext
+    context_schema: type[FusionContext] = getattr(graph, "context_schema", None) or FusionContext
     base = dict(context or {})
     context_schema(**base)  # the operator's settings fail at start-up, not on the first call
     server: Server[Any, Any] = Server(SERVER_NAME, version=_version(), instructions=DESCRIPTION)

@@ -25,10 +25,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import AIMessage
-from langgraph.graph.state import CompiledStateGraph
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from fusiongraph.graph.builder import open_graph
+from fusiongraph.graph.builder import FusionGraph, open_graph
 from fusiongraph.graph.config import FusionContext
 from fusiongraph.graph.errors import FusionConfigError, FusionError
 from fusiongraph.graph.models import aclose_models
@@ -196,7 +195,7 @@ def freeze_startup_heap() -> None:
 
 
 def create_app(
-    graph: CompiledStateGraph | None = None,
+    graph: FusionGraph | None = None,
     *,
     api_keys: list[str] | None = None,
     aliases: dict[str, dict[str, Any]] | None = None,
@@ -229,7 +228,7 @@ def create_app(
     With `start_local_model` (what `fusiongraph serve` sets), the bundled local model the default
     model needs is started at boot in the background, and /readyz reports its progress until it
     answers (serve/health.py): a load balancer waiting for ready never waits for a first run."""
-    holder: dict[str, CompiledStateGraph] = {}
+    holder: dict[str, FusionGraph] = {}
     if graph is not None:
         holder["graph"] = graph
     elif not checkpointer_url and not cache:
