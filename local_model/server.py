@@ -167,19 +167,32 @@ def _keep_every_model_loaded(proxy_cls: Any) -> None:
 
     As shipped, it holds one model at a time and closes it to load the next one asked for, so a
     heterogeneous panel would reload weights on every call. Requests for a name it does not
-    serve still get the default (first) model, as before.
+    serve still get the default (first) model, as before. The patched proxy keeps its own
+    table (through the proxy's public `load_llama_from_model_settings`), not the fields of the
+    shipped one, and answers what the server asks of it: a model by name, the names, a name's
+    settings, and `free`.
     """
-    base_init = proxy_cls.__init__
 
     def __init__(self: Any, models: Any) -> None:
-        base_init(self, models)  # loads the default model
-        self._fg_loaded = {self._default_model_alias: self._current_model}
-        for alias, settings in self._model_settings_dict.items():
-            if alias not in self._fg_loaded:
-                self._fg_loaded[alias] = self.load_llama_from_model_settings(settings)
+        if not models:
+            raise ValueError("No models provided!")
+        self._fg_settings = {}
+        self._fg_loaded = {}
+        for settings in models:
+            settings.model_alias = settings.model_alias or settings.model
+            self._fg_settings[settings.model_alias] = settings
+        for alias, settings in self._fg_settings.items():
+            self._fg_loaded[alias] = proxy_cls.load_llama_from_model_settings(settings)
+        self._fg_default = models[0].model_alias
 
     def __call__(self: Any, model: str | None = None) -> Any:
-        return self._fg_loaded.get(model, self._fg_loaded[self._default_model_alias])
+        return self._fg_loaded.get(model, self._fg_loaded[self._fg_default])
+
+    def __iter__(self: Any) -> Iterator[str]:
+        return iter(self._fg_settings)
+
+    def __getitem__(self: Any, model: str) -> Any:
+        return self._fg_settings[model].model_dump()
 
     def free(self: Any) -> None:
         for llama in self._fg_loaded.values():
@@ -188,6 +201,8 @@ def _keep_every_model_loaded(proxy_cls: Any) -> None:
 
     proxy_cls.__init__ = __init__
     proxy_cls.__call__ = __call__
+    proxy_cls.__iter__ = __iter__
+    proxy_cls.__getitem__ = __getitem__
     proxy_cls.free = free
 
 
