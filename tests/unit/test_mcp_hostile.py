@@ -13,9 +13,12 @@ import asyncio
 import json
 import logging
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +31,7 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.serve.mcp_server import create_mcp_server, streamable_http_app
 from fusiongraph.serve.openai_request import MAX_JSON_DEPTH
 from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
-from tests.support.servers import running_server
+from tests.support.servers import free_port, running_server
 
 QUESTION = "Why does water boil at a lower temperature at altitude?"
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -203,22 +206,57 @@ async def test_an_idle_session_expires_and_a_long_call_does_not(
                 "deliberate", {"question": QUESTION, "panel": ["openai:p2"]}
             )
             assert not result.isError, result.content
-        ping = b'{"jsonrpc": "2.0", "id": 2, "method": "ping"}'
-        headers = {**HEADERS, "mcp-session-id": session_id, "mcp-protocol-version": "2025-06-18"}
+        seen = await _expires(url, session_id)
+        assert seen[-1] == 404, seen
 
-        async def status() -> int:
-            async with httpx.AsyncClient() as client:
-                return (await client.post(url, content=ping, headers=headers)).status_code
 
-        assert await status() == 200, "the session is still there right after its last request"
-        # Each look is a request, which restarts the idle clock: wait longer than it each time.
-        seen: list[int] = []
+async def _expires(url: str, session_id: str) -> list[int]:
+    """The statuses of a ping on the session, each after a wait longer than the idle time (a
+    look is a request, which restarts the idle clock), until one is a 404."""
+    ping = b'{"jsonrpc": "2.0", "id": 2, "method": "ping"}'
+    headers = {**HEADERS, "mcp-session-id": session_id, "mcp-protocol-version": "2025-06-18"}
+    seen: list[int] = []
+    async with httpx.AsyncClient() as client:
         for wait_s in (1.5, 3.0, 6.0, 12.0):
             await asyncio.sleep(wait_s)
-            seen.append(await status())
+            seen.append((await client.post(url, content=ping, headers=headers)).status_code)
             if seen[-1] == 404:
                 break
-        assert seen[-1] == 404, seen
+    return seen
+
+
+def test_the_cli_flag_sets_the_idle_time(tmp_path: Path) -> None:
+    """`fusiongraph mcp --transport http --session-idle-s 1` as a real process."""
+    port = free_port()
+    log = (tmp_path / "mcp.log").open("w")
+    command = [sys.executable, "-m", "fusiongraph.serve.cli", "mcp", "--transport", "http"]
+    command += ["--port", str(port), "--session-idle-s", "1"]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    async def scenario() -> list[int]:
+        async with session_of(url, terminate_on_close=False) as (_, session_id):
+            pass
+        return await _expires(url, session_id)
+
+    try:
+        assert _until_sync(lambda: _listening(port), timeout_s=60), (
+            tmp_path / "mcp.log"
+        ).read_text()
+        seen = asyncio.run(scenario())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert seen[-1] == 404, seen
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_the_idle_time_must_be_positive(scripts: dict[str, Script]) -> None:
