@@ -78,7 +78,7 @@ Transport = Literal["stdio", "http"]
 ToolResult = types.CallToolResult
 # A session with no request in flight for this long expires (the SDK's default; `--session-idle-s`).
 SESSION_IDLE_S = 30 * 60.0
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]  # an ASGI receive
 
 
 class _ClientLeft(Exception):
@@ -261,7 +261,9 @@ class _Endpoint:
                 return
         await self.manager.handle_request(scope, receive, send)
 
-    async def _checked_body(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    async def _checked_body(
+        self, scope: dict[str, Any], receive: Receive, send: Any
+    ) -> Receive | None:
         """The body, read within the SDK's size limit and the body timeout and checked by the HTTP
         APIs' load_json, then handed on (without a leading byte order mark, which load_json
         ignores too); None once a JSON-RPC error has been answered or the client has left."""
