@@ -177,8 +177,7 @@ def parse_preference(text: str) -> Preference | None:
     """ "WINNER: A" / "B" / "TIE" (also "[[A]]", "Response B is better", a lone "A")."""
     found = _BRACKET_RE.search(text)
     if found:
-        choice = found.group(1).upper()
-        return "TIE" if choice in ("C", "TIE") else choice  # type: ignore[return-value]
+        return _preference(found.group(1).upper(), ties=("C", "TIE"))
     found = _WINNER_RE.search(text) or _NAMED_RE.search(text)
     if found is None:
         lone = re.fullmatch(
@@ -189,7 +188,14 @@ def parse_preference(text: str) -> Preference | None:
         choice = lone.group(1).upper()
     else:
         choice = found.group(1).upper()
-    return "TIE" if choice in ("TIE", "NEITHER", "BOTH") else choice  # type: ignore[return-value]
+    return _preference(choice, ties=("TIE", "NEITHER", "BOTH"))
+
+
+def _preference(choice: str, *, ties: tuple[str, ...]) -> Preference:
+    """A captured choice, upper case: one of `ties` is a tie; the patterns leave only A or B."""
+    if choice in ties:
+        return "TIE"
+    return "A" if choice == "A" else "B"
 
 
 def grade_prompt(question: str, answer: str, reference: str | None, rubric: str | None) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import string
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,8 +34,8 @@ from fusiongraph.graph.answers import check_how
 TaskType = Literal["code", "math", "short_answer", "multiple_choice", "research", "open_ended"]
 ScorerName = Literal["exact", "choice", "code", "graded"]
 
-TASK_TYPES: tuple[str, ...] = TaskType.__args__  # type: ignore[attr-defined]
-SCORERS: tuple[str, ...] = ScorerName.__args__  # type: ignore[attr-defined]
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+SCORERS: tuple[str, ...] = get_args(ScorerName)
 DEFAULT_SCORER: dict[str, str] = {
     "code": "code",
     "math": "exact",

@@ -122,6 +122,7 @@ class _DirectCompletions(AsyncCompletions):
 
     stall_timeout_s: float | None = None
 
+    # The SDK's create is overloads over each parameter; this one takes the request as it is.
     async def create(  # type: ignore[override]
         self,
         *,

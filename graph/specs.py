@@ -25,6 +25,7 @@ PROVIDERS: tuple[str, ...] = (
     *(p for p in LANGCHAIN_PROVIDERS if p not in BUILTIN_PROVIDERS),
     OBJECT_PROVIDER,
 )
+# Made from LangChain's list at import time, so pydantic checks it; mypy sees only a value.
 Provider = Literal[PROVIDERS]  # type: ignore[valid-type]
 ToolMode = Literal["agentic", "prefetch", "off"]
 # How the judge asks for its structure: OpenAI json_schema; llama.cpp's JSON mode constrained by

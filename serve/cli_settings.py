@@ -196,6 +196,7 @@ def with_context_options(command: Callable[..., Any]) -> Callable[..., Any]:
         return command(context=context, **kwargs)
 
     parameters = [*own, *added]
+    # typeshed's functions lack __signature__, which inspect.signature (and typer) reads.
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     del wrapper.__wrapped__  # typer reads this signature, not the command's

@@ -290,11 +290,13 @@ def load_json(raw: str | bytes, where: str | None = None) -> Any:
     A body that starts with a UTF-8 byte order mark is read without it. RFC 8259 forbids senders
     to add one but lets parsers ignore it, and the mark carries nothing: files saved by Windows
     tools (PowerShell 5's `Out-File -Encoding UTF8`, Notepad) start with it and reach the server
-    through `curl -d @file`. Refusing them would turn a harmless byte into a failed request."""
+    through `curl -d @file`. Refusing them would turn a harmless byte into a failed request.
+    Bytes are read as UTF-8 only, as RFC 8259 requires between systems (json.loads alone would
+    also take UTF-16 and UTF-32)."""
     what = where or "the request body"
-    if isinstance(raw, bytes):
-        raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
+        if isinstance(raw, bytes):
+            raw = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogatepass")
         value = json.loads(raw, parse_constant=_NotJson)
     except RecursionError:
         raise limit_error(
@@ -438,6 +440,7 @@ def convert_messages(messages: list[Message]) -> list[AnyMessage]:
         elif isinstance(message, AssistantMessage):
             out.append(AIMessage(content=text, tool_calls=calls, name=message.name))
         elif isinstance(message, UserMessage):
+            # langchain-core takes a list of str | dict; ours holds dicts only (list is invariant).
             out.append(HumanMessage(content=content, name=message.name))  # type: ignore[arg-type]
         else:
             out.append(LCSystemMessage(content=text, name=message.name))

@@ -22,12 +22,20 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fusiongraph.tools.untrusted import delimit_untrusted
+
+if TYPE_CHECKING:
+    from langchain_mcp_adapters.sessions import (
+        Connection,
+        SSEConnection,
+        StdioConnection,
+        StreamableHttpConnection,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -76,23 +84,29 @@ class McpServerSettings(BaseModel):
         object.__setattr__(self, "transport", transport)
         return self
 
-    def connection(self) -> dict[str, Any]:
+    def connection(self) -> Connection:
         """The langchain-mcp-adapters connection for this server, `${VAR}`s expanded."""
         if self.transport == "stdio":
-            conn: dict[str, Any] = {
+            assert self.command is not None  # _reachable: a stdio server has a command
+            stdio: StdioConnection = {
                 "transport": "stdio",
                 "command": self.command,
                 "args": self.args,
             }
             if self.env is not None:
-                conn["env"] = {k: _expand(v) for k, v in self.env.items()}
+                stdio["env"] = {k: _expand(v) for k, v in self.env.items()}
             if self.cwd:
-                conn["cwd"] = self.cwd
-            return conn
-        conn = {"transport": self.transport, "url": self.url}
+                stdio["cwd"] = self.cwd
+            return stdio
+        assert self.url is not None  # _reachable: any other server has a URL
+        http: SSEConnection | StreamableHttpConnection = (
+            {"transport": "sse", "url": self.url}
+            if self.transport == "sse"
+            else {"transport": "streamable_http", "url": self.url}
+        )
         if self.headers:
-            conn["headers"] = {k: _expand(v) for k, v in self.headers.items()}
-        return conn
+            http["headers"] = {k: _expand(v) for k, v in self.headers.items()}
+        return http
 
 
 McpServers = dict[str, McpServerSettings]
@@ -158,9 +172,7 @@ async def mcp_tools(
         return
     from langchain_mcp_adapters.client import MultiServerMCPClient
 
-    client = MultiServerMCPClient(
-        {name: server.connection() for name, server in servers.items()}  # type: ignore[misc]
-    )
+    client = MultiServerMCPClient({name: server.connection() for name, server in servers.items()})
     tools: list[BaseTool] = []
     names = set(taken)
     async with AsyncExitStack() as stack:

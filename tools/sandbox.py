@@ -342,7 +342,7 @@ def resolve_backend(backend: Backend | None = None) -> Backend:
                 f"files, network and processes stay in reach), set {BACKEND_ENV}=process "
                 "(or backend='process')."
             )
-    return chosen  # type: ignore[return-value]
+    return "bwrap" if chosen == "bwrap" else "process"
 
 
 @functools.cache
