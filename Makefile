@@ -20,6 +20,7 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash scripts/typecheck.sh
 
 # The docs site into site/; --strict turns every broken link or anchor into a failure.
 docs: setup
