@@ -369,6 +369,17 @@ def test_a_leading_byte_order_mark_is_ignored(
     assert response.status_code == 200, response.text[:500]
 
 
+def test_a_body_in_another_encoding_is_400(server: tuple[str, FakeFactory]) -> None:
+    """UTF-8 only (RFC 8259): json.loads alone would read a UTF-16 body."""
+    url, factory = server
+    built = len(factory.built)
+    body = json.dumps({"model": MODEL, "messages": USER}).encode("utf-16")
+    response = _post_raw(url, body)
+    assert response.status_code == 400, response.text[:500]
+    assert "utf-8" in response.json()["error"]["message"]
+    assert len(factory.built) == built
+
+
 def test_an_oversized_request_header_is_431(server: tuple[str, FakeFactory]) -> None:
     url, factory = server
     built = len(factory.built)
