@@ -4,6 +4,8 @@
     gate ──> panelist (Send: a cascade's rest, when the first k disagree) ──> gate
     gate ──> judge ──> synthesis ──> END        (synthesize; a selection that falls back)
     gate ──> finish ──> END                     (early exit, a vote's winner: no model call)
+    gate ──> verify ──> finish | synthesis      (verify: the winner by execution; tools: a draft)
+    verify ──> judge ──> finish                 (verify with nothing that passes: select)
     gate ──> synthesis                          (the same, with the caller's tools: a draft)
     judge ──> finish                            (select, a vote's tie: the answer verbatim)
     dispatch ──Send──> classify ──> gate        (auto, when its rules cannot tell)
@@ -44,6 +46,7 @@ from fusiongraph.nodes.judge import make_judge
 from fusiongraph.nodes.panel import make_panelist, panel_cache_key
 from fusiongraph.nodes.routing import make_classify
 from fusiongraph.nodes.synthesis import finish, make_synthesis
+from fusiongraph.nodes.verify_node import after_verify, make_verify
 from fusiongraph.tools.aio import run_coroutine
 
 # The compiled fusion graph (its context a FusionContext or an extension's subclass of it).
@@ -167,6 +170,7 @@ def build_graph(
     )
     builder.add_node("classify", sync_and_async(make_classify(model_factory)))
     builder.add_node("gate", sync_and_async(gate))
+    builder.add_node("verify", sync_and_async(make_verify(model_factory)))
     builder.add_node("judge", sync_and_async(make_judge(model_factory)))
     builder.add_node("synthesis", sync_and_async(make_synthesis(model_factory)))
     builder.add_node("finish", sync_and_async(finish))
@@ -175,7 +179,10 @@ def build_graph(
     builder.add_edge("panelist", "gate")
     builder.add_edge("classify", "gate")
     builder.add_conditional_edges(
-        "gate", on_the_loop(after_gate), ["panelist", "judge", "synthesis", "finish"]
+        "gate", on_the_loop(after_gate), ["panelist", "verify", "judge", "synthesis", "finish"]
+    )
+    builder.add_conditional_edges(
+        "verify", on_the_loop(after_verify), ["judge", "synthesis", "finish"]
     )
     builder.add_conditional_edges("judge", on_the_loop(after_judge), ["synthesis", "finish"])
     builder.add_edge("synthesis", END)

@@ -7,11 +7,20 @@ and validates everything before any model is called, naming the offending field.
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fusiongraph.graph.answers import check_how
 from fusiongraph.graph.errors import FusionConfigError, field_path
@@ -62,6 +71,43 @@ NonNegative = Annotated[float, Field(ge=0)]
 Temperature = Annotated[float, Field(ge=0, le=2)]
 JudgeChars = Annotated[int, Field(ge=200)]
 CascadeSize = Annotated[int, Field(ge=2)]
+
+
+class VerifyCase(BaseModel):
+    """One of the caller's tests for `verify`: the call written as Python (`median([1, 2])`,
+    literal arguments only) or its positional arguments, and the result it must return."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call: str | None = Field(default=None, description="the call, e.g. median([1, 2])")
+    args: list[Any] | None = Field(default=None, description="the positional arguments")
+    expected: Any = Field(description="the result the function must return")
+
+    @model_validator(mode="after")
+    def _one_call(self) -> VerifyCase:
+        if (self.call is None) == (self.args is None):
+            raise ValueError("give the call or its args, not both")
+        if self.call is not None:
+            call_parts(self.call)
+        return self
+
+
+def call_parts(call: str) -> tuple[str, list[Any]]:
+    """`median([1, 2])` -> ("median", [[1, 2]]); a call that is not a name applied to literal
+    positional arguments is refused."""
+    try:
+        node = ast.parse(call.strip(), mode="eval").body
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.keywords:
+            raise ValueError
+        return node.func.id, [ast.literal_eval(arg) for arg in node.args]
+    except (SyntaxError, ValueError):
+        raise ValueError(
+            f"{call[:80]!r} is not a call of a function with literal arguments"
+        ) from None
+
+
+# Unit tests as Python source (asserts, `check(candidate)`), or input/expected cases.
+VerifyTests = str | list[VerifyCase]
 
 
 class FusionContext(BaseModel):
@@ -119,10 +165,16 @@ class FusionContext(BaseModel):
         "judge whose spec sets none, where the provider has it",
     )
     # Strategy names live here only: code that lists strategies reads this annotation.
-    aggregation: Literal["synthesize", "select", "vote", "auto", None] = Field(
+    aggregation: Literal["synthesize", "select", "vote", "verify", "auto", None] = Field(
         default=None,
         description="synthesize (default) | select (the judge picks an answer, verbatim) | vote "
-        "(majority of extracted answers) | auto (chosen per request)",
+        "(majority of extracted answers) | verify (answers run in a sandbox: code on tests, "
+        "math against a program) | auto (chosen per request)",
+    )
+    verify_tests: VerifyTests | None = Field(
+        default=None,
+        description="tests for verify: Python asserts on the function, or a list of "
+        '{"call": "f(1, 2)" or "args": [1, 2], "expected": 3}; they run only in the sandbox',
     )
     early_exit: bool | None = Field(
         default=None,
@@ -233,7 +285,8 @@ class FusionConfig(BaseModel):
     judge_max_tool_calls: ToolCalls = DEFAULT_JUDGE_MAX_TOOL_CALLS
     include_raw_answers: bool = False
     reasoning_effort: ReasoningEffort | None = None
-    aggregation: Literal["synthesize", "select", "vote", "auto"] = "synthesize"
+    aggregation: Literal["synthesize", "select", "vote", "verify", "auto"] = "synthesize"
+    verify_tests: VerifyTests | None = None  # the caller's tests for verify (nodes/verify.py)
     early_exit: bool | None = None  # None: on for vote and auto (nodes/aggregation.py)
     vote_answer: str | None = None  # None: "auto" for vote, "marked" for agreement elsewhere
     cascade: CascadeSize | None = None

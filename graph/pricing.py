@@ -32,6 +32,7 @@ ASSUMED_MAX_TOKENS = 4096  # when a call has no max_tokens set
 JUDGE_OUTPUT_TOKENS = 1200
 SYNTHESIS_OVERHEAD_TOKENS = 2500  # instructions + analysis
 CLASSIFIER_OUTPUT_TOKENS = 8  # nodes/routing.py caps its reply (one word)
+VERIFY_SIGNATURE_TOKENS = 300  # the answers' signatures verify's judge reads beside the prompt
 
 
 def price_of(spec: ModelSpec, config: FusionConfig) -> Price | None:
@@ -99,6 +100,11 @@ def worst_case_cost(config: FusionConfig, prompt_chars: int) -> tuple[float, lis
     synth_out = config.max_tokens or config.synthesizer.max_tokens or ASSUMED_MAX_TOKENS
     synth_in = base + SYNTHESIS_OVERHEAD_TOKENS + (panel_out if config.include_raw_answers else 0)
     add(config.synthesizer, [(synth_in, synth_out)])
+    if config.aggregation in ("verify", "auto"):  # verify's one judge call: tests or a program
+        add(
+            config.judge,
+            [(base + VERIFY_SIGNATURE_TOKENS, config.judge.max_tokens or JUDGE_OUTPUT_TOKENS)],
+        )
     if config.classifier is not None and config.aggregation == "auto":  # auto's one-word call
         add(config.classifier, [(base, CLASSIFIER_OUTPUT_TOKENS)])
     return total, unknown

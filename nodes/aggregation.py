@@ -8,7 +8,10 @@
 - `vote`: each answer is reduced to its final answer (graph/answers.py, `vote_answer`) and
   counted; a clear winner is the answer, with no judge or synthesis call; a tie goes to the
   judge, which selects among the tied answers only.
-- `auto`: the request's kind picks one of the three (nodes/routing.py).
+- `verify`: the answers are run, not judged (nodes/verify_node.py, after the gate): code on the
+  caller's or the judge's tests in the sandbox, math against a program the judge writes; the
+  winner is the answer verbatim. Nothing to run, nothing that passes, no sandbox: `select`.
+- `auto`: the request's kind picks one of the others (nodes/routing.py).
 
 Two ways to spend less, with any strategy:
 - early exit (on by default for vote and auto): when every successful answer agrees, judge and
@@ -104,13 +107,13 @@ def early_exit_on(config: FusionConfig) -> bool:
     return config.aggregation in ("vote", "auto")
 
 
-def agreement_how(config: FusionConfig, applied: str | None) -> str:
+def agreement_how(config: FusionConfig, applied: str | None, task: str | None = None) -> str:
     """How answers are compared for early exit and a cascade: the caller's `vote_answer`; else
-    `auto` for vote, and for the others only a boxed or marked answer (or equal texts), so two
-    essays that end on the same year are not taken to agree."""
+    `auto` for vote (and verify on math, which votes), and for the others only a boxed or marked
+    answer (or equal texts), so two essays that end on the same year are not taken to agree."""
     if config.vote_answer is not None:
         return config.vote_answer
-    return "auto" if applied == "vote" else "marked"
+    return "auto" if applied == "vote" or (applied == "verify" and task == "math") else "marked"
 
 
 def tally(answers: list[PanelResult], how: str) -> dict[str, Any]:
@@ -150,7 +153,7 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
     answers = answered(state.get("panel", []))
     applied = record["applied"] or "synthesize"
     record["applied"] = applied
-    how = agreement_how(config, applied)
+    how = agreement_how(config, applied, record.get("task"))
     agreed = answers_agree([r["content"] for r in answers], how) if len(answers) >= 2 else None
     cascade = dict(record["cascade"]) if record.get("cascade") else None
     if cascade is not None and not cascade["rest_called"] and cascade["agreed"] is None:
@@ -165,7 +168,7 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
             **record,
             "outcome": "early_exit",
             "agreed": agreed,
-            "route": _finish_route(config),
+            "route": finish_route(config),
             "note": f"every answer agreed on {agreed!r}: {_skipped(config)}",
         }
     if applied == "vote" and answers:
@@ -175,7 +178,7 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
             return {
                 **record,
                 "outcome": "vote",
-                "route": _finish_route(config),
+                "route": finish_route(config),
                 "note": f"{vote['winner']!r} won the vote: {_skipped(config)}",
             }
         tied = vote["tied"]
@@ -188,10 +191,12 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
             "route": "judge",
             "note": "a tie: the judge selects among the tied answers",
         }
+    if applied == "verify" and answers:
+        return {**record, "outcome": None, "route": "verify", "note": "the answers are run"}
     return {
         **record,
         "outcome": "judge",
-        "judge_select": applied == "select",
+        "judge_select": applied in ("select", "verify"),
         "route": "judge",
         "note": "the judge compares the answers",
     }
@@ -203,7 +208,7 @@ def _skipped(config: FusionConfig) -> str:
     return "judge and synthesis skipped"
 
 
-def _finish_route(config: FusionConfig) -> str:
+def finish_route(config: FusionConfig) -> str:
     """A decided answer ends the run, unless the caller bound tools: a panel answer can make no
     tool call (the panel never sees the caller's tools), so the synthesizer writes from it as its
     draft, with the tools bound."""
@@ -247,6 +252,13 @@ def fallback_reason(state: FusionState) -> str | None:
     return f"the judge named {best!r}, not one of the responses it was shown: synthesis instead"
 
 
+def verify_fallback(checked: dict[str, Any] | None) -> str | None:
+    """Why verify handed the decision to the judge's selection (None: it did not)."""
+    if not checked or not checked.get("fallback"):
+        return None
+    return f"verify: {checked['why']}"
+
+
 def decided(state: FusionState) -> dict[str, Any] | None:
     """The panel answer that is the final answer, when a strategy decided one: {"panelist",
     "reason", "content"}; None when synthesis writes it."""
@@ -256,6 +268,12 @@ def decided(state: FusionState) -> dict[str, Any] | None:
         first = answers[0]
         reason = f"every answer agreed on {record.get('agreed')!r}; the first in panel order"
         return {"panelist": first["panelist"], "reason": reason, "content": first["content"]}
+    checked = record.get("verify") or {}
+    if record.get("outcome") == "verify" and checked.get("winner"):
+        for r in answers:
+            if r["panelist"] == checked["winner"]:
+                content = r["content"]
+                return {"panelist": r["panelist"], "reason": checked["why"], "content": content}
     vote = record.get("vote") or {}
     if record.get("outcome") == "vote" and vote.get("winner") is not None:
         for r in answers:
@@ -292,13 +310,16 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
     panel = state.get("panel", [])
     judged = bool(state.get("judge"))
     classifier = record.get("classifier")
+    checked = record.get("verify")
+    verify_judged = bool(checked and checked.get("judge"))
     made = sum(not r.get("cached") for r in panel) + judged + synthesized + bool(classifier)
+    made += verify_judged
     full = len(config.panel) + 2
     choice = decided(state)
     cascade = record.get("cascade")
     final = "synthesis"
     if choice is not None and not synthesized:
-        final = {"early_exit": "early_exit", "vote": "vote"}.get(
+        final = {"early_exit": "early_exit", "vote": "vote", "verify": "verify"}.get(
             record.get("outcome", ""), "select"
         )
     return {
@@ -314,12 +335,13 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
             {"panelist": choice["panelist"], "reason": choice["reason"]} if choice else None
         ),
         "draft": choice["panelist"] if choice is not None and synthesized else None,
-        "fallback": fallback_reason(state),
+        "fallback": fallback_reason(state) or verify_fallback(checked),
         "raw_answers": synthesized
         and (state.get("analysis") is None or needs_raw_answers(state, config)),
         "cascade": cascade,
         "classifier": classifier,
-        "calls": {"made": made, "full_path": full},
+        "verify": checked,
+        "calls": {"made": made, "full_path": full + verify_judged},
         "saved": {
             "calls": full - made,
             "cost_usd": saved_cost(state, config, judged=judged, synthesized=synthesized),
@@ -399,7 +421,7 @@ async def gate(state: FusionState) -> dict[str, Any]:
 
 
 def after_gate(state: FusionState) -> str | list[Send]:
-    """The gate's conditional edge: the rest of a cascade's panel, the judge or finish."""
+    """The gate's conditional edge: the rest of a cascade's panel, verify, the judge or finish."""
     record = state["aggregation"]
     route = record["route"]
     if route != "rest":

@@ -95,6 +95,12 @@ def fusion_metadata(
             extra_usage["classifier"], price_of(config.classifier, config)
         )
         total = add_usage(total, extra_usage["classifier"])
+    # verify's judge call (tests or a program), when it ran: the judge's model, counted apart.
+    verify_judge = ((state.get("aggregation") or {}).get("verify") or {}).get("judge") or {}
+    if verify_judge:
+        extra_usage["verify"] = verify_judge.get("usage") or empty_usage()
+        extra_cost["verify"] = cost_of(extra_usage["verify"], price_of(config.judge, config))
+        total = add_usage(total, extra_usage["verify"])
     return {
         "preset": config.preset,
         "settings": config.settings_used(),

@@ -5,9 +5,11 @@ numeric question, ...); what they cannot decide goes to the optional `classifier
 `classify` node, run beside the panel so it adds no time to the run), else to `synthesize`.
 
 Task kinds are the eval items' (`code`, `math`, `short_answer`, `multiple_choice`, `research`,
-`open_ended`); each maps to the strategy that serves it best: code -> select (a rewrite loses
-the working code), math / short answer / multiple choice -> vote (the majority carries most
-of the gain), research / open-ended -> synthesize (the answer is the combination).
+`open_ended`); each maps to the strategy that serves it best: code and math -> verify (the
+answers are run: code on tests, math against a program the judge writes, then the vote; a
+judge's opinion is weak on both and a rewrite loses the working code), short answer / multiple
+choice -> vote (the majority carries most of the gain), research / open-ended -> synthesize
+(the answer is the combination).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from fusiongraph.nodes.progress import emit
 from fusiongraph.nodes.scheduling import run_deadline_cutoff, scope_of
 
 TASK_STRATEGY = {
-    "code": "select",
-    "math": "vote",
+    "code": "verify",
+    "math": "verify",
     "short_answer": "vote",
     "multiple_choice": "vote",
     "research": "synthesize",

@@ -26,7 +26,9 @@ that agrees on all other tests passes.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -40,6 +42,7 @@ from fusiongraph.tools.sandbox import (
     Call,
     CallOutcome,
     Limits,
+    ProgramResult,
     run_calls,
     run_program,
 )
@@ -48,6 +51,7 @@ from fusiongraph.tools.sandbox_harness import encode
 __all__ = ["ExpectedCall", "JudgeProgram", "JudgeTests", "verify_code", "verify_math"]
 
 MAX_SHOWN_CHARS = 300
+MIN_RUN_S = 0.2  # less time left than this: a run would only time out
 TestSource = Literal["caller", "judge"]
 
 
@@ -86,10 +90,13 @@ def verify_code(
     preference: Sequence[str] = (),
     limits: Limits | None = None,
     backend: Backend | None = None,
+    cutoff: float | None = None,
 ) -> dict[str, Any]:
     """Run every answer's code on every test and pick the winner (see the module docstring).
     `answers`: label -> the panelist's reply; `unit_tests` (the caller's, in the eval's test
-    form) or `pairs`; `preference`: labels, best first, as the judge ranked them."""
+    form) or `pairs`; `preference`: labels, best first, as the judge ranked them (none: panel
+    order); `cutoff` (time.monotonic): no run goes past it, and a candidate it leaves no time
+    for is not run."""
     limits = limits or Limits()
     codes = {label: extract_code(text) for label, text in answers.items()}
     entry = entry_point or _common_entry_point(codes.values())
@@ -109,13 +116,19 @@ def verify_code(
     record["tests"]["conversion"] = conversion
     record["tests"]["cases"] = [_shown_case(entry, case) for case in cases]
     if unit_tests and not cases:
-        return _run_whole_tests(record, codes, unit_tests, entry, limits, backend, preference)
+        return _run_whole_tests(
+            record, codes, unit_tests, entry, limits, backend, preference, cutoff
+        )
     if not cases:
         return _fallback(record, "no tests to run")
     calls = [Call(entry, case.args, case.kwargs) for case in cases]
     signatures: dict[str, str] = {}
     for label, code in codes.items():
-        ran = run_calls(code, calls, limits=limits, backend=backend)
+        now = _within(limits, cutoff)
+        if now is None:
+            record["candidates"][label] = _not_run(len(calls))
+            continue
+        ran = run_calls(code, calls, limits=now, backend=backend)
         record["sandbox_s"] += ran.seconds
         passed = [case.judge(outcome) for case, outcome in zip(cases, ran.outcomes, strict=True)]
         record["candidates"][label] = {
@@ -150,11 +163,16 @@ def _run_whole_tests(
     limits: Limits,
     backend: Backend | None,
     preference: Sequence[str],
+    cutoff: float | None,
 ) -> dict[str, Any]:
     """Unit tests that do not convert to cases: one pass/fail per candidate, no groups."""
     record["tests"]["cases"] = [{"call": "the caller's unit tests, as written", "expected": ""}]
     for label, code in codes.items():
-        result = run_tests(code, unit_tests, entry, limits=limits, backend=backend)
+        now = _within(limits, cutoff)
+        if now is None:
+            record["candidates"][label] = _not_run(1)
+            continue
+        result = run_tests(code, unit_tests, entry, limits=now, backend=backend)
         record["sandbox_s"] += result.seconds
         record["candidates"][label] = {
             "ran": result.reason,
@@ -164,6 +182,25 @@ def _run_whole_tests(
         }
     record["groups"] = [[label] for label in codes]
     return _decide(record, preference)
+
+
+def _within(limits: Limits, cutoff: float | None) -> Limits | None:
+    """The limits of a run that starts now, its timeout cut to the time left (None: none)."""
+    if cutoff is None:
+        return limits
+    left = cutoff - time.monotonic()
+    if left < MIN_RUN_S:
+        return None
+    return dataclasses.replace(limits, timeout_s=min(limits.timeout_s, left))
+
+
+def _not_run(tests: int) -> dict[str, Any]:
+    return {
+        "ran": "deadline",
+        "passed": [False] * tests,
+        "outputs": ["(not run)"] * tests,
+        "error": "not run: the run's deadline left no time",
+    }
 
 
 def _decide(record: dict[str, Any], preference: Sequence[str]) -> dict[str, Any]:
@@ -192,7 +229,8 @@ def _decide(record: dict[str, Any], preference: Sequence[str]) -> dict[str, Any]
         if len(peers) < len(tied):
             why += "; of those that did as well, its behaviour is shared by the most answers"
         else:
-            why += f"; tied with {', '.join(peers)} on tests and agreement: the judge preferred it"
+            by = "the judge preferred it" if preference else "the first in panel order"
+            why += f"; tied with {', '.join(peers)} on tests and agreement: {by}"
     record.update(winner=winner, why=why)
     return record
 
@@ -261,13 +299,21 @@ def verify_math(
     how: str = "auto",
     limits: Limits | None = None,
     backend: Backend | None = None,
+    cutoff: float | None = None,
 ) -> dict[str, Any]:
-    """Each answer's final value against what the judge's `program` prints (its last line)."""
+    """Each answer's final value against what the judge's `program` prints (its last line).
+    `cutoff` as for verify_code: the program's run is cut there."""
     finals = {}
     for label, text in answers.items():
         value = extract_answer(text, how)
         finals[label] = normalise_answer(value) if value else None
-    ran = run_program(program, limits=limits or Limits(), backend=backend)
+    now = _within(limits or Limits(), cutoff)
+    if not program.strip():
+        ran = ProgramResult("no program", None, "", "")
+    elif now is None:
+        ran = ProgramResult("deadline", None, "", "not run: the run's deadline left no time")
+    else:
+        ran = run_program(program, limits=now, backend=backend)
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
     computed = None
     if ran.reason == "exited" and ran.exit_code == 0 and lines:

@@ -74,7 +74,7 @@ def selecting_judge(best_of: str, reason: str = "it is right") -> Any:
 
 
 def test_the_strategies_are_read_from_the_context_schema() -> None:
-    assert STRATEGIES == ("synthesize", "select", "vote", "auto")
+    assert STRATEGIES == ("synthesize", "select", "vote", "verify", "auto")
 
 
 async def test_synthesize_is_the_default_and_unchanged() -> None:
@@ -328,17 +328,20 @@ async def test_auto_routes_by_rule_and_says_why(monkeypatch: pytest.MonkeyPatch)
         if mode == "custom":
             events.append(data)
     chosen = [e for e in events if e["event"] == "aggregation_chosen"]
-    assert chosen and chosen[0]["applied"] == "vote" and chosen[0]["task"] == "math"
-    assert calls(f)["judge"] == 0 and calls(f)["synth"] == 0
+    assert chosen and chosen[0]["applied"] == "verify" and chosen[0]["task"] == "math"
+    # verify's math path: one judge call (a program; this judge writes none), then the vote
+    assert calls(f)["judge"] == 1 and calls(f)["synth"] == 0
 
 
-async def test_auto_code_selects_and_the_synthesizer_is_not_called() -> None:
+async def test_auto_code_verifies_and_the_synthesizer_is_not_called() -> None:
     answers = ["def add(a, b): return a - b", "def add(a, b): return a + b  # ok", "pass"]
     f = factory(answers, judge=selecting_judge("# ok"))
     content, fusion = await run(f, "Write a Python function add(a, b).", aggregation="auto")
     assert content == answers[1]
     agg = fusion["aggregation"]
-    assert agg["applied"] == "select" and agg["task"] == "code" and agg["reason"].startswith("rule")
+    assert agg["applied"] == "verify" and agg["task"] == "code" and agg["reason"].startswith("rule")
+    # This judge writes no tests: verify falls back to the judge's selection, and says so.
+    assert agg["final"] == "select" and agg["fallback"].startswith("verify: the judge wrote no")
 
 
 async def test_auto_open_question_synthesizes_with_no_classifier() -> None:

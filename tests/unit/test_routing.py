@@ -8,7 +8,7 @@ from fusiongraph.graph.config import STRATEGIES
 from fusiongraph.nodes.routing import TASK_STRATEGY, classify_by_rules, parse_task
 
 EXAMPLES = [
-    # code -> select
+    # code -> verify
     ("Write a Python function that reverses a linked list.", "code"),
     ("Can you implement a class for an LRU cache?", "code"),
     ("Fix this:\n```js\nconst x = [1,2,3].map(x => x * 2\n```", "code"),
@@ -19,7 +19,7 @@ EXAMPLES = [
     # multiple choice -> vote
     ("Which planet is largest?\nA) Mars\nB) Jupiter\nC) Venus\nD) Earth", "multiple_choice"),
     ("Which of the following is a prime number: 21, 23, 25?", "multiple_choice"),
-    # math -> vote
+    # math -> verify (its math path: a program, then the vote)
     ("What is 17 * 23?", "math"),
     ("How many r's are in strawberry?", "math"),
     ("Calculate the compound interest on $1000 at 5% for 3 years.", "math"),
@@ -58,7 +58,9 @@ def test_what_no_rule_decides_is_left_to_the_classifier(text: str) -> None:
 
 def test_every_task_maps_to_a_known_strategy() -> None:
     assert set(TASK_STRATEGY.values()) <= set(STRATEGIES)
-    assert TASK_STRATEGY["code"] == "select" and TASK_STRATEGY["math"] == "vote"
+    # code and math are checked by execution (verify); short answers and options are voted
+    assert TASK_STRATEGY["code"] == "verify" and TASK_STRATEGY["math"] == "verify"
+    assert TASK_STRATEGY["short_answer"] == TASK_STRATEGY["multiple_choice"] == "vote"
     assert TASK_STRATEGY["open_ended"] == "synthesize"
 
 

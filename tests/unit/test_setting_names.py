@@ -67,6 +67,7 @@ SAMPLES: dict[str, Any] = {
     "prices": {"m1": {"input": 1.0, "output": 2.0}},
     "synthesis_tools": [WEATHER_TOOL],
     "tool_choice": "auto",
+    "verify_tests": "assert median([3, 1, 2]) == 2\n",
 }
 OLD_OPTIONS = {"--deadline", "--corpus", "--search", "--set"}  # now --deadline-s, ... and one each
 COMMANDS = ("ask", "serve", "playground", "mcp", "eval")
