@@ -31,6 +31,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -41,6 +42,7 @@ from fusiongraph.tools.sandbox import (
     Backend,
     Call,
     CallOutcome,
+    CallsResult,
     Limits,
     ProgramResult,
     run_calls,
@@ -52,6 +54,7 @@ __all__ = ["ExpectedCall", "JudgeProgram", "JudgeTests", "verify_code", "verify_
 
 MAX_SHOWN_CHARS = 300
 MIN_RUN_S = 0.2  # less time left than this: a run would only time out
+PARALLEL_RUNS = 2  # candidates in their sandboxes at once: few, the cores are the panel's too
 TestSource = Literal["caller", "judge"]
 
 
@@ -122,13 +125,19 @@ def verify_code(
     if not cases:
         return _fallback(record, "no tests to run")
     calls = [Call(entry, case.args, case.kwargs) for case in cases]
-    signatures: dict[str, str] = {}
-    for label, code in codes.items():
+
+    def run_one(code: str) -> tuple[Limits, CallsResult] | None:
         now = _within(limits, cutoff)
-        if now is None:
+        return None if now is None else (now, run_calls(code, calls, limits=now, backend=backend))
+
+    signatures: dict[str, str] = {}
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:  # a hanging one does not hold the others
+        runs = list(pool.map(run_one, codes.values()))
+    for label, run in zip(codes, runs, strict=True):
+        if run is None:
             record["candidates"][label] = _not_run(len(calls))
             continue
-        ran = run_calls(code, calls, limits=now, backend=backend)
+        given, ran = run
         record["sandbox_s"] += ran.seconds
         passed = [case.judge(outcome) for case, outcome in zip(cases, ran.outcomes, strict=True)]
         record["candidates"][label] = {
@@ -136,6 +145,7 @@ def verify_code(
             "passed": passed,
             "outputs": [_shown_outcome(o) for o in ran.outcomes],
             "error": ran.error[-MAX_SHOWN_CHARS:],
+            "timeout_s": round(given.timeout_s, 2),  # its limit, cut to the run's time left
         }
         if ran.reason == "completed":
             signatures[label] = _signature(ran.outcomes)
