@@ -73,6 +73,7 @@ from fusiongraph.serve.runs import (
 
 if TYPE_CHECKING:
     from fusiongraph.graph.builder import FusionGraph
+    from fusiongraph.serve.openrouter_fusion import OpenRouterFusion
 
 RESPONSE_PREFIX = "resp_"
 TOOL_HINT = '{"type": "function", "name": ..., "parameters": {...}} (only function tools)'
@@ -507,9 +508,14 @@ def _responses() -> dict[int | str, dict[str, Any]]:
 
 
 def install_responses_api(
-    app: FastAPI, service: RunService, authorize: Authorize, models: list[str]
+    app: FastAPI,
+    service: RunService,
+    authorize: Authorize,
+    models: list[str],
+    openrouter: OpenRouterFusion | None = None,
 ) -> None:
-    """Add `POST /v1/responses` to `app` (its errors go through the app's OpenAI handlers)."""
+    """Add `POST /v1/responses` to `app` (its errors go through the app's OpenAI handlers);
+    with `openrouter`, OpenRouter Fusion's requests too (serve/openrouter_fusion.py)."""
 
     @app.post(
         "/v1/responses",
@@ -533,15 +539,22 @@ def install_responses_api(
     async def create_response(request: Request) -> Response:
         """A fusion run as an OpenAI response (JSON, or its stream events with `stream`)."""
         try:
-            return await _create_response(request, service, authorize)
+            return await _create_response(request, service, authorize, openrouter)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
 
 
-async def _create_response(request: Request, service: RunService, authorize: Authorize) -> Response:
+async def _create_response(
+    request: Request,
+    service: RunService,
+    authorize: Authorize,
+    openrouter: OpenRouterFusion | None = None,
+) -> Response:
     api_key = authorize(request)
     reject_recursion(request)
     raw = await read_request(request, service.limits)
+    if openrouter is not None and (asked := openrouter.take(request, raw)) is not None:
+        return await openrouter.answer(request, asked, api_key)
     body = parse_body(raw, ResponsesRequest, tags=RESPONSES_TAGS, tool_hint=TOOL_HINT)
     history = []
     if body.previous_response_id:

@@ -58,6 +58,7 @@ from fusiongraph.serve.openai_request import (
     request_body_schema,
 )
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
+from fusiongraph.serve.openrouter_fusion import OpenRouterFusion, OpenRouterSettings
 from fusiongraph.serve.playground import install_playground
 from fusiongraph.serve.request_guards import install_request_guards
 from fusiongraph.serve.responses_api import install_responses_api
@@ -210,6 +211,7 @@ def create_app(
     tracer: Any = "env",
     grace_s: float | None = None,
     start_local_model: bool = False,
+    openrouter: OpenRouterSettings | None = None,
 ) -> FastAPI:
     """Build the app. Defaults: the module's compiled graph, keys from FUSIONGRAPH_API_KEYS
     (comma-separated; none means no auth), `fusion` = FUSIONGRAPH_PRESET or `local`, request
@@ -228,7 +230,12 @@ def create_app(
 
     With `start_local_model` (what `fusiongraph serve` sets), the bundled local model the default
     model needs is started at boot in the background, and /readyz reports its progress until it
-    answers (serve/health.py): a load balancer waiting for ready never waits for a first run."""
+    answers (serve/health.py): a load balancer waiting for ready never waits for a first run.
+
+    OpenRouter Fusion's requests (the `openrouter/fusion` alias, the `fusion` plugin, the
+    `openrouter:fusion` server tool) run on the same graph (serve/openrouter_fusion.py);
+    `openrouter` maps OpenRouter's model slugs and presets (default: the file named by
+    FUSIONGRAPH_OPENROUTER_MODELS, slugs on OpenRouter when OPENROUTER_API_KEY is set)."""
     holder: dict[str, FusionGraph] = {}
     if graph is not None:
         holder["graph"] = graph
@@ -306,6 +313,9 @@ def create_app(
 
     # The run plumbing every API surface shares (serve/runs.py).
     service = RunService(holder, models, limits, context_schema, hooks)
+    openrouter = openrouter or OpenRouterSettings.load()
+    openrouter.check(models)
+    openrouter_api = OpenRouterFusion(service, openrouter)
 
     def model_card(name: str) -> dict[str, Any]:
         settings = models[name]
@@ -389,7 +399,10 @@ def create_app(
         """A fusion run as an OpenAI chat completion (JSON, or SSE with `stream`)."""
         api_key = authorize(request)
         reject_recursion(request)
-        body = parse_request(await read_request(request, limits))
+        raw = await read_request(request, limits)
+        if (asked := openrouter_api.take(request, raw)) is not None:
+            return await openrouter_api.answer(request, asked, api_key)
+        body = parse_request(raw)
         prepared = await service.prepare(
             body, api_key=api_key, thread_id=request.headers.get(THREAD_HEADER)
         )
@@ -407,7 +420,7 @@ def create_app(
 
     # The Anthropic Messages API and the OpenAI Responses API, on the same runs.
     install_anthropic_api(app, service, authorize, sorted(models))
-    install_responses_api(app, service, authorize, sorted(models))
+    install_responses_api(app, service, authorize, sorted(models), openrouter_api)
 
     # The web playground at `/` (serve/playground.py); eval reports from `evals_dir`.
     install_playground(
