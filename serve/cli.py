@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -358,6 +359,17 @@ def serve(
             "cancelled (the client gets a 503 / an error event; checkpointed runs resume).",
         ),
     ] = 30.0,
+    openrouter_models: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON file for OpenRouter Fusion requests: {"models": {slug: spec}, '
+            '"presets": {preset: served model}, "default": served model} (unmapped slugs '
+            "run on OpenRouter when OPENROUTER_API_KEY is set).",
+            exists=True,
+            dir_okay=False,
+            envvar="FUSIONGRAPH_OPENROUTER_MODELS",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (/v1/chat/completions, /v1/messages, /v1/responses, /v1/models) with
     uvicorn, the web playground at `/`, /metrics (Prometheus), /healthz and /readyz.
@@ -372,6 +384,11 @@ def serve(
 
     preset = context.pop("preset", None)
     try:
+        if openrouter_models is not None:
+            from fusiongraph.serve.openrouter_fusion import MODELS_ENV, OpenRouterSettings
+
+            OpenRouterSettings.load(openrouter_models)  # a bad file stops the start, not a run
+            os.environ[MODELS_ENV] = str(openrouter_models.resolve())  # workers read it
         alias_map = json.loads(aliases.read_text()) if aliases else None
         settings = ServeSettings(
             aliases=alias_map,
