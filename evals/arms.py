@@ -2,6 +2,9 @@
 
 - `fusion:<strategy>`: the configured panel, judge and synthesizer, one arm per aggregation
   strategy the graph offers (read from FusionContext's `aggregation` Literal, never listed here).
+  `fusion:verify` checks the panel's answers by execution on tests the judge writes from the
+  item's question: the item's own tests stay hidden from every model (a run gets the item's
+  messages only, and an eval's context may not carry `verify_tests`).
 - `panelist:pN`: the answer panelist N gave inside the fusion run, read from its record: never
   paid twice (same request, same tools).
 - `self-consistency:<model>`: k samples of one model (distinct seeds, temperature > 0), the
@@ -165,6 +168,12 @@ def build_arms(
     """The arms named (default: every fusion strategy, each panelist, self-consistency and
     self-fusion of each panel model), with k = `samples` (default: the panel's size, at least
     2). Raises ValueError naming an unknown arm; FusionConfigError for a bad setting."""
+    if context.get("verify_tests"):
+        raise ValueError(
+            "verify_tests cannot be set for an eval: one set of tests would apply to every item, "
+            "and tests written from an item's answers would make the evidence worthless; "
+            "fusion:verify has the judge write them from each question"
+        )
     config = resolve_config(context)
     k = samples or max(len(config.panel), 2)
     offered = strategies()
@@ -182,6 +191,8 @@ def build_arms(
             if what not in offered:
                 raise ValueError(f"unknown strategy in {name!r}; the graph offers {offered}")
             note = f"the configured panel, judge and synthesizer; aggregation `{what}`"
+            if what == "verify":
+                note += " (the judge's tests from the question; the item's tests stay hidden)"
             arms.append(Arm(name, kind, run_plan(_with_strategy(context, what)), note=note))
         elif kind == "panelist":
             slots = [f"p{i + 1}" for i in range(len(config.panel))]
