@@ -314,7 +314,7 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
     verify_judged = bool(checked and checked.get("judge"))
     made = sum(not r.get("cached") for r in panel) + judged + synthesized + bool(classifier)
     made += verify_judged
-    full = len(config.panel) + 2
+    full = len(config.panel) + 2 + verify_judged
     choice = decided(state)
     cascade = record.get("cascade")
     final = "synthesis"
@@ -341,7 +341,7 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
         "cascade": cascade,
         "classifier": classifier,
         "verify": checked,
-        "calls": {"made": made, "full_path": full + verify_judged},
+        "calls": {"made": made, "full_path": full},
         "saved": {
             "calls": full - made,
             "cost_usd": saved_cost(state, config, judged=judged, synthesized=synthesized),

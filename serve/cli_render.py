@@ -187,7 +187,80 @@ def aggregation_panel(record: dict[str, Any]) -> RenderableType:
             shown = "(none found)" if answer is None else answer
             table.add_row(plain(panelist), plain(shown, "bold" if winner else ""), str(votes))
         parts.append(table)
+    if record.get("verify"):
+        parts += verify_renderables(record["verify"])
     return Panel(Group(*parts), title="aggregation")
+
+
+def verify_renderables(checked: dict[str, Any]) -> list[RenderableType]:
+    """verify's record: for code the matrix of candidates by tests (each cell passed or not and
+    what the candidate returned), the tests' source, the groups; for math each answer's final
+    value against the program's; then why the winner won and the sandbox's time."""
+    out: list[RenderableType] = []
+    if checked.get("error"):
+        out.append(plain(checked["error"], "yellow"))
+    if checked.get("kind") == "code" and checked.get("candidates"):
+        tests = checked["tests"]
+        cases = tests.get("cases") or []
+        title = f"verify: {len(cases)} tests from the {tests['source']}"
+        table = Table(title=title, expand=False)
+        table.add_column("candidate")
+        for i, case in enumerate(cases, 1):
+            header = _joined([f"{i}. ", plain(case.get("call", ""))])
+            if case.get("expected"):
+                header.append_text(_joined([" → ", plain(case["expected"])]))
+            table.add_column(header)
+        table.add_column("passed")
+        for label, candidate in checked["candidates"].items():
+            cells: list[RenderableType] = []
+            outputs = candidate.get("outputs") or []
+            for i, passed in enumerate(candidate["passed"]):
+                got = outputs[i] if i < len(outputs) else ""
+                cells.append(_joined([Text("✓ " if passed else "✗ ", _mark(passed)), plain(got)]))
+            style = "bold" if label == checked.get("winner") else ""
+            score = f"{sum(candidate['passed'])}/{len(candidate['passed'])}"
+            if candidate.get("ran") not in ("completed", "passed", "failed"):
+                score += f" ({candidate.get('ran')})"
+            table.add_row(plain(label, style), *cells, plain(score))
+        out.append(table)
+        for i, case in enumerate(cases, 1):
+            if case.get("reasoning"):
+                out.append(_joined([Text(f"test {i}: ", "dim"), plain(case["reasoning"])]))
+        groups = checked.get("groups") or []
+        if groups:
+            shown_groups = " | ".join(", ".join(map(str, g)) for g in groups)
+            out.append(plain(f"behaviour groups: {shown_groups}"))
+    elif checked.get("kind") == "math" and checked.get("finals") is not None:
+        table = Table(title="verify: the judge's program", expand=False)
+        for column in ("panelist", "final answer", "confirmed"):
+            table.add_column(column)
+        for label, value in checked["finals"].items():
+            confirmed = label in (checked.get("confirmed") or [])
+            table.add_row(
+                plain(label, "bold" if label == checked.get("winner") else ""),
+                plain("(none found)" if value is None else value),
+                Text("✓" if confirmed else "✗", _mark(confirmed)),
+            )
+        out.append(table)
+        output = checked.get("program_output") or {}
+        out.append(_joined([Text("program:\n", "dim"), plain(checked.get("program") or "")]))
+        out.append(
+            _joined(
+                [
+                    Text(f"program output ({output.get('ran')}): ", "dim"),
+                    plain((output.get("stdout") or output.get("stderr") or "").strip()),
+                ]
+            )
+        )
+        if checked.get("disagreement"):
+            out.append(Text("the program and the vote disagree", "yellow"))
+    out.append(_joined([Text("verify: ", "bold"), plain(checked.get("why", ""))]))
+    out.append(Text(f"sandbox: {checked.get('sandbox_s', 0.0):.2f}s", style="dim"))
+    return out
+
+
+def _mark(passed: bool) -> str:
+    return "green" if passed else "red"
 
 
 def _panel_answer(entry: dict[str, Any]) -> RenderableType:
