@@ -13,21 +13,12 @@
 #                                       refuses to run code, it never falls back)
 set -euo pipefail
 
-log() { echo "ci_bubblewrap: $*" >&2; }
+CI_NAME=ci_bubblewrap CI_WHAT=bubblewrap CI_ENV=FUSIONGRAPH_TEST_BWRAP
+# shellcheck source=scripts/ci_lib.sh
+source "$(dirname "$0")/ci_lib.sh"
 
-install_bubblewrap() {
-    if ! command -v bwrap >/dev/null 2>&1; then
-        if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-            log "bubblewrap is not installed and cannot be installed here (needs root and apt-get)"
-            return 1
-        fi
-        log "installing bubblewrap (apt-get)"
-        export DEBIAN_FRONTEND=noninteractive
-        if ! apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1; then
-            apt-get update -qq >/dev/null
-            apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
-        fi
-    fi
+install() {
+    command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap --no-install-recommends
     # The namespaces the sandbox asks for; a container may forbid them.
     if ! bwrap --unshare-all --unshare-user --die-with-parent --ro-bind /usr /usr \
         --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 \
@@ -38,37 +29,4 @@ install_bubblewrap() {
     command -v bwrap
 }
 
-in_ci() {
-    case "${CI:-}" in "" | 0 | false | no) return 1 ;; *) return 0 ;; esac
-}
-
-run_with() {
-    if [ "$#" -eq 0 ]; then
-        echo "usage: $0 run COMMAND [ARGS...]" >&2
-        exit 2
-    fi
-    # A separate process, so that `set -e` holds inside the install.
-    if "$BASH" "$0" install >/dev/null; then
-        :
-    elif in_ci; then
-        log "bubblewrap could not be installed or cannot run; CI needs it"
-        exit 1
-    else
-        export FUSIONGRAPH_TEST_BWRAP_ERROR="scripts/ci_bubblewrap.sh install failed (see its output)"
-    fi
-    exec "$@"
-}
-
-case "${1:-}" in
-    install)
-        install_bubblewrap
-        ;;
-    run)
-        shift
-        run_with "$@"
-        ;;
-    *)
-        echo "usage: $0 install|run COMMAND..." >&2
-        exit 2
-        ;;
-esac
+tool_main "$@"

@@ -11,7 +11,9 @@
 #                                     FUSIONGRAPH_TEST_CHROMIUM_ERROR)
 set -euo pipefail
 
-log() { echo "ci_chromium: $*" >&2; }
+CI_NAME=ci_chromium CI_WHAT=chromium CI_ENV=FUSIONGRAPH_TEST_CHROMIUM
+# shellcheck source=scripts/ci_lib.sh
+source "$(dirname "$0")/ci_lib.sh"
 
 find_chromium() {
     local candidate
@@ -24,55 +26,8 @@ find_chromium() {
     return 1
 }
 
-install_chromium() {
-    if find_chromium; then
-        return 0
-    fi
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        log "chromium is not installed and cannot be installed here (needs root and apt-get)"
-        return 1
-    fi
-    log "installing chromium (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; then
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends chromium >/dev/null
-    fi
-    find_chromium
+install() {
+    find_chromium || { apt_install chromium --no-install-recommends && find_chromium; }
 }
 
-in_ci() {
-    case "${CI:-}" in "" | 0 | false | no) return 1 ;; *) return 0 ;; esac
-}
-
-run_with() {
-    if [ "$#" -eq 0 ]; then
-        echo "usage: $0 run COMMAND [ARGS...]" >&2
-        exit 2
-    fi
-    local path
-    # A separate process, so that `set -e` holds inside the install.
-    if path="$("$BASH" "$0" install)"; then
-        export FUSIONGRAPH_TEST_CHROMIUM="$path"
-    elif in_ci; then
-        log "chromium could not be installed; CI needs it"
-        exit 1
-    else
-        export FUSIONGRAPH_TEST_CHROMIUM_ERROR="scripts/ci_chromium.sh install failed (see its output)"
-    fi
-    exec "$@"
-}
-
-case "${1:-}" in
-    install)
-        install_chromium
-        ;;
-    run)
-        shift
-        run_with "$@"
-        ;;
-    *)
-        echo "usage: $0 install|run COMMAND..." >&2
-        exit 2
-        ;;
-esac
+tool_main "$@"

@@ -20,8 +20,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${FUSIONGRAPH_PG_STATE:-$ROOT/.pg}"
 DB_NAME="fusiongraph_test"
-
-log() { echo "ci_postgres: $*" >&2; }
+CI_NAME=ci_postgres CI_WHAT=PostgreSQL CI_ENV=FUSIONGRAPH_TEST_POSTGRES
+# shellcheck source=scripts/ci_lib.sh
+source "$ROOT/scripts/ci_lib.sh"
 
 find_bindir() {
     local dir
@@ -45,19 +46,6 @@ find_bindir() {
     return 1
 }
 
-install_postgres() {
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        log "PostgreSQL is not installed and cannot be installed here (needs root and apt-get)"
-        return 1
-    fi
-    log "installing PostgreSQL (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq postgresql >/dev/null 2>&1; then
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq postgresql >/dev/null
-    fi
-}
-
 # Run a server-side command as the cluster's owner.
 as_owner() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -65,10 +53,6 @@ as_owner() {
     else
         "$@"
     fi
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 is_running() {
@@ -88,7 +72,7 @@ start() {
     stop_quietly
     local bindir
     if ! bindir="$(find_bindir)"; then
-        install_postgres
+        apt_install postgresql
         bindir="$(find_bindir)" || { log "initdb not found after installing"; return 1; }
     fi
     if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
@@ -143,64 +127,4 @@ stop_quietly() {
     rm -f "$STATE/url" "$STATE/dir" "$STATE/bindir"
 }
 
-in_ci() {
-    case "${CI:-}" in "" | 0 | false | no) return 1 ;; *) return 0 ;; esac
-}
-
-run_with() {
-    if [ "$#" -eq 0 ]; then
-        echo "usage: $0 run COMMAND [ARGS...]" >&2
-        exit 2
-    fi
-    if [ -n "${FUSIONGRAPH_TEST_POSTGRES_URL:-}" ]; then
-        exec "$@"
-    fi
-    local url started=""
-    if is_running; then
-        url="$(cat "$STATE/url")"
-    # A separate process, so that `set -e` holds inside `start`.
-    elif url="$("$BASH" "$0" start)"; then
-        started=1
-    elif in_ci; then
-        log "PostgreSQL did not start; CI needs it"
-        exit 1
-    else
-        export FUSIONGRAPH_TEST_POSTGRES_ERROR="scripts/ci_postgres.sh start failed (see its output)"
-        exec "$@"
-    fi
-    export FUSIONGRAPH_TEST_POSTGRES_URL="$url"
-    if [ -n "$started" ]; then
-        trap 'stop_quietly; log "stopped"' EXIT
-        trap 'exit 130' INT
-        trap 'exit 143' TERM
-    fi
-    set +e
-    "$@"
-    local rc=$?
-    set -e
-    exit "$rc"
-}
-
-case "${1:-}" in
-    start)
-        # A start that fails halfway leaves nothing behind.
-        trap 'rc=$?; [ "$rc" -eq 0 ] || stop_quietly' EXIT
-        start
-        ;;
-    stop)
-        stop_quietly
-        log "stopped"
-        ;;
-    url)
-        is_running || { log "not running"; exit 1; }
-        cat "$STATE/url"
-        ;;
-    run)
-        shift
-        run_with "$@"
-        ;;
-    *)
-        echo "usage: $0 start|stop|url|run COMMAND..." >&2
-        exit 2
-        ;;
-esac
+server_main "$@"

@@ -17,25 +17,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${FUSIONGRAPH_REDIS_STATE:-$ROOT/.redis}"
-
-log() { echo "ci_redis: $*" >&2; }
-
-install_redis() {
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        log "redis-server is not installed and cannot be installed here (needs root and apt-get)"
-        return 1
-    fi
-    log "installing redis-server (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq redis-server >/dev/null 2>&1; then
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq redis-server >/dev/null
-    fi
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+CI_NAME=ci_redis CI_WHAT=Redis CI_ENV=FUSIONGRAPH_TEST_REDIS
+# shellcheck source=scripts/ci_lib.sh
+source "$ROOT/scripts/ci_lib.sh"
 
 is_running() {
     [ -f "$STATE/url" ] && [ -f "$STATE/port" ] || return 1
@@ -48,7 +32,7 @@ start() {
         return 0
     fi
     stop_quietly
-    command -v redis-server >/dev/null 2>&1 || install_redis
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
     command -v redis-server >/dev/null 2>&1 || { log "redis-server not found after installing"; return 1; }
 
     local dir port url
@@ -89,62 +73,4 @@ stop_quietly() {
     rm -f "$STATE/url" "$STATE/port" "$STATE/dir"
 }
 
-in_ci() {
-    case "${CI:-}" in "" | 0 | false | no) return 1 ;; *) return 0 ;; esac
-}
-
-run_with() {
-    if [ "$#" -eq 0 ]; then
-        echo "usage: $0 run COMMAND [ARGS...]" >&2
-        exit 2
-    fi
-    if [ -n "${FUSIONGRAPH_TEST_REDIS_URL:-}" ]; then
-        exec "$@"
-    fi
-    local url started=""
-    if is_running; then
-        url="$(cat "$STATE/url")"
-    elif url="$("$BASH" "$0" start)"; then
-        started=1
-    elif in_ci; then
-        log "Redis did not start; CI needs it"
-        exit 1
-    else
-        export FUSIONGRAPH_TEST_REDIS_ERROR="scripts/ci_redis.sh start failed (see its output)"
-        exec "$@"
-    fi
-    export FUSIONGRAPH_TEST_REDIS_URL="$url"
-    if [ -n "$started" ]; then
-        trap 'stop_quietly; log "stopped"' EXIT
-        trap 'exit 130' INT
-        trap 'exit 143' TERM
-    fi
-    set +e
-    "$@"
-    local rc=$?
-    set -e
-    exit "$rc"
-}
-
-case "${1:-}" in
-    start)
-        trap 'rc=$?; [ "$rc" -eq 0 ] || stop_quietly' EXIT
-        start
-        ;;
-    stop)
-        stop_quietly
-        log "stopped"
-        ;;
-    url)
-        is_running || { log "not running"; exit 1; }
-        cat "$STATE/url"
-        ;;
-    run)
-        shift
-        run_with "$@"
-        ;;
-    *)
-        echo "usage: $0 start|stop|url|run COMMAND..." >&2
-        exit 2
-        ;;
-esac
+server_main "$@"
