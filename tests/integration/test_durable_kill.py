@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from fusiongraph.graph.persistence import open_checkpointer_sync
-from tests.integration.postgres import postgres_url
+from tests.integration.services import postgres_url
 from tests.support.fakes import judge_json
 from tests.support.http_fixtures import LocalHTTPServer, Recorded, Reply, json_reply
 
@@ -40,20 +40,14 @@ from fusiongraph.graph.builder import open_graph
 from fusiongraph.graph.persistence import has_unfinished_run
 
 
-async def main(url: str, base: str, thread_id: str) -> None:
-    spec = lambda name, **kw: {"model": name, "base_url": base, "timeout_s": 60, **kw}
-    context = {
-        "preset": "quality",
-        "panel": [spec("m1"), spec("m2"), spec("m3")],
-        "judge": spec("judge", structured_output="prompt"),
-        "synthesizer": spec("synth"),
-        "tool_mode": "off",
-    }
+async def main(url: str, context: str, thread_id: str) -> None:
     config = {"configurable": {"thread_id": thread_id}}
     async with open_graph(url) as graph:
         resumed = await has_unfinished_run(graph, config)
         question = {"messages": [HumanMessage("Why is the sky blue?")]}
-        out = await graph.ainvoke(None if resumed else question, config, context=context)
+        out = await graph.ainvoke(
+            None if resumed else question, config, context=json.loads(context)
+        )
     final = out["messages"][-1]
     fusion = final.response_metadata["fusion"]
     print(json.dumps({
@@ -66,6 +60,21 @@ async def main(url: str, base: str, thread_id: str) -> None:
 
 asyncio.run(main(*sys.argv[1:4]))
 """
+
+
+def panel_context(base: str) -> dict[str, Any]:
+    """Three panelists, a judge and a synthesizer, all on the fake upstream at `base`."""
+
+    def spec(name: str, **extra: Any) -> dict[str, Any]:
+        return {"model": name, "base_url": base, "timeout_s": 60, **extra}
+
+    return {
+        "preset": "quality",
+        "panel": [spec("m1"), spec("m2"), spec("m3")],
+        "judge": spec("judge", structured_output="prompt"),
+        "synthesizer": spec("synth"),
+        "tool_mode": "off",
+    }
 
 
 class FakeOpenAI:
@@ -162,7 +171,7 @@ def saved_panel_answers(url: str, thread_id: str) -> int:
 def child(script: Path, url: str, base: str, thread_id: str, log: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     return subprocess.Popen(
-        [sys.executable, str(script), url, base, thread_id],
+        [sys.executable, str(script), url, json.dumps(panel_context(base)), thread_id],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,

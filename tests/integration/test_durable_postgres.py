@@ -2,7 +2,7 @@
 
 The same scenarios as tests/unit/test_durable.py: a run stops after two of three panelists
 finished, a new graph on a new connection pool resumes the thread, and the finished panelists
-are not called again. The server comes from tests/integration/postgres.py (fails under CI when
+are not called again. The server comes from tests/integration/services.py (fails under CI when
 there is none).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from fusiongraph.graph.persistence import open_checkpointer, parse_checkpointer_url
-from tests.integration.postgres import postgres_url
+from tests.integration.services import postgres_url
 from tests.unit.test_durable import (
     cancel_and_resume,
     crash_and_resume_async,

@@ -30,9 +30,12 @@ import httpx
 import pytest
 
 from fusiongraph.serve.runs import THREAD_HEADER
-from tests.integration.postgres import postgres_url
-from tests.integration.redis_server import redis_url
-from tests.integration.test_durable_kill import FakeOpenAI, saved_panel_answers
+from tests.integration.services import postgres_url, redis_url
+from tests.integration.test_durable_kill import (
+    FakeOpenAI,
+    panel_context,
+    saved_panel_answers,
+)
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -52,19 +55,8 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 def write_aliases(path: Path, base: str) -> Path:
-    """The operator's alias: three panelists, a judge and a synthesizer on the fake upstream."""
-
-    def spec(name: str, **extra: Any) -> dict[str, Any]:
-        return {"model": name, "base_url": base, "timeout_s": 60, **extra}
-
-    context = {
-        "preset": "quality",
-        "panel": [spec("m1"), spec("m2"), spec("m3")],
-        "judge": spec("judge", structured_output="prompt"),
-        "synthesizer": spec("synth"),
-        "tool_mode": "off",
-    }
-    path.write_text(json.dumps({ALIAS: context}))
+    """The operator's alias: the panel of tests/integration/test_durable_kill.py."""
+    path.write_text(json.dumps({ALIAS: panel_context(base)}))
     return path
 
 
