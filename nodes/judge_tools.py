@@ -99,14 +99,8 @@ async def judge_with_checks(
     checks = JudgeChecks(config)
     info["tools"] = checks.record()
     try:
-        if checks.mode == "prefetch":
-            analysis, notes = await _prefetch(
-                model, method, messages, config, spent, checks, run_judge
-            )
-        else:
-            analysis, notes = await _agentic(
-                model, method, messages, config, spent, checks, run_judge
-            )
+        strategy = _prefetch if checks.mode == "prefetch" else _agentic
+        analysis, notes = await strategy(model, method, messages, config, spent, checks, run_judge)
         checks.checked = sum(c.checked for c in analysis.contradictions)
         return analysis, notes
     finally:

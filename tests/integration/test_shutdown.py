@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,25 +57,29 @@ def in_flight(upstream: UpstreamServer, tag: str, n: int) -> bool:
     return sum(1 for r in upstream.app.records_since(0) if r.tag == tag) >= n
 
 
+def send_both(
+    url: str, upstream: UpstreamServer, model: str, json_tag: str, sse_tag: str
+) -> tuple[list[threading.Thread], dict[str, Any]]:
+    """A JSON request and a streamed one, in threads, once both reached the whole panel."""
+    out: dict[str, Any] = {}
+    threads = [
+        threading.Thread(target=send, args=(url, model, json_tag, out)),
+        threading.Thread(target=send, args=(url, model, sse_tag, out), kwargs={"stream": True}),
+    ]
+    for thread in threads:
+        thread.start()
+    for tag in (json_tag, sse_tag):
+        assert wait_for(partial(in_flight, upstream, tag, 2), timeout=30)
+    return threads, out
+
+
 def test_sigterm_lets_the_run_in_flight_finish_and_exits_0(
     upstream: UpstreamServer, tmp_path: Path
 ) -> None:
     with ServeProcess(
         upstream.base_url, ALIASES, tmp_path, "--workers", "1", "--grace-s", "20"
     ) as server:
-        out: dict[str, Any] = {}
-        clients = [
-            threading.Thread(target=send, args=(server.url, "fusion-slow", "grace", out)),
-            threading.Thread(
-                target=send,
-                args=(server.url, "fusion-slow", "grace-sse", out),
-                kwargs={"stream": True},
-            ),
-        ]
-        for client in clients:
-            client.start()
-        assert wait_for(lambda: in_flight(upstream, "grace", 2), timeout=30)
-        assert wait_for(lambda: in_flight(upstream, "grace-sse", 2), timeout=30)
+        clients, out = send_both(server.url, upstream, "fusion-slow", "grace", "grace-sse")
         signalled = time.monotonic()
         server.terminate()
         assert wait_for(lambda: refuses_connections(server.url), timeout=5), server.output()
@@ -100,19 +105,7 @@ def test_a_run_that_outlives_the_grace_is_cancelled_cleanly(
     with ServeProcess(
         upstream.base_url, ALIASES, tmp_path, "--workers", "1", "--grace-s", "1"
     ) as server:
-        out: dict[str, Any] = {}
-        threads = [
-            threading.Thread(target=send, args=(server.url, "fusion-endless", "cut-json", out)),
-            threading.Thread(
-                target=send,
-                args=(server.url, "fusion-endless", "cut-sse", out),
-                kwargs={"stream": True},
-            ),
-        ]
-        for thread in threads:
-            thread.start()
-        assert wait_for(lambda: in_flight(upstream, "cut-json", 2), timeout=30)
-        assert wait_for(lambda: in_flight(upstream, "cut-sse", 2), timeout=30)
+        threads, out = send_both(server.url, upstream, "fusion-endless", "cut-json", "cut-sse")
         signalled = time.monotonic()
         server.terminate()
         for thread in threads:
