@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fusiongraph.local_model.catalog import SPLIT_MODELS
-from fusiongraph.local_model.weights import WeightsError, ensure_weights, rich_progress
+from fusiongraph.local_model.weights import (
+    WeightsError,
+    ensure_weights,
+    is_verified,
+    rich_progress,
+)
 
 # The bundled model's name: the server serves it under this alias, and the `local` preset and
 # `local:` specs name it.
@@ -142,12 +147,16 @@ def model_files(models: Iterable[str] = ()) -> dict[str, Path]:
         )
     files = {LOCAL_MODEL_ALIAS: gguf_path()}
     for alias, split in SPLIT_MODELS.items():
-        if alias in wanted:
-            try:
-                with rich_progress(f"joining {split.title}") as progress:
-                    files[alias] = ensure_weights(split.weights, progress=progress)
-            except WeightsError as exc:
-                raise LocalModelMissing(str(exc)) from None
+        if alias not in wanted:
+            continue
+        try:
+            if is_verified(split.weights):
+                files[alias] = ensure_weights(split.weights)
+                continue
+            with rich_progress(f"{split.title}: joining, checking") as progress:
+                files[alias] = ensure_weights(split.weights, progress=progress)
+        except WeightsError as exc:
+            raise LocalModelMissing(str(exc)) from None
     return files
 
 

@@ -120,6 +120,12 @@ def _recorded_verified(path: Path, weights: SplitWeights) -> bool:
         return False
 
 
+def is_verified(weights: SplitWeights, cache_dir: Path | None = None) -> bool:
+    """Whether the joined file is in the cache, recorded as verified and unchanged since."""
+    path = (cache_dir or weights_dir()) / weights.filename
+    return path.is_file() and _recorded_verified(path, weights)
+
+
 def _hash_file(path: Path, progress: Progress | None) -> str:
     digest = hashlib.sha256()
     total, done = path.stat().st_size, 0
