@@ -66,6 +66,13 @@ CacheOption = Annotated[
         callback=_cache_option,
     ),
 ]
+# Options that `serve` and `playground` share.
+HostOption = Annotated[str, typer.Option(help="Interface to bind.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535)]
+AliasesOption = Annotated[
+    Path | None,
+    typer.Option(help="JSON file: model alias -> fusion settings.", exists=True, dir_okay=False),
+]
 err_console = Console(stderr=True)
 
 
@@ -331,14 +338,9 @@ def eval_command(
 @with_context_options
 def serve(
     context: dict[str, Any],
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    aliases: Annotated[
-        Path | None,
-        typer.Option(
-            help="JSON file: model alias -> fusion settings.", exists=True, dir_okay=False
-        ),
-    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    aliases: AliasesOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     checkpointer: CheckpointerOption = None,
     cache: CacheOption = None,
@@ -414,14 +416,9 @@ def serve(
 @with_context_options
 def playground(
     context: dict[str, Any],
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    aliases: Annotated[
-        Path | None,
-        typer.Option(
-            help="JSON file: model alias -> fusion settings.", exists=True, dir_okay=False
-        ),
-    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    aliases: AliasesOption = None,
     evals_dir: Annotated[
         Path | None,
         typer.Option(
