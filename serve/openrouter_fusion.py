@@ -227,7 +227,10 @@ def openrouter_error(exc: OpenAIError) -> JSONResponse:
     """An error in OpenRouter's shape (`code` is the HTTP status, details in `metadata`), which
     its SDK reads into its typed errors and the openai SDK reads as any API error."""
     metadata = {"param": exc.param, "reason": exc.code, "type": exc.error_type, **exc.extra}
-    body = {"error": {"code": exc.status, "message": exc.message, "metadata": metadata}}
+    message = exc.message
+    if exc.param and exc.param not in message:
+        message = f"{exc.param}: {message}"  # the message names the field too
+    body = {"error": {"code": exc.status, "message": message, "metadata": metadata}}
     return JSONResponse(jsonable_encoder(body), status_code=exc.status, headers=exc.headers)
 
 
@@ -640,6 +643,10 @@ async def ask_calling_model(
             kwargs = {"tool_choice": choice} if choice not in (None, "auto") else {}
             bound = model.bind_tools(offered, **kwargs)
         reply = await bound.ainvoke(messages, {"tags": ["nostream"]})
+    except Exception as exc:
+        # The calling model writes the answer, as the synthesizer does: its failure is that one.
+        message = f"the calling model {spec.name} failed: {str(exc)[:500] or type(exc).__name__}"
+        raise FusionError("synthesis_failed", message) from exc
     finally:
         await close_model(model)
     if not isinstance(reply, AIMessage):
