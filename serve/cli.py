@@ -387,7 +387,7 @@ def serve(
     preset = context.pop("preset", None)
     try:
         if openrouter_models is not None:
-            from fusiongraph.serve.openrouter_fusion import MODELS_ENV, OpenRouterSettings
+            from fusiongraph.serve.openrouter_plan import MODELS_ENV, OpenRouterSettings
 
             OpenRouterSettings.load(openrouter_models)  # a bad file stops the start, not a run
             os.environ[MODELS_ENV] = str(openrouter_models.resolve())  # workers read it

@@ -58,7 +58,8 @@ from fusiongraph.serve.openai_request import (
     request_body_schema,
 )
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
-from fusiongraph.serve.openrouter_fusion import OpenRouterFusion, OpenRouterSettings
+from fusiongraph.serve.openrouter_fusion import OpenRouterFusion
+from fusiongraph.serve.openrouter_plan import OpenRouterSettings
 from fusiongraph.serve.playground import install_playground
 from fusiongraph.serve.request_guards import install_request_guards
 from fusiongraph.serve.responses_api import install_responses_api

@@ -23,7 +23,8 @@ import pytest
 from langchain_core.messages import AIMessage
 from openrouter import OpenRouter, components, errors
 
-from fusiongraph.serve.openrouter_fusion import TOOL_FUNCTION, OpenRouterSettings
+from fusiongraph.serve.openrouter_fusion import TOOL_FUNCTION
+from fusiongraph.serve.openrouter_plan import OpenRouterSettings
 from tests.support.fakes import FakeFactory, Script, fake_context, judge_json, judge_spec
 from tests.support.server_app import ANSWER, MODEL, USER, app_for
 from tests.support.server_process import ServeProcess
