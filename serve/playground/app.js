@@ -665,9 +665,10 @@ function renderAggregation(agg, pick) {
   add("early exit", agg.early_exit);
   if (agg.selected) add("selected", h("span", {}, pick(agg.selected.panelist), " ", agg.selected.reason || ""));
   if (agg.vote) add("vote", renderVote(agg.vote, pick));
+  if (agg.verify) add("verify", renderVerify(agg.verify, pick));
   add("cascade", agg.cascade);
   if (agg.calls) add("calls", `${agg.calls.made} made of ${agg.calls.full_path} on the full path`);
-  for (const [k, v] of Object.entries(agg)) if (!["requested", "applied", "reason", "early_exit", "selected", "vote", "cascade", "calls", "saved"].includes(k)) add(k, v);
+  for (const [k, v] of Object.entries(agg)) if (!["requested", "applied", "reason", "early_exit", "selected", "vote", "verify", "cascade", "calls", "saved"].includes(k)) add(k, v);
   // The default path (synthesis, as requested) folds away; a strategy that decided shows open.
   const box = h("details", { class: "aggregation" }, h("summary", {}, h("strong", { text: "Aggregation" }), ` · ${agg.applied || "?"}${agg.final && !["synthesis", agg.applied].includes(agg.final) ? ` → ${agg.final}` : ""} (${agg.reason || "requested"})`), h("dl", {}, rows));
   box.open = (agg.applied && agg.applied !== "synthesize") || agg.requested !== "synthesize";
@@ -685,6 +686,48 @@ function renderVote(vote, pick) {
     counts ? ` · ${counts}` : "",
     h("ul", { class: "vote-answers" }, Object.entries(vote.answers).map(([panelist, answer]) => h("li", { dataset: { panelist } }, pick(panelist), ` ${answer ?? "no answer"}`))),
   );
+}
+
+// verify's record: for code, the matrix of candidates by tests (each cell: passed or not, and
+// what the candidate returned); for math, each answer's final value against the judge's program.
+// Every string is model text: set as textContent, never parsed as HTML.
+function renderVerify(checked, pick) {
+  const box = h("div", { class: "verify" });
+  if (checked.error) box.append(h("p", { class: "hint", text: checked.error }));
+  const mark = (passed) => h("span", { class: passed ? "pass" : "fail", text: passed ? "✓" : "✗" });
+  if (checked.kind === "code" && checked.candidates && Object.keys(checked.candidates).length) {
+    const cases = checked.tests?.cases || [];
+    box.append(h("p", { text: `${cases.length} tests from the ${checked.tests?.source ?? "?"}` }));
+    const head = h("tr", {}, h("th", { text: "candidate" }), cases.map((c, i) => h("th", { title: c.reasoning || "", text: `${i + 1}. ${c.call ?? ""}${c.expected ? ` → ${c.expected}` : ""}` })), h("th", { text: "passed" }));
+    const rows = Object.entries(checked.candidates).map(([label, cand]) => {
+      const passed = cand.passed || [];
+      const score = `${passed.filter(Boolean).length}/${passed.length}${["completed", "passed", "failed"].includes(cand.ran) ? "" : ` (${cand.ran})`}`;
+      return h(
+        "tr",
+        { class: label === checked.winner ? "winner" : "", dataset: { panelist: label } },
+        h("th", {}, pick(label)),
+        passed.map((ok, i) => h("td", { class: ok ? "pass" : "fail" }, mark(ok), ` ${(cand.outputs || [])[i] ?? ""}`)),
+        h("td", { text: score }),
+      );
+    });
+    box.append(h("table", { class: "verify-matrix" }, h("thead", {}, head), h("tbody", {}, rows)));
+    const groups = (checked.groups || []).map((g) => g.join(", ")).join(" | ");
+    if (groups) box.append(h("p", { class: "hint", text: `behaviour groups: ${groups}` }));
+  } else if (checked.kind === "math" && checked.finals) {
+    const rows = Object.entries(checked.finals).map(([label, value]) => {
+      const ok = (checked.confirmed || []).includes(label);
+      return h("tr", { class: label === checked.winner ? "winner" : "", dataset: { panelist: label } }, h("th", {}, pick(label)), h("td", { text: value ?? "(none found)" }), h("td", { class: ok ? "pass" : "fail" }, mark(ok)));
+    });
+    const head = h("tr", {}, ["panelist", "final answer", "confirmed"].map((t) => h("th", { text: t })));
+    box.append(h("table", { class: "verify-matrix" }, h("thead", {}, head), h("tbody", {}, rows)));
+    box.append(h("pre", { class: "verify-program", text: checked.program || "" }));
+    const out = checked.program_output || {};
+    box.append(h("p", { text: `program output (${out.ran ?? "?"}): ${(out.stdout || out.stderr || "").trim()}` }));
+    if (checked.disagreement) box.append(h("p", { class: "hint", text: "The program and the vote disagree." }));
+  }
+  box.append(h("p", {}, h("strong", { text: "why: " }), checked.why || ""));
+  box.append(h("p", { class: "hint", text: `sandbox: ${fmtNum(checked.sandbox_s ?? 0)} s` }));
+  return box;
 }
 
 // ---------- copy as curl / Python ----------

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from fusiongraph.nodes import prompts
+from fusiongraph.nodes import prompts, verify_judge
 from fusiongraph.nodes.images import IMAGE_OMITTED
 from tests.support.servers import ThreadedServer, bind
 
@@ -56,6 +56,8 @@ _ANSWER_RE = re.compile(r"-ans([A-Za-z0-9.]+?)(?=-|$)")
 _LABEL_RE = re.compile(r"Response ([A-Z]):")
 _JUDGE_MARK = prompts.JUDGE[:48]
 _SYNTHESIS_MARK = prompts.SYNTHESIS[:48]
+# verify's judge call (nodes/verify_judge.py): tests for code, a program for math.
+_VERIFY_MARKS = (verify_judge.TESTS_PROMPT[:48], verify_judge.PROGRAM_PROMPT[:48])
 RECORDED_OPTIONS = (
     "response_format",
     "usage",
@@ -137,11 +139,20 @@ def classify(body: dict[str, Any]) -> str:
     messages = body.get("messages") or []
     system = " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
     fmt = (body.get("response_format") or {}).get("type")
-    if fmt in ("json_schema", "json_object") or _JUDGE_MARK in system:
+    if fmt in ("json_schema", "json_object") or _JUDGE_MARK in system or _asks_verify(system):
         return "judge"
     if _SYNTHESIS_MARK in system:
         return "synthesis"
     return "panel"
+
+
+def _asks_verify(system: str) -> bool:
+    return any(mark in system for mark in _VERIFY_MARKS)
+
+
+def _system(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    return " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
 
 
 def judge_json(body: dict[str, Any]) -> str:
@@ -165,6 +176,9 @@ def judge_json(body: dict[str, Any]) -> str:
         "unique_insights": [{"panelist": labels[-1], "insight": "Pressure cookers compensate."}],
         "blind_spots": ["Dissolved salt raises the boiling point only slightly."],
     }
+    if "best_reason" in _system(body) + json.dumps(body.get("response_format") or {}):
+        # asked to select (nodes/aggregation.py): an opinion, the first response it was shown
+        analysis.update(best=labels[0], best_reason="It reads as the most complete.")
     return json.dumps(analysis)
 
 
@@ -322,7 +336,9 @@ class FakeUpstream:
         self._next_id += 1
         self.records.append(record)
         scripted = self.behaviour(model).content
-        if record.role == "judge":
+        if record.role == "judge" and scripted is not None and _asks_verify(_system(body)):
+            content = scripted  # a judge scripted with verify's tests (or program) writes them
+        elif record.role == "judge":
             content = judge_json(body)
         elif scripted is not None:
             content = scripted
