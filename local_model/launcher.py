@@ -48,6 +48,7 @@ from fusiongraph.local_model.settings import (
     base_url_for,
     config_path,
     configured_models,
+    known_models,
     local_port,
     lock_path,
     log_path,
@@ -140,9 +141,9 @@ def _cache_fresh(port: int, models: set[str]) -> bool:
     return time.monotonic() - checked < STATUS_CACHE_TTL_S and models <= served
 
 
-def _mark_healthy(port: int, status: LocalServerStatus) -> None:
+def _mark_healthy(port: int, models: Iterable[str]) -> None:
     with _state_lock:
-        _status_cache[port] = (time.monotonic(), frozenset(status.models))
+        _status_cache[port] = (time.monotonic(), frozenset(models))
 
 
 def _forget(port: int) -> None:
@@ -297,7 +298,7 @@ def ensure_local_server(
 
     status = _probe(port, PROBE_TIMEOUT_S)
     if _serves_models(status, wanted):
-        _mark_healthy(port, status)
+        _mark_healthy(port, status.models)
         return base_url
 
     _check_installed()
@@ -309,7 +310,7 @@ def ensure_local_server(
         if status.busy:  # llama.cpp holds /v1/models while it generates: wait for its answer
             status = _probe(port, max(deadline - time.monotonic(), PROBE_TIMEOUT_S))
         if _serves_models(status, wanted):
-            _mark_healthy(port, status)
+            _mark_healthy(port, status.models)
             return base_url
         ours = _server_process(port)
         if status.running and ours is None:
@@ -324,10 +325,10 @@ def ensure_local_server(
                 patience = min(10.0, max(deadline - time.monotonic(), PROBE_TIMEOUT_S))
                 status = _probe(port, patience)
                 if _serves_models(status, wanted):
-                    _mark_healthy(port, status)
+                    _mark_healthy(port, status.models)
                     return base_url
             # Whatever it served stays served by its replacement.
-            wanted |= set(status.models) & set(configured_models(port))
+            wanted |= set(status.models) & set(configured_models(port)) & set(known_models())
             terminate(ours)
         proc = _spawn(port, model_files(wanted), detach=detach)
         with _state_lock:
@@ -335,7 +336,7 @@ def ensure_local_server(
         if not detach:
             _register_atexit()
         _wait_ready(proc, port, wanted, deadline)
-    _mark_healthy(port, _probe(port, PROBE_TIMEOUT_S))
+    _mark_healthy(port, wanted)
     return base_url
 
 

