@@ -557,3 +557,59 @@ def test_a_failing_calling_model_is_a_502_in_openrouters_shape() -> None:
     assert reply.status_code == 502
     error = reply.json()["error"]
     assert error["code"] == 502 and "provider down" in error["message"]
+
+
+def test_the_callers_function_tools_sit_beside_the_fusion_tool() -> None:
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    asks_weather = AIMessage(
+        content="",
+        tool_calls=[
+            {"name": "get_weather", "args": {"city": "Paris"}, "id": "c1", "type": "tool_call"}
+        ],
+    )
+    factory = FakeFactory(scripts(m1=[asks_weather]))
+    tools = [{"type": "openrouter:fusion"}, weather]
+    with serving(factory) as url, sdk(url) as client:
+        result = client.chat.send(model=OPUS, messages=USER, tools=tools)
+    (call,) = result.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert result.choices[0].finish_reason == "tool_calls"
+    offered, _ = factory.scripts["m1"].bound_tools[0]
+    assert [t["function"]["name"] for t in offered] == [TOOL_FUNCTION, "get_weather"]
+    assert calls(factory, "m2") == 0
+
+
+def test_a_streamed_run_whose_panel_fails_ends_with_the_calling_models_answer() -> None:
+    down = {f"m{i}": Script([RuntimeError("upstream down")]) for i in (2, 3)}
+    factory = FakeFactory(scripts(m1=["Paris, without the panel."], **down))
+    with serving(factory) as url, sdk(url) as client:
+        events = list(client.beta.responses.send(**responses_request(stream=True)))
+    kinds = [e.type for e in events]
+    assert kinds.count("response.fusion_call.panel.failed") == 2
+    assert all(
+        isinstance(e, components.FusionCallPanelFailedEvent)
+        for e in events
+        if e.type.endswith("panel.failed")
+    )
+    assert "response.fusion_call.completed" in kinds and kinds[-1] == "response.completed"
+    item = events[-1].response.output[0]
+    assert item.status == "incomplete" and item.failure_reason == "all_panels_failed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "Paris, without the panel."
+
+
+def test_a_streamed_chat_without_deliberation_is_the_calling_models_answer() -> None:
+    factory = FakeFactory(scripts(synth=["Paris, plainly."]))
+    with serving(factory) as url, sdk(url) as client:
+        chunks = list(client.chat.send(model="openrouter/fusion", messages=USER, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Paris, plainly."
+    assert not any(c.choices[0].delta.reasoning_details for c in chunks if c.choices)
+    assert calls(factory, "m1") == 0
