@@ -35,7 +35,6 @@ TaskType = Literal["code", "math", "short_answer", "multiple_choice", "research"
 ScorerName = Literal["exact", "choice", "code", "graded"]
 
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)
-SCORERS: tuple[str, ...] = get_args(ScorerName)
 DEFAULT_SCORER: dict[str, str] = {
     "code": "code",
     "math": "exact",

@@ -21,7 +21,6 @@ from fractions import Fraction
 from typing import Any
 
 HOWS = ("auto", "number", "letter", "boxed", "marked")
-PREFIXED_HOWS = ("regex:", "json:")
 
 _NUMBER = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
 _NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUMBER})(?:\s*/\s*(?:\d+))?(?![\w])")

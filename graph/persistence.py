@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
 
 
-CHECKPOINTER_ENV = "FUSIONGRAPH_CHECKPOINTER"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # Concurrent runs each hold a connection only while they write a checkpoint.
 POSTGRES_POOL_MAX = 10
@@ -208,11 +206,6 @@ def open_checkpointer_sync(url: str | None) -> Iterator[BaseCheckpointSaver | No
             postgres = PostgresSaver(pool)
             postgres.setup()
             yield postgres
-
-
-def checkpointer_url_from_env() -> str | None:
-    """The default for `--checkpointer`: `FUSIONGRAPH_CHECKPOINTER`, else none."""
-    return os.environ.get(CHECKPOINTER_ENV) or None
 
 
 async def has_unfinished_run(

@@ -15,12 +15,10 @@ silently cache nothing: the opener pings the server once and fails at start-up i
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from langgraph.cache.base import BaseCache
 
-CACHE_ENV = "FUSIONGRAPH_CACHE"
 CACHE_PREFIX = "fusiongraph:cache:"
 CONNECT_TIMEOUT_S = 5
 MEMORY = "memory"
@@ -66,11 +64,6 @@ def open_cache(value: str | bool | None) -> bool | BaseCache | None:
         client.close()
         raise ValueError(f"cannot reach the Redis cache at {_where(url)}: {exc}") from exc
     return RedisCache(client, prefix=CACHE_PREFIX)
-
-
-def cache_url_from_env() -> str | None:
-    """The default for `--cache`: `FUSIONGRAPH_CACHE`, else none."""
-    return os.environ.get(CACHE_ENV) or None
 
 
 def _where(url: str) -> str:
