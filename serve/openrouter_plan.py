@@ -124,6 +124,7 @@ class FusionAsk:
     plugin: FusionPlugin | None = None
     tool: FusionServerTool | None = None
     tool_param: str = "tools"
+    plugin_param: str = "plugins"
     choice: Literal["auto", "required", "none"] = "auto"
 
     @property
@@ -140,7 +141,7 @@ class FusionAsk:
         params = self.tool.parameters if self.tool is not None else None
         if params is not None and name in params.model_fields_set:
             return f"{self.tool_param}.parameters.{name}"
-        return f"plugins.{name}"
+        return f"{self.plugin_param}.{name}"
 
 
 def _validated(model: type[BaseModel], value: Any, param: str) -> Any:
@@ -184,6 +185,7 @@ def take_fusion(body: dict[str, Any]) -> FusionAsk | None:
             if ask.plugin is not None:
                 raise bad_request("only one fusion plugin", f"plugins[{i}]")
             ask.plugin = _validated(FusionPlugin, plugin, f"plugins[{i}]")
+            ask.plugin_param = f"plugins[{i}]"
         del body["plugins"]
     if isinstance(tools, list):
         kept = []
@@ -204,6 +206,8 @@ def take_fusion(body: dict[str, Any]) -> FusionAsk | None:
             else:
                 kept.append(tool)
         body["tools"] = kept or None
+    if ask.plugin is None and ask.tool is None and not ask.alias:
+        return None  # `plugins: []`: nothing asked of Fusion
     ask.choice = _take_choice(body, ask)
     return ask
 
@@ -282,7 +286,7 @@ def plan_fusion(ask: FusionAsk, service: RunService, settings: OpenRouterSetting
         if plugin.preset not in settings.presets:
             raise bad_request(
                 f"unknown preset {plugin.preset!r}; this server has {sorted(settings.presets)}",
-                "plugins.preset",
+                ask.where("preset"),
                 code="invalid_config",
             )
         base_name = settings.presets[plugin.preset]
@@ -291,7 +295,7 @@ def plan_fusion(ask: FusionAsk, service: RunService, settings: OpenRouterSetting
     if base_name not in service.models:
         raise bad_request(
             f"the preset's model {base_name!r} is not served here",
-            "plugins.preset",
+            ask.where("preset"),
             "invalid_config",
         )
     context = dict(service.models[base_name])
@@ -318,11 +322,12 @@ def plan_fusion(ask: FusionAsk, service: RunService, settings: OpenRouterSetting
         calling_slug = ask.model
     if calling_slug is not None:
         context["synthesizer"] = settings.spec(
-            calling_slug, "model" if not ask.alias else "plugins.model"
+            calling_slug, ask.where("model") if ask.alias else "model"
         )
-    analyst_slug = (params.model if params is not None else None) or calling_slug
+    # The analyst: the server tool's or the plugin's `model`, else the calling model.
+    analyst_slug = pick("model") or calling_slug
     if analyst_slug is not None:
-        analyst_param = ask.where("model") if params and params.model else "model"
+        analyst_param = ask.where("model") if pick("model") else "model"
         context["judge"] = settings.spec(analyst_slug, analyst_param)
     steps = pick("max_tool_calls")
     if steps is not None:
@@ -355,7 +360,10 @@ def plan_fusion(ask: FusionAsk, service: RunService, settings: OpenRouterSetting
     tokens, temperature = pick("max_completion_tokens"), pick("temperature")
     if tokens is not None or temperature is not None:
         update = {"max_tokens": tokens} if tokens is not None else {}
-        panel_update = {**update, **({"temperature": temperature} if temperature else {})}
+        panel_update = {
+            **update,
+            **({"temperature": temperature} if temperature is not None else {}),
+        }
         context["panel"] = [_as_dict(s.model_copy(update=panel_update)) for s in config.panel]
         if tokens is not None:
             context["judge"] = _as_dict(config.judge.model_copy(update=update))

@@ -338,9 +338,9 @@ def test_the_openai_sdk_sends_the_same_requests_with_extra_body() -> None:
         ({"plugins": [{"id": "fusion", "max_tool_calls": 17}]}, "plugins[0].max_tool_calls"),
         (
             {"plugins": [{"id": "fusion", "analysis_models": ["x/unknown"]}]},
-            "plugins.analysis_models[0]",
+            "plugins[0].analysis_models[0]",
         ),
-        ({"plugins": [{"id": "fusion", "preset": "general-nope"}]}, "plugins.preset"),
+        ({"plugins": [{"id": "fusion", "preset": "general-nope"}]}, "plugins[0].preset"),
         (
             {"tools": [{"type": "openrouter:fusion", "parameters": {"bogus": 1}}]},
             "tools[0].parameters.bogus",
@@ -613,3 +613,27 @@ def test_a_streamed_chat_without_deliberation_is_the_calling_models_answer() -> 
     assert text == "Paris, plainly."
     assert not any(c.choices[0].delta.reasoning_details for c in chunks if c.choices)
     assert calls(factory, "m1") == 0
+
+
+def test_the_server_tools_inner_call_settings_reach_the_panel_and_the_judge() -> None:
+    factory = FakeFactory(scripts(m1=[ANSWER], analyst=[ANALYSIS]))
+    request = responses_request()
+    request["tools"][0]["parameters"].update(
+        temperature=0, max_completion_tokens=512, reasoning={"effort": "low"}
+    )
+    with serving(factory) as url, sdk(url) as client:
+        client.beta.responses.send(**request)
+    built = {spec.model: spec for spec in factory.built}
+    assert built["m2"].temperature == 0 and built["m2"].max_tokens == 512
+    assert built["analyst"].max_tokens == 512
+    assert built["m1"].max_tokens is None  # the calling model's own answer is not an inner call
+
+
+def test_an_empty_plugins_list_asks_nothing_of_fusion() -> None:
+    factory = FakeFactory(scripts())
+    with serving(factory) as url:
+        reply = httpx.post(
+            f"{url}/v1/chat/completions", json={"model": MODEL, "messages": USER, "plugins": []}
+        )
+    assert reply.status_code == 200
+    assert "reasoning_details" not in reply.json()["choices"][0]["message"]
