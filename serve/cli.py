@@ -103,6 +103,8 @@ class ProgressView:
             self.stage = f"panel (auto: {event.get('applied')})"
         elif kind == "aggregation_decided":
             self.stage = str(event.get("note") or event.get("outcome"))
+        elif kind == "verify_started":
+            self.stage = "verify: the answers run in the sandbox"
         elif kind == "judge_started":
             self.stage = "judge"
         elif kind == "synthesis_started":
