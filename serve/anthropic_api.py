@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from langchain_core.messages import AIMessage, AIMessageChunk, ToolCall, ToolCallChunk
+from langchain_core.messages import AIMessage, ToolCall
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fusiongraph.serve.anthropic_protocol import (
@@ -55,6 +55,7 @@ from fusiongraph.serve.runs import (
     reject_recursion,
     stream_events,
 )
+from fusiongraph.serve.stream_blocks import BlockStreamWriter
 
 OVERLOADED = 529  # Anthropic's status for an overloaded API
 _ERROR_TYPES = {
@@ -290,21 +291,16 @@ def ping() -> ServerSentEvent:
     return _event("ping")
 
 
-class MessageStreamWriter:
-    """Synthesis token chunks -> Anthropic stream events, in Anthropic's order: a text block
-    opened at the first text, a tool_use block per tool call (its input as input_json_delta
-    fragments), each block stopped before the next starts. Providers stream tool calls one
-    after another (a fragment of a call whose block was already stopped could not be sent:
-    blocks do not reopen). Whatever the model did not stream is sent from the final message,
-    so the assembled stream equals the non-streaming answer."""
+class MessageStreamWriter(BlockStreamWriter):
+    """Synthesis token chunks -> Anthropic stream events, in Anthropic's order: a text block,
+    a tool_use block per tool call (its input as input_json_delta fragments), each block
+    stopped before the next starts (serve/stream_blocks.py)."""
 
     def __init__(self, *, model: str) -> None:
+        super().__init__()
         self.mid = message_id()
         self.model = model
         self.index = -1
-        self.open: Any = None  # "text", a tool call's key, or None
-        self.sent_text = False
-        self.tools: dict[Any, int] = {}  # a tool call's key (provider index or id) -> block
 
     def start(self) -> list[ServerSentEvent]:
         message: dict[str, Any] = {
@@ -337,46 +333,17 @@ class MessageStreamWriter:
         delta = {"type": "text_delta", "text": text}
         return [*out, _event("content_block_delta", index=self.index, delta=delta)]
 
-    def _tool_key(self, part: ToolCallChunk) -> Any:
-        key: int | str | None = part.get("index")
-        if key is None:
-            key = part.get("id")
-        if key is None:  # a continuation without index or id belongs to the open call
-            return self.open if self.open not in (None, "text") else 0
-        return key
+    def _start_call(self, key: Any, call_id: str | None, name: str) -> list[ServerSentEvent]:
+        return self._open(key, _tool_use(ToolCall(name=name, args={}, id=call_id)))
 
-    def token(self, chunk: AIMessageChunk) -> list[ServerSentEvent]:
-        out = self._text(chunk.text) if chunk.text else []
-        for part in chunk.tool_call_chunks:
-            key = self._tool_key(part)
-            if key not in self.tools:
-                block = {
-                    "type": "tool_use",
-                    "id": part.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
-                    "name": part.get("name") or "",
-                    "input": {},
-                }
-                out += self._open(key, block)
-                self.tools[key] = self.index
-            if key == self.open and part.get("args"):
-                delta = {"type": "input_json_delta", "partial_json": part["args"]}
-                out.append(_event("content_block_delta", index=self.index, delta=delta))
-        return out
+    def _arguments(self, fragment: str) -> ServerSentEvent:
+        delta = {"type": "input_json_delta", "partial_json": fragment}
+        return _event("content_block_delta", index=self.index, delta=delta)
 
     def finish(self, message: AIMessage) -> list[ServerSentEvent]:
         """Anything not streamed yet, message_delta (stop reason, usage, the fusion record),
         then message_stop."""
-        out = []
-        if not self.sent_text and message.text:
-            out += self._text(message.text)
-        if message.tool_calls and not self.tools:
-            for i, call in enumerate(message.tool_calls):
-                block = {**_tool_use(call), "input": {}}
-                out += self._open(("final", i), block)
-                partial = json.dumps(call.get("args") or {}, ensure_ascii=False)
-                delta: dict[str, str | None] = {"type": "input_json_delta", "partial_json": partial}
-                out.append(_event("content_block_delta", index=self.index, delta=delta))
-        out += self._close()
+        out = self.unstreamed(message)
         delta = {"stop_reason": stop_reason(message), "stop_sequence": None}
         usage = anthropic_usage(message)
         out.append(_event("message_delta", delta=delta, usage=usage, fusion=fusion_of(message)))

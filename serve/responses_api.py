@@ -30,8 +30,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import (
     AIMessage,
-    AIMessageChunk,
-    ToolCallChunk,
     convert_to_openai_messages,
 )
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -70,6 +68,7 @@ from fusiongraph.serve.runs import (
     reject_recursion,
     stream_events,
 )
+from fusiongraph.serve.stream_blocks import BlockStreamWriter
 
 if TYPE_CHECKING:
     from fusiongraph.graph.builder import FusionGraph
@@ -329,20 +328,17 @@ def failed(base: dict[str, Any], output: list[dict[str, Any]], exc: OpenAIError)
     }
 
 
-class ResponseStreamWriter:
+class ResponseStreamWriter(BlockStreamWriter):
     """Synthesis token chunks -> Responses stream events, in OpenAI's order: a message item
-    (with one output_text part) opened at the first text, a function_call item per tool call
-    (its arguments as function_call_arguments deltas), each item done before the next is added.
-    Whatever the model did not stream is sent from the final message, so the assembled stream
-    equals the non-streaming answer."""
+    (with one output_text part), a function_call item per tool call (its arguments as
+    function_call_arguments deltas), each item done before the next is added
+    (serve/stream_blocks.py)."""
 
     def __init__(self, base: dict[str, Any]) -> None:
+        super().__init__()
         self.base = base
         self.sequence = 0
         self.items: list[dict[str, Any]] = []
-        self.open: Any = None  # "text", a tool call's key, or None
-        self.sent_text = False
-        self.tools: dict[Any, int] = {}
 
     def _event(self, kind: str, **data: Any) -> ServerSentEvent:
         payload = {"type": kind, "sequence_number": self.sequence, **data}
@@ -430,44 +426,18 @@ class ResponseStreamWriter:
         )
         return out
 
-    def _tool_key(self, part: ToolCallChunk) -> Any:
-        key: int | str | None = part.get("index")
-        if key is None:
-            key = part.get("id")
-        if key is None:  # a continuation without index or id belongs to the open call
-            return self.open if self.open not in (None, "text") else 0
-        return key
-
     def _arguments(self, fragment: str) -> ServerSentEvent:
         self.items[-1]["arguments"] += fragment
         return self._event(
             "response.function_call_arguments.delta", **self._where(), delta=fragment
         )
 
-    def token(self, chunk: AIMessageChunk) -> list[ServerSentEvent]:
-        out = self._text(chunk.text) if chunk.text else []
-        for part in chunk.tool_call_chunks:
-            key = self._tool_key(part)
-            if key not in self.tools:
-                item = _call_item(part.get("id"), part.get("name") or "", "", status="in_progress")
-                out += self._add(key, item)
-                self.tools[key] = len(self.items) - 1
-            if key == self.open and (fragment := part.get("args")):
-                out.append(self._arguments(fragment))
-        return out
+    def _start_call(self, key: Any, call_id: str | None, name: str) -> list[ServerSentEvent]:
+        return self._add(key, _call_item(call_id, name, "", status="in_progress"))
 
     def finish(self, message: AIMessage) -> list[ServerSentEvent]:
         """Anything not streamed yet, then response.completed with the whole response."""
-        out = []
-        if not self.sent_text and message.text:
-            out += self._text(message.text)
-        if message.tool_calls and not self.tools:
-            for i, call in enumerate(message.tool_calls):
-                out += self._add(
-                    ("final", i), _call_item(call.get("id"), call["name"], "", "in_progress")
-                )
-                out.append(self._arguments(json.dumps(call.get("args") or {}, ensure_ascii=False)))
-        out += self._close()
+        out = self.unstreamed(message)
         out.append(
             self._event("response.completed", response=finished(self.base, self.items, message))
         )
