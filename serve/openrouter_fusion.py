@@ -289,7 +289,7 @@ class OpenRouterFusion:
                 response = JSONResponse(self._chat_body(final, outcome, item))
         except ClientGone:
             return Response(status_code=499)
-        if outcome.run.plan.thread_id:
+        if outcome.run.plan.thread_id and reply is None:  # only a run has a thread
             response.headers[THREAD_HEADER] = outcome.run.plan.thread_id
         return response
 
@@ -435,6 +435,9 @@ class OpenRouterFusion:
         base.update(completed_at=None, frequency_penalty=None, presence_penalty=None)
         try:
             reply = await self._race(request, self.decide(outcome))
+            if reply is not None:  # no run: nothing stored under the thread's id
+                thread_id = None
+                base.update(id=RESPONSE_PREFIX + uuid.uuid4().hex, store=False)
             if outcome.run.run.stream:
                 response = await self._responses_stream(request, outcome, base, reply)
             else:

@@ -637,3 +637,31 @@ def test_an_empty_plugins_list_asks_nothing_of_fusion() -> None:
         )
     assert reply.status_code == 200
     assert "reasoning_details" not in reply.json()["choices"][0]["message"]
+
+
+def test_on_a_durable_server_a_fused_response_can_be_continued() -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from fusiongraph.graph.builder import build_graph
+    from fusiongraph.serve.server import create_app
+
+    factory = FakeFactory(scripts(m1=[ANSWER, "Lyon is second."], analyst=[ANALYSIS]))
+    settings = OpenRouterSettings(
+        models=SLUGS, default=MODEL, passthrough=False, model_factory=factory
+    )
+    app = create_app(
+        build_graph(factory, checkpointer=InMemorySaver()),
+        api_keys=[],
+        aliases={MODEL: fake_context(["m1", "m2", "m3"])},
+        openrouter=settings,
+    )
+    with running_server(app) as url, sdk(url) as client:
+        first = client.beta.responses.send(**responses_request())
+        assert first.store is True
+        follow = client.beta.responses.send(
+            **responses_request(input="And the second city?", previous_response_id=first.id)
+        )
+    assert follow.output[-1].content[0].text == "Lyon is second."
+    # The follow-up's panel saw the first turn: its conversation continued.
+    asked = factory.scripts["m2"].calls[-1]
+    assert any(QUESTION in str(m.content) for m in asked)
