@@ -39,7 +39,7 @@ from fusiongraph.serve.openai_errors import (
     OpenAIError,
     bad_request,
 )
-from fusiongraph.serve.openai_protocol import openapi_responses, openapi_schema
+from fusiongraph.serve.openai_protocol import openapi_request, openapi_responses, openapi_schema
 from fusiongraph.serve.openai_request import fusion_schema
 from fusiongraph.serve.openai_response import finish_reason, fusion_of, usage_block
 from fusiongraph.serve.runs import (
@@ -394,22 +394,15 @@ def install_anthropic_api(
 
     @app.post(
         "/v1/messages",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": request_schema(service, models),
-                        "example": {
-                            "model": "fusion",
-                            "max_tokens": 1024,
-                            "messages": [{"role": "user", "content": "What is TCP?"}],
-                            "fusion": {"quorum": 2},
-                        },
-                    }
-                },
-            }
-        },
+        openapi_extra=openapi_request(
+            request_schema(service, models),
+            {
+                "model": "fusion",
+                "max_tokens": 1024,
+                "messages": [{"role": "user", "content": "What is TCP?"}],
+                "fusion": {"quorum": 2},
+            },
+        ),
         responses=_responses(),
     )
     async def create_message(request: Request) -> Response:

@@ -197,6 +197,13 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _drop_discriminators(inline_refs(model.model_json_schema()))
 
 
+def openapi_request(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint's `openapi_extra`: its JSON request body's schema and an example (the route
+    reads the body itself, so FastAPI does not document it)."""
+    content = {"application/json": {"schema": schema, "example": example}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def openapi_responses(
     body: type[BaseModel],
     events: type[BaseModel],

@@ -41,7 +41,12 @@ from fusiongraph.serve.openai_errors import (
     bad_request,
     from_fusion_error,
 )
-from fusiongraph.serve.openai_protocol import ErrorResponse, openapi_responses, openapi_schema
+from fusiongraph.serve.openai_protocol import (
+    ErrorResponse,
+    openapi_request,
+    openapi_responses,
+    openapi_schema,
+)
 from fusiongraph.serve.openai_request import fusion_schema
 from fusiongraph.serve.openai_response import finish_reason, fusion_of
 from fusiongraph.serve.responses_protocol import (
@@ -489,21 +494,10 @@ def install_responses_api(
 
     @app.post(
         "/v1/responses",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": request_schema(service, models),
-                        "example": {
-                            "model": "fusion",
-                            "input": "What is TCP?",
-                            "fusion": {"quorum": 2},
-                        },
-                    }
-                },
-            }
-        },
+        openapi_extra=openapi_request(
+            request_schema(service, models),
+            {"model": "fusion", "input": "What is TCP?", "fusion": {"quorum": 2}},
+        ),
         responses=_responses(),
     )
     async def create_response(request: Request) -> Response:

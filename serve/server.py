@@ -49,6 +49,7 @@ from fusiongraph.serve.openai_protocol import (
     ChatCompletionResponse,
     ErrorResponse,
     StreamEvent,
+    openapi_request,
     openapi_schema,
 )
 from fusiongraph.serve.openai_request import (
@@ -379,21 +380,14 @@ def create_app(
 
     @app.post(
         "/v1/chat/completions",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": request_body_schema(sorted(models), limits, context_schema),
-                        "example": {
-                            "model": DEFAULT_MODEL,
-                            "messages": [{"role": "user", "content": "What is TCP?"}],
-                            "fusion": {"quorum": 2, "max_tool_calls": 4},
-                        },
-                    }
-                },
-            }
-        },
+        openapi_extra=openapi_request(
+            request_body_schema(sorted(models), limits, context_schema),
+            {
+                "model": DEFAULT_MODEL,
+                "messages": [{"role": "user", "content": "What is TCP?"}],
+                "fusion": {"quorum": 2, "max_tool_calls": 4},
+            },
+        ),
         responses={200: _COMPLETION_RESPONSE, **_errors(400, 401, 404, 408, 409, 429, 502, 504)},
     )
     async def chat_completions(request: Request) -> Response:
