@@ -44,6 +44,10 @@ from fusiongraph.tools.sandbox import Limits, SandboxUnavailable, resolve_backen
 VERIFY_LIMITS = Limits(timeout_s=5.0)
 JUDGE_SHARE = 0.85  # of the run's deadline, as the judge's own
 SANDBOX_SHARE = 0.95
+CALLER_SOURCE_REFUSED = (
+    "the caller's verify_tests are Python, which runs only under bubblewrap (FUSIONGRAPH_SANDBOX="
+    "process isolates nothing); give them as input/expected cases instead"
+)
 
 
 def verify_kind(record: dict[str, Any], question: str, answers: list[str]) -> str | None:
@@ -106,6 +110,9 @@ def make_verify(model_factory: ModelFactory):
         else:
             if kind is None:
                 result = _fallback(None, "nothing to run: the answers are neither code nor math")
+            elif kind == "code" and isinstance(config.verify_tests, str) and backend != "bwrap":
+                # A request's Python would run with none of bubblewrap's isolation.
+                result = _fallback(kind, CALLER_SOURCE_REFUSED)
             elif kind == "code" and config.verify_tests:
                 entry, unit_tests, pairs = caller_tests(config)
                 result = await _run(

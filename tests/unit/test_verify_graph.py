@@ -184,6 +184,23 @@ async def test_the_caller_s_tests_are_used_and_the_judge_writes_none() -> None:
     assert fusion["aggregation"]["verify"]["tests"]["conversion"] == "converted: 2 cases"
 
 
+async def test_the_caller_s_python_runs_only_under_bubblewrap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FUSIONGRAPH_SANDBOX", "process")
+    asserts = "assert median([1, 2]) == 1.5\n"
+    f = factory([WRONG, RIGHT], judge(prefers="s = sorted"))
+    content, fusion = await run(f, aggregation="verify", verify_tests=asserts)
+    agg = fusion["aggregation"]
+    assert content == RIGHT and agg["final"] == "select"
+    assert "runs only under bubblewrap" in agg["fallback"]
+    cases = [{"call": "median([1, 2])", "expected": 1.5}]  # data, not code: these still run
+    content, fusion = await run(
+        factory([WRONG, RIGHT], judge()), aggregation="verify", verify_tests=cases
+    )
+    assert content == RIGHT and fusion["aggregation"]["final"] == "verify"
+
+
 async def test_no_sandbox_falls_back_to_select_and_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
