@@ -41,14 +41,9 @@ WEATHER = {
 
 
 @pytest.fixture
-def url(factory: FakeFactory) -> Iterator[str]:
-    with running_server(app_for(factory)) as base:
-        yield base
-
-
-@pytest.fixture
-def client(url: str) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=url, api_key="x", max_retries=0) as sdk:
+def client(base_url: str) -> Iterator[anthropic.Anthropic]:
+    """The SDK on the server of tests/unit/conftest.py's `base_url`."""
+    with anthropic.Anthropic(base_url=base_url, api_key="x", max_retries=0) as sdk:
         yield sdk
 
 
@@ -128,9 +123,9 @@ def test_stream_helper_assembles_the_answer(client: anthropic.Anthropic) -> None
     assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
 
 
-def test_stream_events_come_in_anthropics_order_with_the_fusion_record(url: str) -> None:
+def test_stream_events_come_in_anthropics_order_with_the_fusion_record(base_url: str) -> None:
     events = sse_events(
-        url, {"model": MODEL, "max_tokens": 100, "messages": QUESTION, "stream": True}
+        base_url, {"model": MODEL, "max_tokens": 100, "messages": QUESTION, "stream": True}
     )
     names = [name for name, _ in events]
     assert all(data["type"] == name for name, data in events)
@@ -213,7 +208,7 @@ def test_tool_results_continue_the_conversation(
 
 
 def test_bad_requests_raise_bad_request_error_in_anthropics_shape(
-    client: anthropic.Anthropic, url: str, factory: FakeFactory
+    client: anthropic.Anthropic, base_url: str, factory: FakeFactory
 ) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(model="claude-nope", max_tokens=10, messages=QUESTION)
@@ -237,11 +232,11 @@ def test_bad_requests_raise_bad_request_error_in_anthropics_shape(
             system="Be brief.",
             messages=[*QUESTION, {"role": "assistant", "content": ""}, *QUESTION],
         )
-    missing = httpx.post(f"{url}/v1/messages", json={"model": MODEL, "messages": QUESTION})
+    missing = httpx.post(f"{base_url}/v1/messages", json={"model": MODEL, "messages": QUESTION})
     assert missing.status_code == 400
     assert missing.json()["error"]["message"].startswith("max_tokens")
     limit = httpx.post(
-        f"{url}/v1/messages", json={"model": MODEL, "messages": QUESTION, "max_tokens": 10**6}
+        f"{base_url}/v1/messages", json={"model": MODEL, "messages": QUESTION, "max_tokens": 10**6}
     )
     assert limit.status_code == 400 and "max_tokens" in limit.json()["error"]["message"]
     assert all(not s.calls for s in factory.scripts.values())
@@ -345,8 +340,8 @@ def test_error_statuses_map_onto_anthropics_error_types(
     assert body == {"type": "error", "error": {"type": kind, "message": "fusion.quorum: it failed"}}
 
 
-def test_openapi_documents_the_messages_endpoint(url: str) -> None:
-    schema = httpx.get(f"{url}/openapi.json").json()
+def test_openapi_documents_the_messages_endpoint(base_url: str) -> None:
+    schema = httpx.get(f"{base_url}/openapi.json").json()
     operation = schema["paths"]["/v1/messages"]["post"]
     body = operation["requestBody"]["content"]["application/json"]["schema"]
     assert {"model", "max_tokens", "messages"} <= set(body["required"])
@@ -369,10 +364,10 @@ HOSTILE_BODIES = [
 
 @pytest.mark.parametrize("raw", HOSTILE_BODIES, ids=["nan", "deep", "lone-surrogate"])
 def test_hostile_bodies_are_refused_before_any_model(
-    url: str, factory: FakeFactory, raw: bytes
+    base_url: str, factory: FakeFactory, raw: bytes
 ) -> None:
     headers = {"content-type": "application/json"}
-    response = httpx.post(f"{url}/v1/messages", content=raw, headers=headers)
+    response = httpx.post(f"{base_url}/v1/messages", content=raw, headers=headers)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert all(not s.calls for s in factory.scripts.values())
