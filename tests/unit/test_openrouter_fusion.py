@@ -665,3 +665,44 @@ def test_on_a_durable_server_a_fused_response_can_be_continued() -> None:
     # The follow-up's panel saw the first turn: its conversation continued.
     asked = factory.scripts["m2"].calls[-1]
     assert any(QUESTION in str(m.content) for m in asked)
+
+
+def test_the_openai_sdk_streams_both_surfaces_with_extra_body() -> None:
+    # The analyst judges the Responses run, then judges and writes the chat one.
+    factory = FakeFactory(scripts(m1=[ANSWER], analyst=[ANALYSIS, ANALYSIS, ANSWER]))
+    request = responses_request()
+    plugin = {"id": "fusion", "analysis_models": [GPT], "model": ANALYST}
+    with (
+        serving(factory) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
+    ):
+        events = list(
+            client.responses.create(
+                model=request["model"],
+                input=request["input"],
+                tool_choice="required",
+                extra_body={"tools": request["tools"]},
+                stream=True,
+            )
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model="openrouter/fusion",
+                messages=USER,
+                tool_choice="required",
+                extra_body={"plugins": [plugin]},
+                stream=True,
+            )
+        )
+    assert "response.fusion_call.completed" in [e.type for e in events]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == ANSWER
+    details = [
+        d
+        for c in chunks
+        if c.choices
+        for d in (c.choices[0].delta.model_extra or {}).get("reasoning_details") or []
+    ]
+    (detail,) = details
+    components.ReasoningDetailServerToolCall.model_validate(detail)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
