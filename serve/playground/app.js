@@ -463,7 +463,9 @@ class RunView {
     const judge = fusion.judge || {};
     if (!judge.model && !judge.latency_s) {
       this.judgeCard.dataset.state = "skipped";
-      this.judgeCard.querySelector(".node-state").textContent = "not called (the aggregation strategy answered without it)";
+      this.judgeCard.querySelector(".node-state").textContent = fusion.aggregation?.verify?.judge
+        ? `no analysis: verify decided by running the answers (the judge wrote its ${fusion.aggregation.verify.judge.wrote})`
+        : "not called (the aggregation strategy answered without it)";
       this.renderAnalysis(fusion);
       this.renderTimeline(fusion);
       this.renderCost(fusion);
@@ -623,6 +625,8 @@ class RunView {
     for (const e of fusion.panel || []) rows.push(row(e.panelist, e.model, e.usage, e.cost_usd, e.latency_s, { dataset: { panelist: e.panelist } }));
     for (const e of fusion.failed_models || []) rows.push(row(`${e.panelist} (failed)`, e.model, e.usage, e.cost_usd, e.latency_s, { dataset: { panelist: e.panelist } }));
     rows.push(row("judge", fusion.judge?.model, usage.judge, cost.judge, fusion.judge?.latency_s));
+    const verifyJudge = fusion.aggregation?.verify?.judge; // verify's call: tests or a program
+    if (verifyJudge) rows.push(row(`verify (${verifyJudge.wrote})`, verifyJudge.model, usage.verify, cost.verify, verifyJudge.latency_s));
     rows.push(row("synthesis", fusion.synthesizer?.model, usage.synthesis, cost.synthesis, fusion.synthesizer?.latency_s));
     const total = row("total", "", usage.total, cost.total, null, { class: "total" });
     const saved = fusion.aggregation?.saved;

@@ -82,3 +82,6 @@ def test_verify_shows_its_matrix_and_model_html_as_text(
     assert page.locator(".aggregation .verify img").count() == 0
     assert page.evaluate("document.body.dataset.pwned") is None
     assert page.inner_text(".run .answer").strip().startswith("def median")
+    cost_rows = page.locator("table.cost-table tbody th").all_inner_texts()
+    assert "verify (tests)" in cost_rows  # its judge call, counted apart
+    assert "verify decided by running the answers" in page.inner_text(".run .judge")
