@@ -49,6 +49,7 @@ from fusiongraph.serve.runs import (
     RunService,
     as_error,
     chat_request,
+    function_tool,
     open_stream,
     parse_body,
     read_request,
@@ -213,15 +214,7 @@ def convert_request(body: MessagesRequest) -> tuple[dict[str, Any], list[str]]:
     }
     if body.tools:
         fields["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": tool.input_schema,
-                },
-            }
-            for tool in body.tools
+            function_tool(tool.name, tool.description, tool.input_schema) for tool in body.tools
         ]
     if body.tool_choice is not None:
         fields["tool_choice"] = _tool_choice(body.tool_choice.type, body.tool_choice.name)

@@ -67,6 +67,7 @@ from fusiongraph.serve.runs import (
     ClientGone,
     RunService,
     chat_request,
+    function_tool,
     open_stream,
     parse_body,
     read_request,
@@ -201,15 +202,7 @@ def convert_request(
         fields["reasoning_effort"] = body.reasoning.effort  # the chat-completions parameter
     if body.tools:
         fields["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": tool.parameters,
-                },
-            }
-            for tool in body.tools
+            function_tool(tool.name, tool.description, tool.parameters) for tool in body.tools
         ]
     choice = body.tool_choice
     if choice is not None:

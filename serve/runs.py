@@ -122,6 +122,12 @@ def chat_request(fields: dict[str, Any], origins: list[str]) -> ChatCompletionRe
         raise bad_request(f"{param}: {message}" if param else message, param) from None
 
 
+def function_tool(name: str, description: str | None, parameters: Any) -> dict[str, Any]:
+    """A chat-completions function tool, as another surface's client tool converts to."""
+    function = {"name": name, "description": description, "parameters": parameters}
+    return {"type": "function", "function": function}
+
+
 # Origins that are a message's content themselves (a string parameter), not a message object.
 CONTENT_PARAMS = frozenset({"system", "instructions", "input"})
 
