@@ -68,17 +68,10 @@ CONTEXT = {
 }
 
 
-@pytest.fixture(scope="module")
-def images_upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(FakeUpstream(chunks=2, chunk_delay_s=0.0)) as server:
-        yield server
-
-
 @pytest.fixture
-def upstream_env(images_upstream: UpstreamServer, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
-    monkeypatch.setenv("OPENAI_BASE_URL", images_upstream.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    return images_upstream.app  # type: ignore[return-value]
+def upstream_env(upstream: UpstreamServer, openai_env: str) -> FakeUpstream:
+    """conftest's fake upstream, the default factory's clients pointed at it."""
+    return upstream.app  # type: ignore[return-value]
 
 
 def records_for(app: FakeUpstream, tag: str) -> list[RequestRecord]:
