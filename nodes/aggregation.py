@@ -356,7 +356,7 @@ def saved_cost(
     """What the skipped calls would have cost, estimated from this run: a panelist never called
     as the mean usage of those that were, at its own price; a skipped judge or synthesizer as
     reading the prompt and every answer and writing a panel answer's length; minus the
-    classifier's cost. None when a price it needs is unknown."""
+    classifier's and verify's judge call's costs. None when a price it needs is unknown."""
     panel = state.get("panel", [])
     called = {r["panelist"] for r in panel}
     used = [r["usage"] for r in panel if not r.get("cached")] or [r["usage"] for r in panel]
@@ -379,6 +379,10 @@ def saved_cost(
         costs.append(cost_of(reader, price_of(config.judge, config)))
     if not synthesized:
         costs.append(cost_of(reader, price_of(config.synthesizer, config)))
+    checked = ((state.get("aggregation") or {}).get("verify") or {}).get("judge")
+    if checked:  # verify's judge call was made instead
+        spent = cost_of(checked.get("usage") or reader, price_of(config.judge, config))
+        costs.append(None if spent is None else -spent)
     classifier = (state.get("aggregation") or {}).get("classifier")
     if classifier and config.classifier is not None:
         spent = cost_of(classifier.get("usage") or reader, price_of(config.classifier, config))

@@ -229,6 +229,12 @@ async def test_the_judge_s_call_counts_in_usage_cost_and_the_worst_case() -> Non
     spent = usage["verify"]
     assert cost["verify"] == round((spent["input_tokens"] + 2 * spent["output_tokens"]) / 1e6, 8)
     assert cost["total"] == round(cost["panel"] + cost["verify"], 8)
+    # What it saved: a judge's and a synthesizer's reading of every answer, less verify's call.
+    used = [p["usage"] for p in fusion["panel"]]
+    read_in = sum(u["input_tokens"] for u in used) // 2 + sum(u["output_tokens"] for u in used)
+    read_out = sum(u["output_tokens"] for u in used) // 2
+    skipped = (read_in + 2 * read_out) / 1e6 + (read_in + read_out) / 1e6
+    assert fusion["aggregation"]["saved"]["cost_usd"] == round(skipped - cost["verify"], 8)
     context = fake_context(["m1", "m2"], prices=prices)
     plain = resolve_config(context)
     checked = resolve_config({**context, "aggregation": "verify"})
