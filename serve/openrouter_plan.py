@@ -24,7 +24,7 @@ from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.models import ModelFactory, default_model_factory
 from fusiongraph.graph.specs import ModelSpec
-from fusiongraph.serve.openai_errors import bad_request, from_fusion_error
+from fusiongraph.serve.openai_errors import OpenAIError, bad_request, from_fusion_error
 from fusiongraph.serve.openai_request import error_param
 from fusiongraph.serve.openrouter_protocol import (
     ALIAS,
@@ -276,6 +276,25 @@ def _inner_tools(tools: list[InnerTool] | None, param: str) -> str | None:
     return None
 
 
+def _in_callers_terms(
+    error: OpenAIError, ask: FusionAsk, analysis_models: list[str] | None
+) -> OpenAIError:
+    """A configuration error about `panel[1]` or `judge` named as the request named it
+    (`plugins[0].analysis_models[1]`, `tools[0].parameters.model`)."""
+    param = error.param or ""
+    if param.startswith("panel[") and analysis_models is not None:
+        renamed = ask.where("analysis_models") + param.removeprefix("panel")
+    elif param == "judge":
+        renamed = ask.where("model")
+    elif param == "synthesizer":
+        renamed = ask.where("model") if ask.alias else "model"
+    else:
+        return error
+    error.message = error.message.replace(param, renamed, 1)
+    error.param = renamed
+    return error
+
+
 def plan_fusion(ask: FusionAsk, service: RunService, settings: OpenRouterSettings) -> FusionPlan:
     """The run an OpenRouter Fusion request stands for (every setting checked: a 400 first)."""
     plugin, params = ask.plugin, ask.tool.parameters if ask.tool else None
@@ -356,7 +375,7 @@ def plan_fusion(ask: FusionAsk, service: RunService, settings: OpenRouterSetting
     try:
         config = resolve_config(FusionContext(**context))
     except FusionError as exc:
-        raise from_fusion_error(exc) from None
+        raise _in_callers_terms(from_fusion_error(exc), ask, analysis_models) from None
     tokens, temperature = pick("max_completion_tokens"), pick("temperature")
     if tokens is not None or temperature is not None:
         update = {"max_tokens": tokens} if tokens is not None else {}

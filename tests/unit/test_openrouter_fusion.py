@@ -706,3 +706,17 @@ def test_the_openai_sdk_streams_both_surfaces_with_extra_body() -> None:
     (detail,) = details
     components.ReasoningDetailServerToolCall.model_validate(detail)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+
+
+def test_fusion_on_its_own_panel_is_refused_in_the_callers_terms() -> None:
+    factory = FakeFactory(scripts())
+    plugin = {"id": "fusion", "analysis_models": [GPT, "openrouter/fusion"]}
+    with serving(factory, passthrough=True) as url:
+        reply = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "openrouter/fusion", "messages": USER, "plugins": [plugin]},
+        )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["metadata"]["param"] == "plugins[0].analysis_models[1]"
+    assert "cannot contain itself" in error["message"]
