@@ -77,6 +77,19 @@ async def test_dispatch_resolves_once_and_every_node_reads_its_plan(
     assert read_back == []  # the live run's nodes use its scope's plan: none reads it back
 
 
+async def two_panel_answers_saved(
+    saver: InMemorySaver, config: dict[str, Any], run: asyncio.Task[Any]
+) -> None:
+    """Wait until the run (its third panelist held) has saved two panel answers."""
+    deadline = time.monotonic() + 30
+    while True:
+        saved = await saver.aget_tuple(config)
+        if saved is not None and sum(1 for w in saved.pending_writes if w[1] == "panel") >= 2:
+            return
+        assert time.monotonic() < deadline and not run.done()
+        await asyncio.sleep(0.02)
+
+
 async def test_a_resumed_run_uses_the_plan_it_started_with() -> None:
     """Resumed with other settings, the run keeps its own: the stored plan, not the context."""
     saver = InMemorySaver()  # it stores serialised state: the resume reads the plan back
@@ -84,13 +97,7 @@ async def test_a_resumed_run_uses_the_plan_it_started_with() -> None:
     first = FakeFactory(scripts(slow_m3=60.0))
     graph = build_graph(first, checkpointer=saver)
     run = asyncio.create_task(graph.ainvoke(ask(), config, context=context(judge_input_chars=4000)))
-    deadline = time.monotonic() + 30
-    while True:
-        saved = await saver.aget_tuple(config)
-        if saved is not None and sum(1 for w in saved.pending_writes if w[1] == "panel") >= 2:
-            break
-        assert time.monotonic() < deadline and not run.done()
-        await asyncio.sleep(0.02)
+    await two_panel_answers_saved(saver, config, run)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
@@ -126,13 +133,7 @@ async def test_the_run_scope_is_never_checkpointed_and_goes_with_a_cancelled_run
     config = {"configurable": {"thread_id": "t-scope"}}
     graph = build_graph(FakeFactory(scripts(slow_m3=60.0)), checkpointer=saver)
     run = asyncio.create_task(graph.ainvoke(ask(), config, context=context(judge_input_chars=MARK)))
-    deadline = time.monotonic() + 30
-    while True:
-        saved = await saver.aget_tuple(config)
-        if saved is not None and sum(1 for w in saved.pending_writes if w[1] == "panel") >= 2:
-            break
-        assert time.monotonic() < deadline and not run.done()
-        await asyncio.sleep(0.02)
+    await two_panel_answers_saved(saver, config, run)
     assert len(_live_scopes()) == 1  # the run's, shared by its nodes and branches
     stored: list[Any] = []  # as read back: every checkpoint's values and pending writes
     async for saved in saver.alist(config):
