@@ -52,7 +52,8 @@ CALLER_SOURCE_REFUSED = (
 
 def verify_kind(record: dict[str, Any], question: str, answers: list[str]) -> str | None:
     """code | math | None (nothing to run): auto's task, else the request's rule; code also
-    when an answer holds a code block, math when every answer ends on a number."""
+    when an answer holds a code block; math also for a short answer (or a request no rule
+    knows) when every answer ends on a number. Options, research and open questions: None."""
     task = record.get("task")
     if task is None:
         ruled = classify_by_rules(question)
@@ -61,6 +62,8 @@ def verify_kind(record: dict[str, Any], question: str, answers: list[str]) -> st
         return "code"
     if task == "math":
         return "math"
+    if task not in (None, "short_answer"):
+        return None
     finals = [extract_answer(a, "number") for a in answers]
     return "math" if answers and all(finals) else None
 

@@ -16,7 +16,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from fusiongraph.graph.builder import build_graph
 from fusiongraph.graph.config import resolve_config
 from fusiongraph.graph.pricing import worst_case_cost
-from fusiongraph.nodes.verify_node import VERIFY_LIMITS
+from fusiongraph.nodes.verify_node import VERIFY_LIMITS, verify_kind
 from fusiongraph.tools.sandbox import bwrap_problem
 from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
 
@@ -247,3 +247,20 @@ async def test_with_the_caller_s_tools_the_winner_is_the_synthesizer_s_draft() -
     content, fusion = await run(f, aggregation="verify", synthesis_tools=[tool])
     assert content == "SYNTHESIZED" and fusion["aggregation"]["draft"] == "p2"
     assert "s = sorted(xs)" in str(f.scripts["synth"].calls[0][0].content)
+
+
+@pytest.mark.parametrize(
+    ("question", "answers", "kind"),
+    [
+        (TASK, ["def median(xs): ..."], "code"),  # the request says code
+        ("Which is faster?", ["```python\nprint(1)\n```"], "code"),  # an answer holds code
+        ("How many legs do 7 spiders have?", ["56"], "math"),
+        ("When did the Berlin Wall fall?", ["In 1989."], "math"),  # a short numeric answer
+        ("Tell me about lighthouses", ["Built in 1850.", "Since 1900."], "math"),  # no rule
+        ("Explain why the sky is blue", ["Rayleigh, 1871."], None),  # an open question
+        ("Which of the following is a prime? A) 4 B) 7", ["B) 7"], None),  # options: vote's
+        ("Tell me about lighthouses", ["They guide ships.", "Since 1900."], None),
+    ],
+)
+def test_what_verify_runs(question: str, answers: list[str], kind: str | None) -> None:
+    assert verify_kind({}, question, answers) == kind
