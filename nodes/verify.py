@@ -28,6 +28,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -53,8 +55,12 @@ from fusiongraph.tools.sandbox_harness import encode
 __all__ = ["ExpectedCall", "JudgeProgram", "JudgeTests", "verify_code", "verify_math"]
 
 MAX_SHOWN_CHARS = 300
+NOT_RUN = "not run: the run's deadline left no time"
 MIN_RUN_S = 0.2  # less time left than this: a run would only time out
-PARALLEL_RUNS = 2  # candidates in their sandboxes at once: few, the cores are the panel's too
+PARALLEL_RUNS = 2  # a run's candidates in their sandboxes at once
+# Sandboxes of every run in this process at once: one per core, so concurrent verify runs queue
+# (each run's time left is taken when its turn comes) instead of crowding the machine.
+SANDBOX_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 2)
 TestSource = Literal["caller", "judge"]
 
 
@@ -127,8 +133,11 @@ def verify_code(
     calls = [Call(entry, case.args, case.kwargs) for case in cases]
 
     def run_one(code: str) -> tuple[Limits, CallsResult] | None:
-        now = _within(limits, cutoff)
-        return None if now is None else (now, run_calls(code, calls, limits=now, backend=backend))
+        with SANDBOX_SLOTS:
+            now = _within(limits, cutoff)
+            if now is None:
+                return None
+            return now, run_calls(code, calls, limits=now, backend=backend)
 
     signatures: dict[str, str] = {}
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:  # a hanging one does not hold the others
@@ -178,11 +187,14 @@ def _run_whole_tests(
     """Unit tests that do not convert to cases: one pass/fail per candidate, no groups."""
     record["tests"]["cases"] = [{"call": "the caller's unit tests, as written", "expected": ""}]
     for label, code in codes.items():
-        now = _within(limits, cutoff)
-        if now is None:
+        with SANDBOX_SLOTS:
+            now = _within(limits, cutoff)
+            result = None
+            if now is not None:
+                result = run_tests(code, unit_tests, entry, limits=now, backend=backend)
+        if result is None:
             record["candidates"][label] = _not_run(1)
             continue
-        result = run_tests(code, unit_tests, entry, limits=now, backend=backend)
         record["sandbox_s"] += result.seconds
         record["candidates"][label] = {
             "ran": result.reason,
@@ -209,7 +221,7 @@ def _not_run(tests: int) -> dict[str, Any]:
         "ran": "deadline",
         "passed": [False] * tests,
         "outputs": ["(not run)"] * tests,
-        "error": "not run: the run's deadline left no time",
+        "error": NOT_RUN,
     }
 
 
@@ -317,13 +329,14 @@ def verify_math(
     for label, text in answers.items():
         value = extract_answer(text, how)
         finals[label] = normalise_answer(value) if value else None
-    now = _within(limits or Limits(), cutoff)
-    if not program.strip():
-        ran = ProgramResult("no program", None, "", "")
-    elif now is None:
-        ran = ProgramResult("deadline", None, "", "not run: the run's deadline left no time")
-    else:
-        ran = run_program(program, limits=now, backend=backend)
+    ran = ProgramResult("no program", None, "", "")
+    if program.strip():
+        with SANDBOX_SLOTS:
+            now = _within(limits or Limits(), cutoff)
+            if now is None:
+                ran = ProgramResult("deadline", None, "", NOT_RUN)
+            else:
+                ran = run_program(program, limits=now, backend=backend)
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
     computed = None
     if ran.reason == "exited" and ran.exit_code == 0 and lines:
