@@ -33,6 +33,9 @@ class ServerProcess:
             "OPENAI_BASE_URL": upstream_url,
             "OPENAI_API_KEY": "bench",
             "FUSIONGRAPH_API_KEYS": "",
+            # Every bench run names its models: the server's default model must not be the
+            # local one, or `serve` starts the bundled llama.cpp server at boot (item 4's RSS).
+            "FUSIONGRAPH_PRESET": "quality",
             "PYTHONUNBUFFERED": "1",
         }
         self.proc = subprocess.Popen(
