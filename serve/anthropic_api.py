@@ -40,7 +40,7 @@ from fusiongraph.serve.openai_errors import (
     bad_request,
 )
 from fusiongraph.serve.openai_protocol import openapi_request, openapi_responses, openapi_schema
-from fusiongraph.serve.openai_request import fusion_schema
+from fusiongraph.serve.openai_request import fusion_schema, parse_body
 from fusiongraph.serve.openai_response import finish_reason, fusion_of, usage_block
 from fusiongraph.serve.runs import (
     CLIENT_CLOSED,
@@ -51,7 +51,6 @@ from fusiongraph.serve.runs import (
     chat_request,
     function_tool,
     open_stream,
-    parse_body,
     read_request,
     reject_recursion,
     stream_events,

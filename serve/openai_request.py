@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.messages import SystemMessage as LCSystemMessage
@@ -51,6 +51,7 @@ from fusiongraph.serve.openai_protocol import (
 # Time limits below this can never be met by any model; refusing them (400) beats a certain 504.
 MIN_TIMEOUT_S = 1.0
 LIMIT_CODE = "limit_exceeded"
+ModelT = TypeVar("ModelT", bound=BaseModel)
 # How deeply a request's JSON may nest (a fixed limit, not an operator setting). json.loads only
 # stops near Python's recursion limit (~1000 levels), but the run walks the same values again with
 # recursive code (dataclasses.asdict, pydantic, copy.deepcopy, json.dumps to every upstream) from
@@ -334,18 +335,30 @@ def error_param(err: Any, tags: frozenset[str] = DISCRIMINATOR_TAGS) -> str | No
 
 
 def parse_request(raw: bytes) -> ChatCompletionRequest:
-    """Malformed JSON and wrong types are 400s with `param` set, like OpenAI's own."""
+    """A chat-completions request body (parse_body)."""
+    return parse_body(
+        raw,
+        ChatCompletionRequest,
+        tags=DISCRIMINATOR_TAGS,
+        tool_hint='{"type": "function", "function": {"name": ...}}',
+    )
+
+
+def parse_body(raw: bytes, model: type[ModelT], *, tags: frozenset[str], tool_hint: str) -> ModelT:
+    """A request body of any API surface: malformed JSON (load_json: depth, non-JSON numbers,
+    lone surrogates) and wrong types are 400s with `param` set, like OpenAI's own; `tags` are
+    the discriminator values of `model`'s unions, `tool_hint` what a tool must look like."""
     body = load_json(raw)
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:
-        return ChatCompletionRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = error_param(err)
+        param = error_param(err, tags)
         message = err["msg"].removeprefix("Value error, ")
         if param and param.startswith("tools["):
-            message = 'a tool must be {"type": "function", "function": {"name": ...}}'
+            message = f"a tool must be {tool_hint}"
         raise bad_request(f"{param}: {message}" if param else message, param) from None
 
 

@@ -47,7 +47,7 @@ from fusiongraph.serve.openai_protocol import (
     openapi_responses,
     openapi_schema,
 )
-from fusiongraph.serve.openai_request import fusion_schema
+from fusiongraph.serve.openai_request import fusion_schema, parse_body
 from fusiongraph.serve.openai_response import finish_reason, fusion_of
 from fusiongraph.serve.responses_protocol import (
     RESPONSES_TAGS,
@@ -69,7 +69,6 @@ from fusiongraph.serve.runs import (
     chat_request,
     function_tool,
     open_stream,
-    parse_body,
     read_request,
     reject_recursion,
     stream_events,

@@ -13,12 +13,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Request
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from fusiongraph.graph.config import FusionContext, resolve_config
@@ -47,9 +47,9 @@ from fusiongraph.serve.openai_request import (
     RunRequest,
     build_run,
     error_param,
-    load_json,
     read_body,
 )
+from fusiongraph.serve.openai_request import parse_body as parse_body  # openrouter_fusion's
 from fusiongraph.serve.run_watch import RunHooks
 from fusiongraph.tools.aio import Pump, cancel_and_wait
 
@@ -61,8 +61,6 @@ if TYPE_CHECKING:
 THREAD_HEADER = "X-Fusion-Thread-Id"
 # Status logged for a request whose client went away (nginx's convention; never sent).
 CLIENT_CLOSED = 499
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ClientGone(Exception):
@@ -89,25 +87,6 @@ async def read_request(request: Request, limits: RequestLimits) -> bytes:
         limits.max_body_bytes,
         limits.body_timeout_s,
     )
-
-
-def parse_body(raw: bytes, model: type[ModelT], *, tags: frozenset[str], tool_hint: str) -> ModelT:
-    """A request body of another API surface, checked as strictly as a chat completion's
-    (load_json: depth, non-JSON numbers, lone surrogates), each failure a 400 naming the
-    parameter; `tags` are the discriminator values of `model`'s unions, `tool_hint` what a tool
-    must look like."""
-    body = load_json(raw)
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = error_param(err, tags)
-        message = err["msg"].removeprefix("Value error, ")
-        if param and param.startswith("tools["):
-            message = f"a tool must be {tool_hint}"
-        raise bad_request(f"{param}: {message}" if param else message, param) from None
 
 
 def chat_request(fields: dict[str, Any], origins: list[str]) -> ChatCompletionRequest:
