@@ -39,8 +39,8 @@ from fusiongraph.serve.openai_errors import (
     OpenAIError,
     bad_request,
 )
-from fusiongraph.serve.openai_protocol import openapi_request, openapi_responses, openapi_schema
-from fusiongraph.serve.openai_request import fusion_schema, parse_body
+from fusiongraph.serve.openai_protocol import openapi_request, openapi_responses
+from fusiongraph.serve.openai_request import parse_body, surface_schema
 from fusiongraph.serve.openai_response import finish_reason, fusion_of, usage_block
 from fusiongraph.serve.runs import (
     CLIENT_CLOSED,
@@ -353,13 +353,10 @@ class MessageStreamWriter(BlockStreamWriter):
 
 def request_schema(service: RunService, models: list[str]) -> dict[str, Any]:
     """The JSON schema of a Messages request, with this server's models and limits."""
-    body = openapi_schema(MessagesRequest)
+    body = surface_schema(MessagesRequest, models, service.limits, service.context_schema)
     props = body["properties"]
-    props["model"]["enum"] = models
     props["messages"].update(minItems=1, maxItems=service.limits.max_messages)
     props["max_tokens"]["maximum"] = service.limits.max_tokens
-    description = props["fusion"].get("description", "")
-    props["fusion"] = fusion_schema(service.limits, service.context_schema, description)
     return body
 
 

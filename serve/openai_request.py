@@ -584,12 +584,25 @@ def request_body_schema(
 ) -> dict[str, Any]:
     """The JSON schema of a chat-completions request (for OpenAPI): generated from the protocol
     models and the context schema, with this server's models and limits filled in."""
-    body = openapi_schema(ChatCompletionRequest)
+    body = surface_schema(ChatCompletionRequest, models, limits, context_schema)
     props = body["properties"]
-    props["model"]["enum"] = models
     props["messages"].update(minItems=1, maxItems=limits.max_messages)
     for key in ("max_tokens", "max_completion_tokens"):
         props[key]["anyOf"][0]["maximum"] = limits.max_tokens
+    return body
+
+
+def surface_schema(
+    request: type[BaseModel],
+    models: list[str],
+    limits: RequestLimits,
+    context_schema: type[BaseModel],
+) -> dict[str, Any]:
+    """The JSON schema of any surface's request model, with this server's models and `fusion`
+    object filled in."""
+    body = openapi_schema(request)
+    props = body["properties"]
+    props["model"]["enum"] = models
     props["fusion"] = fusion_schema(limits, context_schema, props["fusion"].get("description", ""))
     return body
 

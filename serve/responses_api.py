@@ -45,9 +45,8 @@ from fusiongraph.serve.openai_protocol import (
     ErrorResponse,
     openapi_request,
     openapi_responses,
-    openapi_schema,
 )
-from fusiongraph.serve.openai_request import fusion_schema, parse_body
+from fusiongraph.serve.openai_request import parse_body, surface_schema
 from fusiongraph.serve.openai_response import finish_reason, fusion_of
 from fusiongraph.serve.responses_protocol import (
     RESPONSES_TAGS,
@@ -450,12 +449,8 @@ class ResponseStreamWriter(BlockStreamWriter):
 
 def request_schema(service: RunService, models: list[str]) -> dict[str, Any]:
     """The JSON schema of a Responses request, with this server's models and limits."""
-    body = openapi_schema(ResponsesRequest)
-    props = body["properties"]
-    props["model"]["enum"] = models
-    props["max_output_tokens"]["anyOf"][0]["maximum"] = service.limits.max_tokens
-    description = props["fusion"].get("description", "")
-    props["fusion"] = fusion_schema(service.limits, service.context_schema, description)
+    body = surface_schema(ResponsesRequest, models, service.limits, service.context_schema)
+    body["properties"]["max_output_tokens"]["anyOf"][0]["maximum"] = service.limits.max_tokens
     return body
 
 
