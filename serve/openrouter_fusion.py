@@ -17,6 +17,7 @@ top-level `fusion` field. Errors are in OpenRouter's shape, which its SDK reads.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -74,7 +75,7 @@ from fusiongraph.serve.runs import (
     parse_body,
     race_disconnect,
 )
-from fusiongraph.tools.aio import Pump
+from fusiongraph.tools.aio import Pump, cancel_and_wait
 
 # The fusion tool as the calling model sees it (a function name: OpenAI's allow no colon).
 TOOL_FUNCTION = "openrouter_fusion"
@@ -294,16 +295,16 @@ class OpenRouterFusion:
         return response
 
     async def _race(self, request: Request, work: Any) -> Any:
-        import asyncio
-
+        """`work` (a call of the calling model) unless the client leaves first: then it is
+        cancelled, as a run is."""
         task = asyncio.ensure_future(work)
         try:
             gone = await race_disconnect(request, task)
         except BaseException:
-            task.cancel()
+            await cancel_and_wait(task)
             raise
         if gone:
-            task.cancel()
+            await cancel_and_wait(task)
             raise ClientGone
         return task.result()
 
@@ -342,7 +343,6 @@ class OpenRouterFusion:
     async def _chat_stream(
         self, request: Request, outcome: Outcome, reply: AIMessage | None
     ) -> Response:
-        run = outcome.run.run
         if reply is not None:
             return EventSourceResponse(self._chat_sse_message(outcome, reply, None), sep="\n")
         handle = outcome.run.events()
@@ -358,7 +358,6 @@ class OpenRouterFusion:
             return EventSourceResponse(self._chat_sse_message(outcome, alone, item), sep="\n")
         except OpenAIError as exc:
             return openrouter_error(exc)
-        del run
         return EventSourceResponse(self._chat_sse_run(outcome, handle, first), sep="\n")
 
     def _writer(self, outcome: Outcome) -> ChunkWriter:
