@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import AIMessage, ToolCall
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from fusiongraph.serve.anthropic_protocol import (
     ANTHROPIC_TAGS,
@@ -50,10 +50,9 @@ from fusiongraph.serve.runs import (
     as_error,
     chat_request,
     function_tool,
-    open_stream,
     read_request,
     reject_recursion,
-    stream_events,
+    respond,
 )
 from fusiongraph.serve.stream_blocks import BlockStreamWriter
 
@@ -416,20 +415,12 @@ async def _create_message(request: Request, service: RunService, authorize: Auth
         thread_id=request.headers.get(THREAD_HEADER),
         origins=origins,
     )
-    run = prepared.run
-    if run.stream:
-        handle = prepared.events()
-        first = await open_stream(handle, run.progress, request)
-        writer = MessageStreamWriter(model=run.model)
-        response: Response = EventSourceResponse(
-            stream_events(handle, first, writer, run.progress),
-            sep="\n",
-            ping=15,
-            ping_message_factory=ping,
-        )
-    else:
-        final = await prepared.final(request)
-        response = JSONResponse(message_body(final, model=run.model, mid=message_id()))
-    if prepared.plan.thread_id:
-        response.headers[THREAD_HEADER] = prepared.plan.thread_id
-    return response
+    model = prepared.run.model
+    return await respond(
+        prepared,
+        request,
+        MessageStreamWriter(model=model),
+        lambda final: message_body(final, model=model, mid=message_id()),
+        ping=15,
+        ping_message_factory=ping,
+    )

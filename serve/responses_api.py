@@ -27,19 +27,17 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from langchain_core.messages import (
     AIMessage,
     convert_to_openai_messages,
 )
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
-from fusiongraph.graph.errors import FusionError
 from fusiongraph.graph.threads import OWNER_KEY, owner_of
 from fusiongraph.serve.openai_errors import (
     OpenAIError,
     bad_request,
-    from_fusion_error,
 )
 from fusiongraph.serve.openai_protocol import (
     ErrorResponse,
@@ -67,10 +65,9 @@ from fusiongraph.serve.runs import (
     RunService,
     chat_request,
     function_tool,
-    open_stream,
     read_request,
     reject_recursion,
-    stream_events,
+    respond,
 )
 from fusiongraph.serve.stream_blocks import BlockStreamWriter
 
@@ -523,22 +520,12 @@ async def _create_response(
             exc.message = exc.message.replace(exc.param, _PARAMS[exc.param], 1)
             exc.param = _PARAMS[exc.param]
         raise
-    run, thread_id = prepared.run, prepared.plan.thread_id
+    thread_id = prepared.plan.thread_id
     rid = RESPONSE_PREFIX + (thread_id or uuid.uuid4().hex)
-    base = response_skeleton(body, rid=rid, model=run.model, stored=thread_id is not None)
-    if run.stream:
-        handle = prepared.events()
-        try:
-            first = await open_stream(handle, run.progress, request)
-        except FusionError as exc:
-            return from_fusion_error(exc).response()
-        writer = ResponseStreamWriter(base)
-        response: Response = EventSourceResponse(
-            stream_events(handle, first, writer, run.progress), sep="\n"
-        )
-    else:
-        final = await prepared.final(request)
-        response = JSONResponse(finished(base, output_items(final), final))
-    if thread_id:
-        response.headers[THREAD_HEADER] = thread_id
-    return response
+    base = response_skeleton(body, rid=rid, model=prepared.run.model, stored=thread_id is not None)
+    return await respond(
+        prepared,
+        request,
+        ResponseStreamWriter(base),
+        lambda final: finished(base, output_items(final), final),
+    )

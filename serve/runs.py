@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from pydantic import ValidationError
-from sse_starlette import ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fusiongraph.graph.config import FusionContext, resolve_config
 from fusiongraph.graph.errors import FusionError
@@ -358,6 +359,30 @@ class EventWriter(Protocol):
     def token(self, chunk: AIMessageChunk) -> list[ServerSentEvent]: ...
     def finish(self, message: AIMessage) -> list[ServerSentEvent]: ...
     def fail(self, error: OpenAIError) -> list[ServerSentEvent]: ...
+
+
+async def respond(
+    prepared: PreparedRun,
+    request: Request,
+    writer: EventWriter,
+    body_of: Callable[[AIMessage], dict[str, Any]],
+    **sse: Any,
+) -> Response:
+    """A prepared run's answer on another surface: with `stream`, its events as `writer` writes
+    them (`sse`: EventSourceResponse's options), else `body_of` its final message as JSON; the
+    thread's id in THREAD_HEADER when it has one."""
+    run = prepared.run
+    response: Response
+    if run.stream:
+        handle = prepared.events()
+        first = await open_stream(handle, run.progress, request)
+        events = stream_events(handle, first, writer, run.progress)
+        response = EventSourceResponse(events, sep="\n", **sse)
+    else:
+        response = JSONResponse(body_of(await prepared.final(request)))
+    if prepared.plan.thread_id:
+        response.headers[THREAD_HEADER] = prepared.plan.thread_id
+    return response
 
 
 async def stream_events(
