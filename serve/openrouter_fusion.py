@@ -37,7 +37,7 @@ from fusiongraph.graph.models import close_model
 from fusiongraph.graph.runner import RunEvent
 from fusiongraph.graph.specs import ModelSpec
 from fusiongraph.serve.openai_errors import OpenAIError, from_fusion_error
-from fusiongraph.serve.openai_request import load_json, parse_request
+from fusiongraph.serve.openai_request import load_json, parse_body, parse_request
 from fusiongraph.serve.openai_response import ChunkWriter, completion_body, completion_id
 from fusiongraph.serve.openrouter_plan import (
     FusionAsk,
@@ -72,7 +72,6 @@ from fusiongraph.serve.runs import (
     as_error,
     chat_request,
     open_stream,
-    parse_body,
     race_disconnect,
 )
 from fusiongraph.tools.aio import Pump, cancel_and_wait
