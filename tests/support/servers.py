@@ -5,6 +5,7 @@ Everything binds 127.0.0.1 with an OS-chosen port, so runs in parallel never col
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -101,4 +102,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
         if predicate():
             return True
         time.sleep(0.02)
+    return bool(predicate())
+
+
+async def wait_for_async(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
+    """`wait_for` inside an event loop, which keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
     return bool(predicate())

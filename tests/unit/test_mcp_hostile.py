@@ -15,7 +15,6 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from fusiongraph.graph.builder import build_graph
 from fusiongraph.serve.mcp_server import create_mcp_server, streamable_http_app
 from fusiongraph.serve.openai_request import MAX_JSON_DEPTH
 from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
-from tests.support.servers import free_port, running_server
+from tests.support.servers import free_port, running_server, wait_for, wait_for_async
 
 QUESTION = "Why does water boil at a lower temperature at altitude?"
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -127,7 +126,9 @@ def test_a_body_cut_short_logs_one_line(url: str, caplog: pytest.LogCaptureFixtu
             "Content-Length: 5000\r\n\r\n".encode()
             + b'{"jsonrp'
         )
-    assert _until_sync(lambda: "before its request body arrived" in caplog.text), caplog.text
+    assert wait_for(lambda: "before its request body arrived" in caplog.text, timeout=10), (
+        caplog.text
+    )
     assert httpx.post(url, content=_initialize(), headers=HEADERS).status_code == 200
     assert not [r for r in caplog.records if r.exc_info], "no traceback"
 
@@ -155,24 +156,6 @@ async def session_of(url: str, *, terminate_on_close: bool = True) -> AsyncItera
         yield session, sid()
 
 
-async def _until(predicate: Any, timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
-def _until_sync(predicate: Any, timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 async def test_a_client_that_disconnects_mid_call_cancels_the_run(
     url: str, scripts: dict[str, Script]
 ) -> None:
@@ -185,10 +168,14 @@ async def test_a_client_that_disconnects_mid_call_cancels_the_run(
                 progress_callback=progress.callback,
             )
         )
-        assert await _until(lambda: any("slow" in m for m in progress.messages)), progress.messages
+        assert await wait_for_async(
+            lambda: any("slow" in m for m in progress.messages), timeout=60
+        ), progress.messages
         call.cancel()  # the SDK sends no notifications/cancelled for this: only the close tells
     # The connections are closed; the session itself was not ended (no DELETE).
-    assert await _until(lambda: scripts["slow"].cancelled == 1), "the slow call was not cut"
+    assert await wait_for_async(lambda: scripts["slow"].cancelled == 1, timeout=60), (
+        "the slow call was not cut"
+    )
     await asyncio.sleep(0.3)
     assert scripts["slow"].calls == [], "the slow model never answered"
     assert scripts["judge"].calls == [] and scripts["synth"].calls == [], "nothing after it"
@@ -240,9 +227,7 @@ def test_the_cli_flag_sets_the_idle_time(tmp_path: Path) -> None:
         return await _expires(url, session_id)
 
     try:
-        assert _until_sync(lambda: _listening(port), timeout_s=60), (
-            tmp_path / "mcp.log"
-        ).read_text()
+        assert wait_for(lambda: _listening(port), timeout=60), (tmp_path / "mcp.log").read_text()
         seen = asyncio.run(scenario())
     finally:
         proc.terminate()

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,7 +34,7 @@ from fusiongraph.serve.cli import app as cli_app
 from fusiongraph.serve.mcp_deliberate import ProgressCounter, arguments_model, input_schema
 from fusiongraph.serve.mcp_server import create_mcp_server, streamable_http_app
 from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
-from tests.support.servers import running_server, wait_for
+from tests.support.servers import running_server, wait_for, wait_for_async
 from tests.support.upstream import SYNTHESIS_TEXT, UpstreamServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,23 +319,18 @@ async def test_http_cancel_stops_the_run(http_url: str, scripts: dict[str, Scrip
                 progress_callback=progress.callback,
             )
         )
-        assert await _until(lambda: any("slow" in (m or "") for _, _, m in progress.seen))
+        assert await wait_for_async(
+            lambda: any("slow" in (m or "") for _, _, m in progress.seen), timeout=20
+        )
         await _cancel(session, progress.token)
         with pytest.raises(McpError, match="cancelled"):
             await asyncio.wait_for(call, 30)
-        assert await _until(lambda: scripts["slow"].cancelled == 1), "the slow call was not cut"
+        assert await wait_for_async(lambda: scripts["slow"].cancelled == 1, timeout=20), (
+            "the slow call was not cut"
+        )
         await asyncio.sleep(0.3)
     assert scripts["slow"].calls == [], "the slow model never answered"
     assert scripts["judge"].calls == [] and scripts["synth"].calls == [], "nothing after cancel"
-
-
-async def _until(predicate: Any, timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
 
 
 def test_http_api_keys(monkeypatch: pytest.MonkeyPatch, scripts: dict[str, Script]) -> None:
