@@ -401,7 +401,13 @@ class OpenRouterFusion:
                             yield _data(chunk)
                     event = await anext(handle, None)
             except Exception as exc:
-                yield _data(openrouter_error_body(as_error(exc)))
+                # OpenRouter's mid-stream error: a chunk with `error` and finish_reason "error".
+                error = openrouter_error_body(as_error(exc))["error"]
+                yield _data(
+                    writer._chunk(
+                        {}, "error", error={"code": error["code"], "message": error["message"]}
+                    )
+                )
             yield ServerSentEvent(data="[DONE]")
         finally:
             await handle.cancel()
@@ -502,6 +508,11 @@ class OpenRouterFusion:
             except FusionError as exc:
                 failure = failure_of(exc)
                 if failure is None:
+                    # The tool's work is done (its record came with the error); what failed is
+                    # the answer after it: the item ends, then response.failed.
+                    done = fusion_item(exc.details, outcome.plan.slugs, iid=outcome.item_id)
+                    for sse in writer.fusion_done(done):
+                        yield sse
                     raise
                 item = fusion_item(
                     exc.details, outcome.plan.slugs, iid=outcome.item_id, failure=failure

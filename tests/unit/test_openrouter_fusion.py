@@ -720,3 +720,20 @@ def test_fusion_on_its_own_panel_is_refused_in_the_callers_terms() -> None:
     error = reply.json()["error"]
     assert error["metadata"]["param"] == "plugins[0].analysis_models[1]"
     assert "cannot contain itself" in error["message"]
+
+
+def test_when_the_answer_fails_after_the_analysis_the_item_ends_then_the_response_fails() -> None:
+    factory = FakeFactory(scripts(m1=Script([RuntimeError("writer down")]), analyst=[ANALYSIS]))
+    with serving(factory) as url, sdk(url) as client:
+        events = list(client.beta.responses.send(**responses_request(stream=True)))
+    kinds = [e.type for e in events]
+    assert kinds[-3:] == [
+        "response.fusion_call.completed",
+        "response.output_item.done",
+        "response.failed",
+    ]
+    failed = events[-1].response
+    assert failed.status == "failed" and "writer down" in failed.error.message
+    item = failed.output[0]
+    assert isinstance(item, components.OutputFusionServerToolItem)
+    assert item.analysis is not None and len(item.responses or []) == 2
