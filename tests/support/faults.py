@@ -103,12 +103,6 @@ class FaultUpstream:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
-    def reset_counts(self) -> None:
-        self.counts.clear()
-        self.arrivals.clear()
-        self.sent.clear()
-        self.disconnects.clear()
-
     def __enter__(self) -> FaultUpstream:
         return self.start()
 
