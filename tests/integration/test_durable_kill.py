@@ -106,23 +106,9 @@ class FakeOpenAI:
                 {"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]},
                 {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage},
             ]
-            sse = (
-                "".join(
-                    "data: "
-                    + json.dumps(
-                        {
-                            "id": "c1",
-                            "object": "chat.completion.chunk",
-                            "created": 0,
-                            "model": model,
-                            **c,
-                        }
-                    )
-                    + "\n\n"
-                    for c in chunks
-                )
-                + "data: [DONE]\n\n"
-            )
+            head = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model}
+            sse = "".join(f"data: {json.dumps({**head, **c})}\n\n" for c in chunks)
+            sse += "data: [DONE]\n\n"
             reply = 200, {"Content-Type": "text/event-stream"}, sse.encode()
         else:
             reply = json_reply(
