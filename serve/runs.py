@@ -50,7 +50,6 @@ from fusiongraph.serve.openai_request import (
     error_param,
     read_body,
 )
-from fusiongraph.serve.openai_request import parse_body as parse_body  # openrouter_fusion's
 from fusiongraph.serve.run_watch import RunHooks
 from fusiongraph.tools.aio import Pump, cancel_and_wait
 
