@@ -44,7 +44,7 @@ def graph(factory: FakeFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Com
     async def open_graph(*_: Any, **__: Any) -> AsyncIterator[CompiledStateGraph]:
         yield compiled
 
-    monkeypatch.setattr("fusiongraph.graph.persistence.open_graph", open_graph)
+    monkeypatch.setattr("fusiongraph.graph.builder.open_graph", open_graph)
     yield compiled
 
 
