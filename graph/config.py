@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from fusiongraph.graph.answers import check_how
+from fusiongraph.graph.calibration import CalibrationError, load_profile
 from fusiongraph.graph.errors import FusionConfigError, field_path
 from fusiongraph.graph.limits import (
     DEFAULT_JUDGE_MAX_TOOL_CALLS,
@@ -193,6 +194,11 @@ class FusionContext(BaseModel):
     classifier: SpecInput | None = Field(
         default=None, description="model spec that classifies what auto's rules cannot"
     )
+    calibration: str | None = Field(
+        default=None,
+        description="path of a calibration profile (calibration.json, written by `fusiongraph "
+        "eval`): auto routes by it and vote weighs members by it",
+    )
     search_provider: str | None = Field(
         default=None, description="auto | tavily | duckduckgo | searxng | corpus | none"
     )
@@ -243,7 +249,9 @@ STRATEGIES: tuple[str, ...] = tuple(
 )
 # Settings only the operator makes (aliases, the CLI, Python): per request they would reach the
 # server's files or network. The OpenAI-compatible server refuses them in a request's `fusion`.
-OPERATOR_ONLY = frozenset({"corpus_dir", "searxng_url", "fetch_allow_private", "mcp_servers"})
+OPERATOR_ONLY = frozenset(
+    {"corpus_dir", "searxng_url", "fetch_allow_private", "mcp_servers", "calibration"}
+)
 # Settings that a chat-completions request makes through its own OpenAI parameters (temperature,
 # max_tokens, tools, tool_choice, and the model name for the preset), not through `fusion`.
 OPENAI_PARAMS = frozenset({"preset", "temperature", "max_tokens", "synthesis_tools", "tool_choice"})
@@ -291,6 +299,7 @@ class FusionConfig(BaseModel):
     vote_answer: str | None = None  # None: "auto" for vote, "marked" for agreement elsewhere
     cascade: CascadeSize | None = None
     classifier: ModelSpec | None = None
+    calibration: str | None = None  # a profile's path (graph/calibration.py)
     search: SearchSettings = Field(default_factory=SearchSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
@@ -356,6 +365,7 @@ class FusionConfig(BaseModel):
                 },
             ),
             "classifier": self.classifier.name if self.classifier else None,
+            "calibration": self.calibration,
             "search_provider": self.search.provider,
             "mcp_servers": sorted(self.mcp_servers),
             # The caller's model objects, and the settings their own configuration replaces.
@@ -525,6 +535,11 @@ def resolve_config(ctx: FusionContext | dict[str, Any] | None = None) -> FusionC
             f"{config.cascade} must be below the panel size {len(config.panel)}: cascade asks "
             "that many panelists first and the rest only when they disagree",
         )
+    if config.calibration is not None:
+        try:
+            load_profile(config.calibration)
+        except CalibrationError as exc:
+            raise FusionConfigError("calibration", str(exc)) from None
     _check_runnable(config)
     return config
 

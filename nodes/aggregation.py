@@ -34,12 +34,14 @@ from typing import Any
 from langgraph.types import Send
 
 from fusiongraph.graph.answers import answers_agree, extract_answer, normalise_answer
+from fusiongraph.graph.calibration import MIN_WEIGHT
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
 from fusiongraph.graph.state import FusionState, PanelResult, Usage
+from fusiongraph.nodes.messages import last_user_text
 from fusiongraph.nodes.panel import panel_sends
 from fusiongraph.nodes.progress import emit
-from fusiongraph.nodes.routing import auto_decision
+from fusiongraph.nodes.routing import auto_decision, calibrate, classify_by_rules
 from fusiongraph.nodes.scheduling import scope_of
 
 # Task kinds whose answers hold details a rewrite from the analysis would lose.
@@ -65,9 +67,17 @@ def start(config: FusionConfig, messages: list[Any]) -> dict[str, Any]:
         "candidates": None,
         "cascade": None,
         "classifier": None,
+        "calibrated": None,
     }
     if config.aggregation == "auto":
         record.update(auto_decision(config, messages))
+    if config.calibration is not None and record["applied"] is not None:
+        task = record["task"]
+        if task is None:  # vote requested: the rules say which task type's weights apply
+            task = (classify_by_rules(last_user_text(messages)) or (None, ""))[0]
+        record = calibrate(config, record, task)
+    if record["applied"] == "member":  # only the calibrated member is asked: no cascade
+        return record
     if config.cascade is not None:
         first = cheapest(config, config.cascade)
         record["cascade"] = {
@@ -116,26 +126,41 @@ def agreement_how(config: FusionConfig, applied: str | None, task: str | None = 
     return "auto" if applied == "vote" or (applied == "verify" and task == "math") else "marked"
 
 
-def tally(answers: list[PanelResult], how: str) -> dict[str, Any]:
+def tally(
+    answers: list[PanelResult], how: str, weights: dict[str, float] | None = None
+) -> dict[str, Any]:
     """The vote: each answer's normalised final answer, the counts, the winner or the tie.
 
     A clear winner has more votes than any other answer, and at least two unless it is the only
-    answer; otherwise the leading answers are tied (no answer extracted: all of them are)."""
+    answer; otherwise the leading answers are tied (no answer extracted: all of them are).
+    With `weights` (a calibration profile's log odds per member) an answer's votes are the sum
+    of its members' weights, and the heaviest answer wins alone: one strong member can outvote
+    two weak ones."""
     per: dict[str, str | None] = {}
     for r in answers:
         found = extract_answer(r["content"], how)
         per[r["panelist"]] = normalise_answer(found) if found is not None else None
     counts = Counter(a for a in per.values() if a is not None)
     ranked = counts.most_common()
-    winner, tied = None, None
-    if ranked:
+    winner, tied, weighed = None, None, None
+    if weights:
+        totals: dict[str, float] = {}
+        for panelist, answer in per.items():
+            if answer is not None:
+                totals[answer] = totals.get(answer, 0.0) + weights.get(panelist, MIN_WEIGHT)
+        weighed = {a: round(w, 4) for a, w in sorted(totals.items(), key=lambda kv: -kv[1])}
+        if weighed:
+            top = max(weighed.values())
+            leaders = [a for a, w in weighed.items() if w == top]
+            winner, tied = (leaders[0], None) if len(leaders) == 1 else (None, leaders)
+    elif ranked:
         top = ranked[0][1]
         leaders = [a for a, n in ranked if n == top]
         if len(leaders) == 1 and (top >= 2 or len(answers) == 1):
             winner = leaders[0]
         else:
             tied = leaders
-    return {
+    out = {
         "how": how,
         "answers": per,
         "counts": dict(ranked),
@@ -143,6 +168,11 @@ def tally(answers: list[PanelResult], how: str) -> dict[str, Any]:
         "tied": tied,
         "decided_by": "most_votes" if winner is not None else "judge",
     }
+    if weights:
+        out.update(weights=dict(weights), tally=weighed)
+        if winner is not None:
+            out["decided_by"] = "weighted_votes"
+    return out
 
 
 def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
@@ -153,6 +183,11 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
     answers = answered(state.get("panel", []))
     applied = record["applied"] or "synthesize"
     record["applied"] = applied
+    if applied == "member":
+        chosen = calibrated_member(state, config, record, answers)
+        if chosen["route"] is not None:
+            return chosen
+        record, applied = chosen, chosen["applied"]
     how = agreement_how(config, applied, record.get("task"))
     agreed = answers_agree([r["content"] for r in answers], how) if len(answers) >= 2 else None
     cascade = dict(record["cascade"]) if record.get("cascade") else None
@@ -172,7 +207,8 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
             "note": f"every answer agreed on {agreed!r}: {_skipped(config)}",
         }
     if applied == "vote" and answers:
-        vote = tally(answers, config.vote_answer or "auto")
+        weights = (record.get("calibrated") or {}).get("weights")
+        vote = tally(answers, config.vote_answer or "auto", weights)
         record["vote"] = vote
         if vote["winner"] is not None:
             return {
@@ -200,6 +236,35 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
         "route": "judge",
         "note": "the judge compares the answers",
     }
+
+
+def calibrated_member(
+    state: FusionState, config: FusionConfig, record: dict[str, Any], answers: list[PanelResult]
+) -> dict[str, Any]:
+    """Calibrated auto asked one member: its answer is final (`route` finish). Without one, the
+    run falls back to today's rule: the rest of the panel is asked (`route` rest), or, already
+    asked, the rule's strategy goes on over their answers (`route` None)."""
+    calibrated = dict(record["calibrated"])
+    member = calibrated["member"]
+    if any(r["panelist"] == member for r in answers):
+        note = f"calibrated: {calibrated['reason']}: {_skipped(config)}"
+        return {**record, "outcome": "calibrated", "route": finish_route(config), "note": note}
+    applied = calibrated.get("fallback_strategy") or "synthesize"
+    calibrated["failed"] = f"{member} gave no answer: today's rule ({applied}) applies instead"
+    record = {**record, "applied": applied, "calibrated": calibrated, "route": None}
+    called = {r["panelist"] for r in state.get("panel", [])}
+    rest = [f"p{i + 1}" for i in range(len(config.panel)) if f"p{i + 1}" not in called]
+    if not rest:
+        return record
+    record["cascade"] = {
+        "k": len(called),
+        "first": sorted(called),
+        "rest": rest,
+        "chosen_by": "calibration",
+        "agreed": False,
+        "rest_called": True,
+    }
+    return {**record, "route": "rest", "note": calibrated["failed"]}
 
 
 def _skipped(config: FusionConfig) -> str:
@@ -264,6 +329,12 @@ def decided(state: FusionState) -> dict[str, Any] | None:
     "reason", "content"}; None when synthesis writes it."""
     record = state.get("aggregation") or {}
     answers = answered(state.get("panel", []))
+    calibrated = record.get("calibrated") or {}
+    if record.get("outcome") == "calibrated":
+        for r in answers:
+            if r["panelist"] == calibrated.get("member"):
+                reason = calibrated["reason"]
+                return {"panelist": r["panelist"], "reason": reason, "content": r["content"]}
     if record.get("outcome") == "early_exit" and answers:
         first = answers[0]
         reason = f"every answer agreed on {record.get('agreed')!r}; the first in panel order"
@@ -280,6 +351,9 @@ def decided(state: FusionState) -> dict[str, Any] | None:
             if vote["answers"].get(r["panelist"]) == vote["winner"]:
                 count = vote["counts"][vote["winner"]]
                 reason = f"{vote['winner']!r} won {count} of {len(answers)} votes"
+                if vote.get("tally"):
+                    weight, total = vote["tally"][vote["winner"]], sum(vote["tally"].values())
+                    reason = f"{vote['winner']!r} won {weight:g} of {total:g} calibrated votes"
                 return {"panelist": r["panelist"], "reason": reason, "content": r["content"]}
     chosen = selection(state)
     if chosen is not None:
@@ -319,9 +393,12 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
     cascade = record.get("cascade")
     final = "synthesis"
     if choice is not None and not synthesized:
-        final = {"early_exit": "early_exit", "vote": "vote", "verify": "verify"}.get(
-            record.get("outcome", ""), "select"
-        )
+        final = {
+            "early_exit": "early_exit",
+            "vote": "vote",
+            "verify": "verify",
+            "calibrated": "calibrated",
+        }.get(record.get("outcome", ""), "select")
     return {
         "requested": record["requested"],
         "applied": record.get("applied") or "synthesize",
@@ -340,6 +417,7 @@ def summary(state: FusionState, config: FusionConfig, *, synthesized: bool) -> d
         and (state.get("analysis") is None or needs_raw_answers(state, config)),
         "cascade": cascade,
         "classifier": classifier,
+        "calibrated": record.get("calibrated"),
         "verify": checked,
         "calls": {"made": made, "full_path": full},
         "saved": {

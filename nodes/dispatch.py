@@ -122,12 +122,16 @@ def check_budget(config: FusionConfig, messages: list[Any]) -> None:
 
 
 def fan_out(state: FusionState) -> list[Send]:
-    """One `Send` per panelist (a cascade: its first wave only): the branches run in parallel
-    and join at the gate. With `auto` undecided by its rules, the classifier runs beside them."""
+    """One `Send` per panelist (a cascade: its first wave only; calibrated `auto` that chose a
+    member: that member only): the branches run in parallel and join at the gate. With `auto`
+    undecided by its rules, the classifier runs beside them."""
     config = scope_of(state).config
     record = state.get("aggregation") or {}
     cascade = record.get("cascade")
-    if cascade:
+    member = (record.get("calibrated") or {}).get("member")
+    if record.get("applied") == "member" and member:  # calibrated auto: one member is asked
+        indices = [int(member.removeprefix("p")) - 1]
+    elif cascade:
         indices = [int(p.removeprefix("p")) - 1 for p in cascade["first"]]
     else:
         indices = list(range(len(config.panel)))

@@ -22,6 +22,7 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
+from fusiongraph.graph.calibration import TaskCalibration, load_profile, usable, vote_weight
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.models import ModelFactory, close_model, quiet
 from fusiongraph.graph.pricing import CLASSIFIER_OUTPUT_TOKENS
@@ -157,6 +158,71 @@ def auto_decision(config: FusionConfig, messages: list[Any]) -> dict[str, Any]:
     }
 
 
+def calibrate(
+    config: FusionConfig, record: dict[str, Any], task: str | None, *, asked: bool = False
+) -> dict[str, Any]:
+    """The record with the calibration profile applied to `task` (graph/calibration.py): for
+    `auto`, the strategy of the arm that won on this task type, or only the best member
+    (`applied` = "member") when no fusion arm beat it significantly; for vote (requested, or
+    chosen), the members' weights. A profile it cannot use says why, and today's rules stand.
+    `asked`: the whole panel was already asked (beside the classifier), so nothing is saved."""
+    if config.calibration is None or config.aggregation not in ("auto", "vote"):
+        return record
+    profile = load_profile(config.calibration)
+    found, why = usable(profile, config, task)
+    note: dict[str, Any] = {
+        "profile": config.calibration,
+        "task_type": task,
+        "chosen": None,
+        "member": None,
+        "weights": None,
+        "saved": None,
+    }
+    rule = record.get("applied")
+    if found is None:
+        rules = "auto's rules apply" if config.aggregation == "auto" else "a plain plurality vote"
+        note["reason"] = f"profile not used: {why}; {rules}"
+        return {**record, "calibrated": note}
+    note["weights"] = {p: vote_weight(m) for p, m in found.members.items()}
+    if config.aggregation == "vote":
+        note["reason"] = "votes weighted by each member's calibrated log odds on " + str(task)
+        return {**record, "calibrated": note}
+    note["chosen"] = found.winner
+    note["fallback_strategy"] = rule
+    kind, _, what = found.winner.partition(":")
+    if kind == "fusion":
+        note["reason"] = f"{found.winner} beat the best member on {task}: {found.verdict}"
+        return {**record, "applied": what, "calibrated": note, "reason": f"calibrated: {what}"}
+    member = found.members[what]
+    note["member"] = what
+    note["reason"] = (
+        f"no fusion arm beat {what} ({member.model}, {member.accuracy:.0%} of {member.n}) "
+        f"significantly on {task}: only {what} is asked"
+    )
+    if asked:
+        note["reason"] += " (the panel was asked beside the classifier: its answer is final)"
+    note["saved"] = saved_by_member(config, found, what, rule, asked=asked)
+    return {**record, "applied": "member", "calibrated": note, "reason": f"calibrated: {what}"}
+
+
+def saved_by_member(
+    config: FusionConfig, found: TaskCalibration, member: str, rule: str | None, *, asked: bool
+) -> dict[str, Any]:
+    """What asking one member saves against today's rule, per item, as the profile measured."""
+    against = found.arms.get(f"fusion:{rule}") or found.arms.get("fusion:auto")
+    mine = found.members[member]
+    calls = (0 if asked else len(config.panel) - 1) + 2
+    out: dict[str, Any] = {"calls": calls, "against": None, "tokens": None, "cost_usd": None}
+    if against is not None and not asked:  # asked: the panel's tokens were spent anyway
+        out["against"] = against.arm
+        if against.tokens_per_item is not None and mine.tokens_per_item is not None:
+            out["tokens"] = round(against.tokens_per_item - mine.tokens_per_item)
+        if against.cost_per_item is not None and mine.cost_per_item is not None:
+            out["cost_usd"] = round(against.cost_per_item - mine.cost_per_item, 8)
+    out["estimated_from"] = "profile"
+    return out
+
+
 def classifier_spec(config: FusionConfig) -> ModelSpec:
     """The classifier as it runs: deterministic, a one-word reply."""
     assert config.classifier is not None
@@ -220,6 +286,7 @@ def make_classify(model_factory: ModelFactory):
         else:
             strategy, why = "synthesize", f"the classifier failed ({info['error']['reason']})"
         record.update(applied=strategy, task=task, reason=f"{why} -> {strategy}", classifier=info)
+        record = calibrate(config, record, task, asked=True)
         emit(
             "aggregation_chosen",
             **{k: record.get(k) for k in ("requested", "applied", "task", "reason")},
