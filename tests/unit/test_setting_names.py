@@ -58,6 +58,7 @@ SAMPLES: dict[str, Any] = {
     "vote_answer": "number",
     "cascade": 2,
     "classifier": "openai:classifier",
+    "calibration": str(Path(__file__).parent / "data" / "calibration.json"),
     "search_provider": "duckduckgo",
     "corpus_dir": str(Path(__file__).parent),
     "searxng_url": "http://127.0.0.1:8888",
