@@ -1,5 +1,7 @@
 """The arms of an eval: what is compared, each one a FusionContext over the user's settings.
 
+- `fusion:calibrated` (named only): calibrated `auto` on held-out items, with a profile fitted
+  on the other items' results of the other arms (evals/calibration.py; run by evals/evaluate.py).
 - `fusion:<strategy>`: the configured panel, judge and synthesizer, one arm per aggregation
   strategy the graph offers (read from FusionContext's `aggregation` Literal, never listed here).
   `fusion:verify` checks the panel's answers by execution on tests the judge writes from the
@@ -183,11 +185,20 @@ def build_arms(
         kind, sep, what = name.partition(":")
         if kind not in KINDS or not sep or not what:
             raise ValueError(
-                f"unknown arm {name!r}: use fusion:<strategy>, panelist:pN, "
+                f"unknown arm {name!r}: use fusion:<strategy>, fusion:calibrated, panelist:pN, "
                 "self-consistency:<model>, self-fusion:<model> (or fusion, panelist, "
                 "self-consistency, self-fusion for all of theirs)"
             )
-        if kind == "fusion":
+        if kind == "fusion" and what == "calibrated":
+            if "auto" not in offered:
+                raise ValueError(f"{name}: the graph offers no `auto` strategy ({offered})")
+            note = (
+                "calibrated auto: the profile fitted on the other split's results routes each "
+                "held-out item (a fusion strategy, or only the best member)"
+            )
+            # Its run names the profile once it is fitted (evals/evaluate.py).
+            arms.append(Arm(name, kind, run_plan(_with_strategy(context, "auto")), note=note))
+        elif kind == "fusion":
             if what not in offered:
                 raise ValueError(f"unknown strategy in {name!r}; the graph offers {offered}")
             note = f"the configured panel, judge and synthesizer; aggregation `{what}`"

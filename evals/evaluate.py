@@ -5,18 +5,39 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fusiongraph.evals.arms import Arm, build_arms
+from fusiongraph.evals.arms import Arm, build_arms, run_plan
 from fusiongraph.evals.cache import ResultCache, digest
+from fusiongraph.evals.calibration import (
+    CALIBRATED_ARM,
+    DEFAULT_SPLIT,
+    fit_profile,
+    split_items,
+    write_profile,
+)
 from fusiongraph.evals.report import write_report
 from fusiongraph.evals.runner import DEFAULT_ITEM_TIMEOUT_S, Runner, pairwise
 from fusiongraph.evals.stats import TaskStats, best_panelist, summarise
+from fusiongraph.graph.calibration import CalibrationProfile, load_profile
+from fusiongraph.graph.config import resolve_config
 
 DEFAULT_OUT_DIR = "fusion-evals"
+CALIBRATION_FILE = "calibration.json"
+FIT_FILE = "calibration-fit.json"
+
+
+def stable_profile_path(profile: CalibrationProfile, root: Path) -> Path:
+    """Where the fitted profile is written for the calibrated arm's runs: named by its content
+    (its date left out), so the same fit is the same run key and a second eval reuses its runs."""
+    body = profile.model_dump(mode="json", exclude={"created"})
+    path = root / "calibration" / f"{digest('calibration', body)}.json"
+    if not path.exists():
+        write_profile(profile, path)
+    return path.resolve()
 
 
 @dataclass
@@ -138,13 +159,13 @@ async def arun_eval(
     model_factory: Any = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    calibrate_split: float = DEFAULT_SPLIT,
 ) -> EvalReport:
     """Run an eval (see `run_eval`) from async code."""
     from langgraph.cache.sqlite import SqliteCache
 
     from fusiongraph.evals import scorers
     from fusiongraph.graph.builder import build_graph
-    from fusiongraph.graph.config import resolve_config
     from fusiongraph.graph.models import default_model_factory
 
     started = time.perf_counter()
@@ -159,6 +180,16 @@ async def arun_eval(
             raise ValueError(f"{name}: the item id {item.id!r} appears twice; ids must be unique")
         seen.add(item.id)
     plan: list[Arm] = build_arms(context, list(arms) if arms else None, samples=samples)
+    calibrated = next((arm for arm in plan if arm.name == CALIBRATED_ARM), None)
+    fit_items, held_items = items, []
+    if calibrated is not None:
+        if not any(arm.kind == "panelist" for arm in plan):
+            raise ValueError(
+                f"{CALIBRATED_ARM} is fitted on the panelist arms' results: name them too "
+                "(e.g. --arms fusion,panelist,fusion:calibrated)"
+            )
+        fit_items, held_items = split_items(items, calibrate_split, seed)
+        plan = [arm for arm in plan if arm is not calibrated]
     the_grader = make_grader(grader, items, context, model_factory)
     grader_key = (
         "none"
@@ -170,7 +201,8 @@ async def arun_eval(
     graph = build_graph(
         model_factory or default_model_factory, cache=panel_answers, cache_ttl_s=None
     )
-    with progress_bar(len(items) * len(plan), progress) as advance:
+    total = len(items) * len(plan) + len(held_items)
+    with progress_bar(total, progress) as advance:
         runner = Runner(
             graph=graph,
             cache=cache,
@@ -182,6 +214,26 @@ async def arun_eval(
             on_sample=advance,
         )
         rows = await runner.run(items, plan)
+        held_out: list[TaskStats] | None = None
+        fit_profile_path: Path | None = None
+        if calibrated is not None:
+            fit_ids = {item.id for item in fit_items}
+            fitted = fit_profile(
+                [r for r in rows if r["item"] in fit_ids],
+                resolve_config(context),
+                name=f"{name} (fit split)",
+                grader=_grader_name(the_grader),
+                seed=seed,
+            )
+            if fitted is None:
+                raise ValueError(f"{CALIBRATED_ARM}: no panelist arm scored on the fit split")
+            fit_profile_path = stable_profile_path(fitted, cache.root)
+            arm = replace(
+                calibrated,
+                run=run_plan({**calibrated.run.context, "calibration": str(fit_profile_path)}),
+            )
+            rows += await runner.run(held_items, [arm])
+            plan.append(arm)
     by_type: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_type.setdefault(row["task_type"], []).append(row)
@@ -197,7 +249,17 @@ async def arun_eval(
             cache=cache,
             timeout_s=item_timeout_s,
         )
-    tasks_stats = summarise(rows, seed=seed)
+    main_rows = [r for r in rows if r["arm"] != CALIBRATED_ARM]
+    tasks_stats = summarise(main_rows, seed=seed)
+    if calibrated is not None:
+        held_ids = {item.id for item in held_items}
+        # Against the best member on the held-out items: W/T/L from the scores there.
+        held_rows = [
+            {k: v for k, v in r.items() if k != "vs_baseline"}
+            for r in rows
+            if r["item"] in held_ids
+        ]
+        held_out = summarise(held_rows, seed=seed)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = Path(out_dir) / f"{name}-{stamp}"
     config = resolve_config(context)
@@ -220,7 +282,22 @@ async def arun_eval(
         "arms": arm_notes(plan),
         "cache_dir": str(cache.root),
     }
-    text = write_report(folder, meta, tasks_stats, rows)
+    profile = fit_profile(main_rows, config, name=name, grader=_grader_name(the_grader), seed=seed)
+    if profile is not None:
+        write_profile(profile, folder / CALIBRATION_FILE)
+        meta["calibration"] = {"profile": CALIBRATION_FILE}
+    if calibrated is not None and fit_profile_path is not None:
+        write_profile(load_profile(str(fit_profile_path)), folder / FIT_FILE)
+        meta["calibration"] = {
+            **meta.get("calibration", {}),
+            "arm": CALIBRATED_ARM,
+            "split": calibrate_split,
+            "seed": seed,
+            "fit_profile": FIT_FILE,
+            "fit_items": sorted(item.id for item in fit_items),
+            "held_out_items": sorted(item.id for item in held_items),
+        }
+    text = write_report(folder, meta, tasks_stats, rows, held_out=held_out)
     return EvalReport(name, folder, text, tasks_stats, rows, meta)
 
 
@@ -240,10 +317,13 @@ def run_eval(
     report.html, samples.jsonl and summary.json to `out_dir/<name>-<timestamp>/`.
 
     `context`: the fusion settings every arm starts from (as for `graph.invoke`). `arms`: their
-    names (default: all; see evals/arms.py). `grader`: a model spec (or Grader) for graded
-    items (default: the judge's model). Results are cached under `out_dir/.cache`, so an
-    interrupted eval resumes and a second report calls no model. `options` as for `arun_eval`
-    (samples, seed, item_timeout_s, model_factory, cache_dir, progress).
+    names (default: all; see evals/arms.py; `fusion:calibrated` is fitted on `calibrate_split`
+    of each task type's items and judged on the rest). `grader`: a model spec (or Grader) for
+    graded items (default: the judge's model). Beside the report, calibration.json: the
+    profile a run's `calibration` setting reads (evals/calibration.py). Results are cached
+    under `out_dir/.cache`, so an interrupted eval resumes and a second report calls no model.
+    `options` as for `arun_eval` (samples, seed, item_timeout_s, model_factory, cache_dir,
+    progress, calibrate_split).
     """
     from fusiongraph.tools.aio import run_coroutine
 

@@ -115,7 +115,56 @@ def headline(task: TaskStats) -> str:
     return f"best fusion arm `{best.arm}` against `{task.baseline}`: {best.verdict}"
 
 
-def markdown(meta: dict[str, Any], tasks: Sequence[TaskStats]) -> str:
+CALIBRATED = "fusion:calibrated"
+
+
+def calibrated_line(task: TaskStats) -> str:
+    """Where calibrated auto stands against the best member on the held-out items: above, equal
+    or below, and whether the paired interval says it is significant."""
+    arm = next((a for a in task.arms if a.arm == CALIBRATED), None)
+    if arm is None or not arm.n:
+        return "no scored `fusion:calibrated` sample"
+    if task.baseline is None:
+        return "no panelist arm to compare with"
+    if arm.diff is None:
+        return f"`{CALIBRATED}` against `{task.baseline}`: {arm.verdict}"
+    where = "above" if arm.diff > 0 else "below" if arm.diff < 0 else "equal to"
+    low, high = arm.diff_ci or (0.0, 0.0)
+    sure = "significantly " if low > 0 or high < 0 else ""
+    return (
+        f"`{CALIBRATED}` is {sure}{where} the best member `{task.baseline}` "
+        f"({_pct(arm.accuracy)} against {_pct(next(a.accuracy for a in task.arms if a.baseline))}"
+        f"): {arm.verdict}"
+    )
+
+
+def held_out_markdown(meta: dict[str, Any], held_out: Sequence[TaskStats]) -> list[str]:
+    calibration = meta.get("calibration") or {}
+    held = calibration.get("held_out_items") or []
+    lines = [
+        f"## Held out: `{CALIBRATED}` ({_count(len(held), 'item')})",
+        "",
+        f"The profile (`{calibration.get('fit_profile')}`) was fitted on "
+        f"{_count(len(calibration.get('fit_items') or []), 'item')} (split "
+        f"{calibration.get('split')}, seed {calibration.get('seed')}); every arm below is judged "
+        "on the other items only, against the best member on them.",
+        "",
+    ]
+    for task in held_out:
+        lines += [
+            f"### {task.task_type} ({_count(task.items, 'item')}, held out)",
+            "",
+            f"**Calibrated:** {calibrated_line(task)}.",
+            "",
+            _md_table([arm_row(a) for a in task.arms]),
+            "",
+        ]
+    return lines
+
+
+def markdown(
+    meta: dict[str, Any], tasks: Sequence[TaskStats], held_out: Sequence[TaskStats] | None = None
+) -> str:
     lines = [
         f"# fusiongraph eval: {meta['name']}",
         "",
@@ -136,6 +185,8 @@ def markdown(meta: dict[str, Any], tasks: Sequence[TaskStats]) -> str:
             _md_table([arm_row(a) for a in task.arms]),
             "",
         ]
+    if held_out:
+        lines += held_out_markdown(meta, held_out)
     lines += ["## Arms", ""]
     lines += [f"- `{arm['name']}`: {arm['note'] or arm['kind']}" for arm in meta["arms"]]
     lines += ["", "## How to read this", ""]
@@ -203,7 +254,18 @@ def _inline_code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
-def html_page(meta: dict[str, Any], tasks: Sequence[TaskStats]) -> str:
+def _html_table(task: TaskStats) -> str:
+    rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADERS) + "</tr>"]
+    for stats in task.arms:
+        cls = " class='baseline'" if stats.baseline else ""
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in arm_row(stats))
+        rows.append(f"<tr{cls}>{cells}</tr>")
+    return "\n".join([*rows, "</table>"])
+
+
+def html_page(
+    meta: dict[str, Any], tasks: Sequence[TaskStats], held_out: Sequence[TaskStats] | None = None
+) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>fusiongraph eval: {html.escape(meta['name'])}</title><style>{CSS}</style>",
@@ -217,18 +279,20 @@ def html_page(meta: dict[str, Any], tasks: Sequence[TaskStats]) -> str:
     for task in tasks:
         parts.append(f"<h2>{html.escape(task.task_type)} ({_count(task.items, 'item')})</h2>")
         parts.append(f"<p class='verdict'>{_inline_code(headline(task))}.</p>")
-        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADERS) + "</tr>")
-        for stats in task.arms:
-            cls = " class='baseline'" if stats.baseline else ""
-            cells = "".join(f"<td>{html.escape(c)}</td>" for c in arm_row(stats))
-            parts.append(f"<tr{cls}>{cells}</tr>")
-        parts.append("</table>")
+        parts.append(_html_table(task))
         try:
             parts.append(f"<div class='plot'>{plot_svg(task)}</div>")
         except ImportError:
             parts.append("<p>(plots need matplotlib: pip install 'fusiongraph[eval]')</p>")
         except Exception as exc:  # a plot must never cost the report: the tables stand alone
             parts.append(f"<p>(no plot: {html.escape(f'{type(exc).__name__}: {exc}')})</p>")
+    if held_out:
+        held = (meta.get("calibration") or {}).get("held_out_items") or []
+        parts.append(f"<h2>Held out: <code>{CALIBRATED}</code> ({_count(len(held), 'item')})</h2>")
+        for task in held_out:
+            parts.append(f"<h3>{html.escape(task.task_type)} (held out)</h3>")
+            parts.append(f"<p class='verdict'>{_inline_code(calibrated_line(task))}.</p>")
+            parts.append(_html_table(task))
     parts.append("<h2>Arms</h2><ul>")
     parts += [
         f"<li><code>{html.escape(a['name'])}</code>: {html.escape(a['note'] or a['kind'])}</li>"
@@ -257,22 +321,30 @@ SAMPLE_FIELDS = (
     "aggregation",
     "vote",
     "from_cache",
-)
+)  # `aggregation` holds calibrated auto's decision (`calibrated`): what it chose, and why
 
 
 def write_report(
-    folder: Path, meta: dict[str, Any], tasks: Sequence[TaskStats], samples: Sequence[dict]
+    folder: Path,
+    meta: dict[str, Any],
+    tasks: Sequence[TaskStats],
+    samples: Sequence[dict],
+    *,
+    held_out: Sequence[TaskStats] | None = None,
 ) -> str:
-    """Write the four files; return the markdown."""
+    """Write the four files (beside calibration.json, evals/evaluate.py); return the markdown.
+    `held_out`: the statistics of the items `fusion:calibrated` was judged on."""
     folder.mkdir(parents=True, exist_ok=True)
-    text = markdown(meta, tasks)
+    text = markdown(meta, tasks, held_out)
     (folder / "report.md").write_text(text, encoding="utf-8")
-    (folder / "report.html").write_text(html_page(meta, tasks), encoding="utf-8")
+    (folder / "report.html").write_text(html_page(meta, tasks, held_out), encoding="utf-8")
     with (folder / "samples.jsonl").open("w", encoding="utf-8") as handle:
         for sample in samples:
             row = {k: sample.get(k) for k in SAMPLE_FIELDS}
             handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     summary = {**meta, "notes": NOTES, "task_types": [t.to_dict() for t in tasks]}
+    if held_out:
+        summary["held_out"] = [t.to_dict() for t in held_out]
     (folder / "summary.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
     )

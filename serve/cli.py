@@ -291,7 +291,8 @@ def eval_command(
         str | None,
         typer.Option(
             help="Comma-separated: fusion:<strategy>, panelist:pN, self-consistency:<model>, "
-            "self-fusion:<model>; fusion, panelist, ... alone: all of theirs. Default: all."
+            "self-fusion:<model>; fusion, panelist, ... alone: all of theirs. Default: all. "
+            "fusion:calibrated (named only): calibrated auto on held-out items."
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most N items (seeded).")] = None,
@@ -307,6 +308,15 @@ def eval_command(
     ] = None,
     item_timeout_s: Annotated[float, typer.Option(min=1, help="Seconds per item and arm.")] = 900.0,
     out: Annotated[Path, typer.Option(help="Folder of the reports.")] = Path("fusion-evals"),
+    calibrate_split: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            max=0.95,
+            help="fusion:calibrated: the share of each task type's items its profile is fitted "
+            "on (seeded); it is judged on the rest.",
+        ),
+    ] = 0.5,
 ) -> None:
     """Does fusion pay off on these tasks? Each arm on the same items, per task type: accuracy,
     win/tie/loss against the best panelist, cost, latency; cached, so a rerun resumes."""
@@ -325,6 +335,7 @@ def eval_command(
             samples=samples,
             item_timeout_s=item_timeout_s,
             progress=True,
+            calibrate_split=calibrate_split,
         )
     except (ValueError, OSError) as exc:  # a bad task file, suite, arm or setting
         err_console.print(f"[red]cannot run the eval:[/red] {shown(exc)}", soft_wrap=True)

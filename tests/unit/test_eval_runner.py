@@ -194,7 +194,7 @@ async def test_a_run_past_its_timeout_is_an_error_sample_and_is_not_cached(tmp_p
     assert ResultCache(tmp_path / ".cache").count("runs") == 0  # tried again next time
 
 
-async def test_the_report_folder_holds_four_self_contained_files(tmp_path: Path) -> None:
+async def test_the_report_folder_holds_self_contained_files(tmp_path: Path) -> None:
     report = await evaluate(
         factory(), tmp_path, tasks=items(2), arms=["fusion:synthesize", "panelist"]
     )
@@ -204,6 +204,7 @@ async def test_the_report_folder_holds_four_self_contained_files(tmp_path: Path)
         "report.html",
         "samples.jsonl",
         "summary.json",
+        "calibration.json",  # the profile a run's `calibration` setting reads
     }
     rows = [json.loads(line) for line in (report.folder / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 4
