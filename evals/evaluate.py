@@ -181,7 +181,7 @@ async def arun_eval(
         seen.add(item.id)
     plan: list[Arm] = build_arms(context, list(arms) if arms else None, samples=samples)
     calibrated = next((arm for arm in plan if arm.name == CALIBRATED_ARM), None)
-    fit_items, held_items = items, []
+    fit_items, held_items = items, list[Any]()
     if calibrated is not None:
         if not any(arm.kind == "panelist" for arm in plan):
             raise ValueError(
@@ -283,13 +283,13 @@ async def arun_eval(
         "cache_dir": str(cache.root),
     }
     profile = fit_profile(main_rows, config, name=name, grader=_grader_name(the_grader), seed=seed)
+    calibration: dict[str, Any] = {}
     if profile is not None:
         write_profile(profile, folder / CALIBRATION_FILE)
-        meta["calibration"] = {"profile": CALIBRATION_FILE}
+        calibration["profile"] = CALIBRATION_FILE
     if calibrated is not None and fit_profile_path is not None:
         write_profile(load_profile(str(fit_profile_path)), folder / FIT_FILE)
-        meta["calibration"] = {
-            **meta.get("calibration", {}),
+        calibration |= {
             "arm": CALIBRATED_ARM,
             "split": calibrate_split,
             "seed": seed,
@@ -297,6 +297,8 @@ async def arun_eval(
             "fit_items": sorted(item.id for item in fit_items),
             "held_out_items": sorted(item.id for item in held_items),
         }
+    if calibration:
+        meta["calibration"] = calibration
     text = write_report(folder, meta, tasks_stats, rows, held_out=held_out)
     return EvalReport(name, folder, text, tasks_stats, rows, meta)
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fusiongraph.graph.specs import ModelSpec
 
-PROFILE_VERSION = 1
+PROFILE_VERSION: Literal[1] = 1
 # Fewer scored items of a task type than this, and the profile does not decide for it.
 MIN_ITEMS = 8
 # The settings besides the models that change what the panel answers or how it is judged: a

@@ -11,7 +11,11 @@
 - `verify`: the answers are run, not judged (nodes/verify_node.py, after the gate): code on the
   caller's or the judge's tests in the sandbox, math against a program the judge writes; the
   winner is the answer verbatim. Nothing to run, nothing that passes, no sandbox: `select`.
-- `auto`: the request's kind picks one of the others (nodes/routing.py).
+- `auto`: the request's kind picks one of the others (nodes/routing.py). With a calibration
+  profile (the `calibration` setting, graph/calibration.py), the arm the eval found winning on
+  that kind; where no fusion arm beat the best member, only that member is asked (`applied`
+  "member": its answer is final; it failed: the rest of the panel and today's rule). A vote with
+  a profile weighs each member by its calibrated log odds (`tally`).
 
 Two ways to spend less, with any strategy:
 - early exit (on by default for vote and auto): when every successful answer agrees, judge and
@@ -160,7 +164,7 @@ def tally(
             winner = leaders[0]
         else:
             tied = leaders
-    out = {
+    out: dict[str, Any] = {
         "how": how,
         "answers": per,
         "counts": dict(ranked),
