@@ -209,3 +209,62 @@ def test_the_profile_loads_back_as_written(tmp_path: Path) -> None:
     profile = load_profile(profile_file(tmp_path))
     assert profile.task_types["short_answer"].members["p3"].correct == 9
     assert profile.stamp.panel == ["openai:m1", "openai:m2", "openai:m3"]
+
+
+# --- a server alias names a profile; the real HTTP path, counted at the upstream ----------------
+
+
+def test_a_server_alias_with_a_profile_asks_the_upstream_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+
+    from fusiongraph.serve.server import create_app
+    from tests.support.servers import running_server
+    from tests.support.upstream import FakeUpstream, UpstreamServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    upstream = FakeUpstream(chunks=2, chunk_delay_s=0.0)
+    with UpstreamServer(upstream) as server:
+        panel = ["c1-ansSydney-0.000s", "c2-ansSydney-0.000s", "c3-ansCanberra-0.000s"]
+        alias = fake_context(panel, base_url=server.base_url, aggregation="auto")
+        config = resolve_config(alias)
+        members = {
+            f"p{i}": member(spec.name, c, 10)
+            for i, (spec, c) in enumerate(zip(config.panel, (3, 4, 9), strict=True), 1)
+        }
+        task = TaskCalibration(
+            items=10,
+            members=members,
+            best_member="p3",
+            winner="panelist:p3",
+            verdict="no fusion arm beat p3 significantly",
+            significant=False,
+        )
+        profile = CalibrationProfile(
+            fusiongraph_version="test",
+            created="2026-01-01T00:00:00Z",
+            eval="test: 10 items",
+            stamp=stamp_of(config),
+            task_types={"short_answer": task},
+        )
+        path = tmp_path / "calibration.json"
+        path.write_text(profile.model_dump_json(), encoding="utf-8")
+        aliases = {"fusion-calibrated": {**alias, "calibration": str(path)}}
+        app = create_app(build_graph(), api_keys=[], aliases=aliases)
+        with (
+            running_server(app) as url,
+            openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
+        ):
+            reply = client.chat.completions.create(
+                model="fusion-calibrated", messages=[{"role": "user", "content": FACT}]
+            )
+            # a request may not name a file of the server's: the profile is the operator's
+            with pytest.raises(openai.BadRequestError, match="calibration"):
+                client.chat.completions.create(
+                    model="fusion-calibrated",
+                    messages=[{"role": "user", "content": FACT}],
+                    extra_body={"fusion": {"calibration": str(path)}},
+                )
+    assert [r.model for r in upstream.records] == ["c3-ansCanberra-0.000s"]
+    assert "Canberra" in (reply.choices[0].message.content or "")
