@@ -268,3 +268,20 @@ def test_a_server_alias_with_a_profile_asks_the_upstream_once(
                 )
     assert [r.model for r in upstream.records] == ["c3-ansCanberra-0.000s"]
     assert "Canberra" in (reply.choices[0].message.content or "")
+
+
+async def test_after_the_classifier_the_members_answer_is_final(tmp_path: Path) -> None:
+    f = factory(["Answer: Sydney", "Answer: Sydney", "Answer: Canberra"])
+    f.scripts["cls"] = Script(["short_answer"])
+    answer, fusion = await run(
+        f,
+        "Australia's capital city?",  # no rule decides: the classifier, beside the panel
+        aggregation="auto",
+        classifier="openai:cls",
+        calibration=profile_file(tmp_path),
+    )
+    assert answer == "Answer: Canberra"
+    assert calls(f) == {"m1": 1, "m2": 1, "m3": 1, "judge": 0, "synth": 0, "cls": 1}
+    calibrated = fusion["aggregation"]["calibrated"]
+    assert calibrated["member"] == "p3" and "beside the classifier" in calibrated["reason"]
+    assert calibrated["saved"]["calls"] == 2  # the judge and the synthesizer only
