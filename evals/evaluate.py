@@ -30,6 +30,20 @@ CALIBRATION_FILE = "calibration.json"
 FIT_FILE = "calibration-fit.json"
 
 
+def decisions(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per task type, what calibrated auto did on its held-out items: the arm it chose, or that
+    it did not use the profile (then auto's rules applied), with how often."""
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["arm"] != CALIBRATED_ARM:
+            continue
+        record = (row.get("aggregation") or {}).get("calibrated") or {}
+        what = record.get("chosen") or ("profile not used" if record else "no record (an error)")
+        counts = out.setdefault(row["task_type"], {})
+        counts[what] = counts.get(what, 0) + 1
+    return out
+
+
 def stable_profile_path(profile: CalibrationProfile, root: Path) -> Path:
     """Where the fitted profile is written for the calibrated arm's runs: named by its content
     (its date left out), so the same fit is the same run key and a second eval reuses its runs."""
@@ -296,6 +310,7 @@ async def arun_eval(
             "fit_profile": FIT_FILE,
             "fit_items": sorted(item.id for item in fit_items),
             "held_out_items": sorted(item.id for item in held_items),
+            "decisions": decisions(rows),
         }
     if calibration:
         meta["calibration"] = calibration

@@ -150,11 +150,16 @@ def held_out_markdown(meta: dict[str, Any], held_out: Sequence[TaskStats]) -> li
         "on the other items only, against the best member on them.",
         "",
     ]
+    decided = calibration.get("decisions") or {}
     for task in held_out:
+        chose = ", ".join(f"{what} ×{n}" for what, n in decided.get(task.task_type, {}).items())
         lines += [
             f"### {task.task_type} ({_count(task.items, 'item')}, held out)",
             "",
             f"**Calibrated:** {calibrated_line(task)}.",
+            "",
+            f"Its choices: {chose or 'none recorded'} (each sample's `aggregation.calibrated` "
+            "says why).",
             "",
             _md_table([arm_row(a) for a in task.arms]),
             "",

@@ -139,6 +139,8 @@ async def test_the_calibrated_arm_is_fitted_on_one_split_and_judged_on_the_other
     arm = next(a for a in held_math["arms"] if a["arm"] == "fusion:calibrated")
     assert arm["n"] == 8 and arm["accuracy"] == 1.0 and arm["diff"] == 0.0
     assert "`fusion:calibrated` is equal to the best member `panelist:p1`" in report.markdown
+    assert meta["decisions"] == {"math": {"panelist:p1": 8}}
+    assert "Its choices: panelist:p1 ×8" in report.markdown
     # the main table is over every item, without the held-out-only arm
     assert all(a.arm != "fusion:calibrated" for a in report.task("math").arms)
 
@@ -156,3 +158,18 @@ async def test_the_calibrated_arm_needs_the_panelist_arms(tmp_path: Path) -> Non
             out_dir=tmp_path,
             model_factory=factory(),
         )
+
+
+async def test_a_fit_split_too_small_measures_the_fallback_and_says_so(tmp_path: Path) -> None:
+    report = await arun_eval(
+        items(6),
+        context=context(),
+        arms=["fusion:vote", "panelist", "fusion:calibrated"],
+        out_dir=tmp_path,
+        model_factory=factory(),
+        concurrency=1,
+    )
+    assert report.meta["calibration"]["decisions"] == {"math": {"profile not used": 3}}
+    for sample in (s for s in report.samples if s["arm"] == "fusion:calibrated"):
+        reason = sample["aggregation"]["calibrated"]["reason"]
+        assert reason.startswith("profile not used: the profile has 3 math items, fewer than 8")
