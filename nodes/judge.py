@@ -14,11 +14,13 @@ import functools
 import random
 import string
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel
 
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.errors import FailureReason
@@ -52,6 +54,7 @@ from fusiongraph.nodes.scheduling import run_deadline_cutoff, scope_of
 from fusiongraph.tools.untrusted import delimit_untrusted
 
 NOSTREAM: RunnableConfig = {"tags": ["nostream", "fusion:judge"]}
+Schema = TypeVar("Schema", bound=BaseModel)
 JUDGE_MAX_TOKENS = 1200
 # Failures of what a reply said, as opposed to what the upstream did.
 _REPLY_REASONS = ("invalid_response", "empty")
@@ -98,6 +101,44 @@ def judge_messages(
     return [SystemMessage(content=system), HumanMessage(content=user)]
 
 
+async def ask_structured(
+    model: BaseChatModel,
+    method: StructuredMethod,
+    messages: list[Any],
+    spent: list[Usage],
+    *,
+    schema: type[Schema],
+    response_format: Callable[[StructuredMethod], dict[str, Any]],
+    parse: Callable[[str], Schema],
+    config: RunnableConfig = NOSTREAM,
+) -> Schema:
+    """Ask for `schema` with one method; raise on any failure (the caller falls back). Shared by
+    the analysis and verify's tests and program.
+
+    The usage of every reply is appended to `spent` before parsing: a reply that fails to parse
+    was still paid for. The JSON methods send `response_format(method)` as a raw body field, so
+    the reply takes the plain completion path and `parse`: for llama.cpp the schema becomes a
+    grammar, and a truncated reply is still parsed.
+    """
+    if method == "function_calling":
+        runnable = model.with_structured_output(schema, method=method, include_raw=True)
+        out = await runnable.ainvoke(messages, config)
+        assert isinstance(out, dict)  # include_raw: {"raw", "parsed", "parsing_error"}
+        spent.append(usage_of(out["raw"]))
+        if isinstance(out.get("parsed"), schema):
+            return out["parsed"]
+        raw = out["raw"]
+        return parse(text_of(raw) if isinstance(raw, AIMessage) else "")
+    if method in ("json_schema", "json_object_schema"):
+        fmt = response_format(method)
+        extra_body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt}
+        reply = await model.bind(extra_body=extra_body).ainvoke(messages, config)
+    else:
+        reply = await model.ainvoke(messages, config)
+    spent.append(usage_of(reply))
+    return parse(text_of(reply))
+
+
 async def structured_call(
     model: BaseChatModel,
     method: StructuredMethod,
@@ -106,38 +147,23 @@ async def structured_call(
     *,
     select: bool = False,
 ) -> Analysis:
-    """Ask for the analysis with one method; raise on any failure (the caller falls back).
+    """The analysis with one method (`ask_structured`); for json_schema the strict format is
+    precomputed (LangChain's route rebuilds it per call)."""
 
-    The usage of every reply is appended to `spent` before parsing: a reply that fails to parse
-    was still paid for.
-    """
-    if method == "function_calling":
-        schema = analysis_model(select=select)
-        runnable = model.with_structured_output(schema, method=method, include_raw=True)
-        out = await runnable.ainvoke(messages, NOSTREAM)
-        assert isinstance(out, dict)  # include_raw: {"raw", "parsed", "parsing_error"}
-        spent.append(usage_of(out["raw"]))
-        if out.get("parsed") is not None:
-            return out["parsed"]
-        return _parsed(text_of(out["raw"]) if isinstance(out["raw"], AIMessage) else "")
-    if method in ("json_schema", "json_object_schema"):
-        # A raw body field, so the reply takes the plain completion path and our parser: for
-        # json_schema the strict format is precomputed (LangChain's route rebuilds it per call);
-        # for llama.cpp the schema becomes a grammar, and a truncated reply is still parsed.
-        fmt = (
-            json_schema_response_format(select)
-            if method == "json_schema"
-            else {
-                "type": "json_object",
-                "schema": analysis_json_schema(grammar=True, select=select),
-            }
-        )
-        extra_body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt}
-        reply = await model.bind(extra_body=extra_body).ainvoke(messages, NOSTREAM)
-    else:
-        reply = await model.ainvoke(messages, NOSTREAM)
-    spent.append(usage_of(reply))
-    return _parsed(text_of(reply))
+    def response_format(method: StructuredMethod) -> dict[str, Any]:
+        if method == "json_schema":
+            return json_schema_response_format(select)
+        return {"type": "json_object", "schema": analysis_json_schema(grammar=True, select=select)}
+
+    return await ask_structured(
+        model,
+        method,
+        messages,
+        spent,
+        schema=analysis_model(select=select),
+        response_format=response_format,
+        parse=_parsed,
+    )
 
 
 def _parsed(text: str) -> Analysis:

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import re
 from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ValidationError
 
 from fusiongraph.graph.answers import extract_code
 from fusiongraph.graph.specs import StructuredMethod
-from fusiongraph.graph.state import Usage, usage_of
+from fusiongraph.graph.state import Usage
 from fusiongraph.nodes.analysis import inline_refs
 from fusiongraph.nodes.failures import NamedFailure, describe, failure_reason
-from fusiongraph.nodes.messages import text_of
+from fusiongraph.nodes.judge import ask_structured
 
 NOSTREAM: RunnableConfig = {"tags": ["nostream", "fusion:judge", "fusion:verify"]}
 MAX_TASK_CHARS = 8000
@@ -104,32 +105,6 @@ def parse_reply(text: str, schema: type[Schema]) -> Schema:
         raise NamedFailure("invalid_response", describe(exc, 200)) from None
 
 
-async def _attempt(
-    model: BaseChatModel,
-    method: StructuredMethod,
-    messages: list[Any],
-    schema: type[Schema],
-    spent: list[Usage],
-) -> Schema:
-    if method == "function_calling":
-        runnable = model.with_structured_output(schema, method=method, include_raw=True)
-        out = await runnable.ainvoke(messages, NOSTREAM)
-        assert isinstance(out, dict)  # include_raw: {"raw", "parsed", "parsing_error"}
-        spent.append(usage_of(out["raw"]))
-        if isinstance(out.get("parsed"), schema):
-            return out["parsed"]
-        raw = out["raw"]
-        return parse_reply(text_of(raw) if isinstance(raw, AIMessage) else "", schema)
-    if method in ("json_schema", "json_object_schema"):
-        fmt = response_format(schema, method)
-        extra_body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt}
-        reply = await model.bind(extra_body=extra_body).ainvoke(messages, NOSTREAM)
-    else:
-        reply = await model.ainvoke(messages, NOSTREAM)
-    spent.append(usage_of(reply))
-    return parse_reply(text_of(reply), schema)
-
-
 async def ask_judge(
     model: BaseChatModel,
     method: StructuredMethod,
@@ -144,7 +119,16 @@ async def ask_judge(
     last: Exception | None = None
     for attempt in dict.fromkeys([method, "prompt"]):
         try:
-            return await _attempt(model, attempt, messages, schema, spent)
+            return await ask_structured(
+                model,
+                attempt,
+                messages,
+                spent,
+                schema=schema,
+                response_format=functools.partial(response_format, schema),
+                parse=functools.partial(parse_reply, schema=schema),
+                config=NOSTREAM,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
