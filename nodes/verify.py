@@ -39,6 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from fusiongraph.graph.answers import extract_answer, extract_code, normalise_answer
+from fusiongraph.graph.calibration import MIN_WEIGHT
 from fusiongraph.tools.check_cases import Case, convert, run_tests
 from fusiongraph.tools.sandbox import (
     Backend,
@@ -322,9 +323,12 @@ def verify_math(
     limits: Limits | None = None,
     backend: Backend | None = None,
     cutoff: float | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Each answer's final value against what the judge's `program` prints (its last line).
-    `cutoff` as for verify_code: the program's run is cut there."""
+    `cutoff` as for verify_code: the program's run is cut there. `weights` (a calibration
+    profile's log odds per member, as for the vote strategy) make the vote a weighted one, so a
+    strong member outvotes two weak ones when the program decides nothing."""
     finals = {}
     for label, text in answers.items():
         value = extract_answer(text, how)
@@ -342,12 +346,23 @@ def verify_math(
     if ran.reason == "exited" and ran.exit_code == 0 and lines:
         value = extract_answer(lines[-1], how) or lines[-1].strip()
         computed = normalise_answer(value)
-    votes: Counter[str | None] = Counter(v for v in finals.values() if v is not None)
-    ranked = votes.most_common()
+    votes: dict[str, float] = {}
+    for label, value in finals.items():
+        if value is not None:
+            votes[value] = votes.get(value, 0) + (weights.get(label, MIN_WEIGHT) if weights else 1)
+    ranked = sorted(votes.items(), key=lambda kv: -kv[1])
     vote_winner = (
         ranked[0][0] if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None
     )
     confirmed = [label for label, value in finals.items() if computed and value == computed]
+
+    def heaviest(labels: list[str]) -> str:
+        """Of members giving the same answer, the one whose text is returned: the first in panel
+        order, or the heaviest by calibrated weight."""
+        return (
+            max(labels, key=lambda label: weights.get(label, MIN_WEIGHT)) if weights else labels[0]
+        )
+
     record: dict[str, Any] = {
         "kind": "math",
         "finals": finals,
@@ -360,7 +375,8 @@ def verify_math(
         },
         "computed": computed,
         "confirmed": confirmed,
-        "vote": dict(votes),
+        "vote": {value: round(n, 4) for value, n in ranked},
+        "weights": dict(weights) if weights else None,
         "winner": None,
         "disagreement": bool(computed and vote_winner and computed != vote_winner),
         "why": "",
@@ -368,12 +384,12 @@ def verify_math(
         "sandbox_s": ran.seconds,
     }
     if confirmed:
-        winner = max(confirmed, key=lambda label: votes[finals[label]])
+        winner = heaviest(confirmed)
         record.update(winner=winner, why=f"the program computed {computed}, as {winner} answered")
         if record["disagreement"]:
             record["why"] += f" (the vote's majority said {vote_winner})"
     elif vote_winner is not None:
-        winner = next(label for label, value in finals.items() if value == vote_winner)
+        winner = heaviest([label for label, value in finals.items() if value == vote_winner])
         shown = f"computed {computed}" if computed else f"did not compute ({ran.reason})"
         record.update(
             winner=winner,

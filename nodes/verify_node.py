@@ -102,6 +102,7 @@ def make_verify(model_factory: ModelFactory):
         answers = {r["panelist"]: r["content"] for r in panel}
         question = last_user_text(without_images(state["messages"]))
         kind = verify_kind(record, question, list(answers.values()))
+        weights = (record.get("calibrated") or {}).get("weights")  # calibrated auto chose verify
         emit("verify_started", kind=kind, candidates=len(answers))
         started = time.monotonic()
         judge: dict[str, Any] | None = None
@@ -137,7 +138,7 @@ def make_verify(model_factory: ModelFactory):
                     why = f"the judge wrote no {'tests' if kind == 'code' else 'program'}"
                     result = _fallback(kind, f"{why} ({judge['error']['reason']})")
                     if kind == "math":  # the vote still stands without a program
-                        check = functools.partial(verify_math, answers, "")
+                        check = functools.partial(verify_math, answers, "", weights=weights)
                         result = await _run(state, config, check, backend)
                 elif isinstance(written, JudgeTests):
                     check = functools.partial(
@@ -149,7 +150,9 @@ def make_verify(model_factory: ModelFactory):
                     )
                     result = await _run(state, config, check, backend)
                 else:
-                    check = functools.partial(verify_math, answers, written.program)
+                    check = functools.partial(
+                        verify_math, answers, written.program, weights=weights
+                    )
                     result = await _run(state, config, check, backend)
                     result["reasoning"] = written.reasoning
         result["judge"] = judge

@@ -4,6 +4,7 @@ measured on another panel, or on too few items, is not used and the record says 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from fusiongraph.graph.calibration import (
 )
 from fusiongraph.graph.config import resolve_config
 from fusiongraph.graph.errors import FusionConfigError
+from fusiongraph.tools.sandbox import bwrap_problem
 from tests.support.fakes import FakeFactory, Script, fake_context, judge_json
 
 PANEL = ["m1", "m2", "m3"]
@@ -48,8 +50,9 @@ def profile_file(
     winner: str = "panelist:p3",
     panel: list[str] = PANEL,
     name: str = "calibration.json",
+    task: str = "short_answer",
 ) -> str:
-    """A profile of `panel` on short answers: members right `correct` of `n`."""
+    """A profile of `panel` on `task` items: members right `correct` of `n`."""
     members = {
         f"p{i + 1}": member(m, c, n) for i, (m, c) in enumerate(zip(PANEL, correct, strict=True))
     }
@@ -64,21 +67,24 @@ def profile_file(
         verdict="lost -40 pts",
         tokens_per_item=700.0,
     )
-    task = TaskCalibration(
-        items=n,
-        members=members,
-        best_member="p3",
-        arms={"fusion:vote": vote},
-        winner=winner,
-        verdict="no fusion arm beat p3 significantly",
-        significant=winner.startswith("fusion:"),
+    task_type, task = (
+        task,
+        TaskCalibration(
+            items=n,
+            members=members,
+            best_member="p3",
+            arms={"fusion:vote": vote},
+            winner=winner,
+            verdict="no fusion arm beat p3 significantly",
+            significant=winner.startswith("fusion:"),
+        ),
     )
     profile = CalibrationProfile(
         fusiongraph_version="test",
         created="2026-01-01T00:00:00Z",
         eval="test: 10 items",
         stamp=stamp_of(resolve_config(fake_context(panel))),
-        task_types={"short_answer": task},
+        task_types={task_type: task},
     )
     path = tmp_path / name
     path.write_text(profile.model_dump_json(), encoding="utf-8")
@@ -164,6 +170,25 @@ async def test_one_strong_member_outvotes_two_weak_ones(tmp_path: Path) -> None:
     assert vote["counts"] == {"1968": 2, "1969": 1} and vote["decided_by"] == "weighted_votes"
     assert calls(f) == {"m1": 1, "m2": 1, "m3": 1, "judge": 0, "synth": 0}
     assert "calibrated votes" in fusion["aggregation"]["selected"]["reason"]
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason="verify needs bubblewrap")
+async def test_calibrated_verify_weighs_the_vote_when_the_program_decides_nothing(
+    tmp_path: Path,
+) -> None:
+    """The profile chose verify for math; its program fails, so the vote decides: weighted, the
+    strong member outvotes two weak ones that agree."""
+    question = "A box holds 12 eggs. How many eggs are in 7 boxes?"
+    f = factory(["Answer: 84", "Answer: 74", "Answer: 74"])
+    f.scripts["judge"] = Script([json.dumps({"program": "raise SystemExit(1)", "reasoning": "r"})])
+    path = profile_file(tmp_path, correct=(9, 6, 6), winner="fusion:verify", task="math")
+    answer, fusion = await run(f, question, aggregation="auto", calibration=path)
+    record = fusion["aggregation"]
+    assert record["applied"] == "verify" and record["calibrated"]["chosen"] == "fusion:verify"
+    checked = record["verify"]
+    assert checked["computed"] is None and checked["weights"] == record["calibrated"]["weights"]
+    assert answer == "Answer: 84" and checked["winner"] == "p1"
+    assert "vote's 84 stands" in checked["why"]
 
 
 async def test_a_profile_of_another_panel_is_not_used_and_says_so(tmp_path: Path) -> None:

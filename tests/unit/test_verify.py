@@ -135,3 +135,16 @@ def test_math_a_program_that_fails_leaves_the_vote_standing() -> None:
         limits=Limits(timeout_s=1),
     )
     assert tie["winner"] is None and tie["fallback"] == "select"
+
+
+def test_math_weighted_vote_lets_one_strong_member_outvote_two_weak_ones() -> None:
+    """Calibrated auto chose verify: when the program decides nothing, the members' calibrated
+    log odds weigh their votes, as in the vote strategy."""
+    answers = {"p1": "Answer: 5", "p2": "Answer: 5", "p3": "Answer: 6"}
+    plain = verify_math(answers, "")
+    assert plain["winner"] == "p1" and plain["vote"] == {"5": 2, "6": 1}
+    weighted = verify_math(answers, "", weights={"p1": 0.01, "p2": 0.2, "p3": 1.1})
+    assert weighted["winner"] == "p3" and weighted["vote"] == {"6": 1.1, "5": 0.21}
+    assert weighted["weights"] == {"p1": 0.01, "p2": 0.2, "p3": 1.1}
+    confirmed = verify_math(answers, "print(5)\n", weights={"p1": 0.01, "p2": 0.2, "p3": 1.1})
+    assert confirmed["winner"] == "p2"  # of the members the program confirms, the heaviest
