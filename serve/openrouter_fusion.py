@@ -73,6 +73,7 @@ from fusiongraph.serve.runs import (
     chat_request,
     open_stream,
     race_disconnect,
+    relay,
 )
 from fusiongraph.tools.aio import Pump, cancel_and_wait
 
@@ -493,18 +494,12 @@ class OpenRouterFusion:
             try:
                 for sse in writer.start() + writer.fusion_start():
                     yield sse
-                event = first
-                while event is not None:
-                    if event.kind == "progress" and event.progress:
-                        for sse in writer.progress(event.progress):
-                            yield sse
-                    elif event.kind == "token" and event.chunk is not None:
-                        for sse in writer.token(event.chunk):
-                            yield sse
-                    elif event.kind == "final" and isinstance(event.message, AIMessage):
-                        for sse in writer.finish(event.message):
-                            yield sse
-                    event = await anext(handle, None)
+
+                def fusion_events(event: RunEvent) -> list[ServerSentEvent]:
+                    return writer.progress(event.progress or {})
+
+                async for sse in relay(handle, first, writer, fusion_events):
+                    yield sse
             except FusionError as exc:
                 failure = failure_of(exc)
                 if failure is None:

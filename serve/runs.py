@@ -390,23 +390,40 @@ async def stream_events(
     """A run's SSE events as `writer` writes them, progress as comments when asked for, and a
     failure after the stream opened as the writer's failure event. sse-starlette cancels this
     generator when the client disconnects; `finally` then cancels the run (and its calls)."""
+
+    def comment(event: RunEvent) -> list[ServerSentEvent]:
+        return [ServerSentEvent(comment=progress_comment(event))] if progress else []
+
     try:
         try:
             for sse in writer.start():
                 yield sse
-            event = first
-            while event is not None:
-                if event.kind == "progress" and progress and event.progress:
-                    yield ServerSentEvent(comment=progress_comment(event))
-                elif event.kind == "token" and event.chunk is not None:
-                    for sse in writer.token(event.chunk):
-                        yield sse
-                elif event.kind == "final" and isinstance(event.message, AIMessage):
-                    for sse in writer.finish(event.message):
-                        yield sse
-                event = await anext(handle, None)
+            async for sse in relay(handle, first, writer, comment):
+                yield sse
         except Exception as exc:
             for sse in writer.fail(as_error(exc)):
                 yield sse
     finally:
         await handle.cancel()
+
+
+async def relay(
+    handle: Pump[RunEvent],
+    first: RunEvent | None,
+    writer: EventWriter,
+    progress: Callable[[RunEvent], list[ServerSentEvent]],
+) -> AsyncIterator[ServerSentEvent]:
+    """A run's events from `first` to its end: tokens and the final message as `writer` writes
+    them, progress as `progress` does. Errors and cancelling the run are the caller's."""
+    event = first
+    while event is not None:
+        if event.kind == "progress" and event.progress:
+            for sse in progress(event):
+                yield sse
+        elif event.kind == "token" and event.chunk is not None:
+            for sse in writer.token(event.chunk):
+                yield sse
+        elif event.kind == "final" and isinstance(event.message, AIMessage):
+            for sse in writer.finish(event.message):
+                yield sse
+        event = await anext(handle, None)
