@@ -56,8 +56,10 @@ ModelFactory = Callable[[ModelSpec], BaseChatModel]
 # `local:` specs talk to the bundled server, whose URL follows its port setting.
 register_base_url("local", local_base_url)
 
-# Sent on every inner call, so a fusion server can refuse being called from a fusion run.
+# Sent on every inner call, so a fusion server can refuse being called from a fusion run: ours,
+# and OpenRouter's own name for it (OpenRouter Fusion refuses to fuse again a call carrying it).
 FUSION_DEPTH_HEADER = "X-Fusion-Depth"
+OPENROUTER_DEPTH_HEADER = "x-openrouter-fusion-depth"
 DEFAULT_CALL_TIMEOUT_S = 120.0
 # The bundled llama.cpp server answers one request at a time: a call may queue behind the panel.
 LOCAL_CALL_TIMEOUT_S = 600.0
@@ -468,7 +470,11 @@ def _build_model(spec: ModelSpec, client: httpx.AsyncClient) -> BaseChatModel:
         max_retries=2,
         stream_usage=True,
         stream_chunk_timeout=timeout,
-        default_headers={FUSION_DEPTH_HEADER: "1", "X-Title": "fusiongraph"},
+        default_headers={
+            FUSION_DEPTH_HEADER: "1",
+            OPENROUTER_DEPTH_HEADER: "1",
+            "X-Title": "fusiongraph",
+        },
         http_async_client=client,
         http_client=sync_http_client(),
         **kwargs,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fusiongraph.graph.models import OPENROUTER_DEPTH_HEADER
 from fusiongraph.graph.specs import ReasoningEffort
 
 ALIAS = "openrouter/fusion"
@@ -21,8 +22,9 @@ PLUGIN_ID = "fusion"
 TOOL_TYPE = "openrouter:fusion"
 # The inner-call tools OpenRouter defaults to; fusiongraph's panel gets both or none.
 WEB_TOOLS = ("openrouter:web_search", "openrouter:web_fetch")
-# The header OpenRouter's inner calls carry; a request holding it asks for fusion from inside one.
-DEPTH_HEADER = "x-openrouter-fusion-depth"
+# The header OpenRouter's inner calls carry (and fusiongraph's: graph/models.py); a request
+# holding it asks for fusion from inside one.
+DEPTH_HEADER = OPENROUTER_DEPTH_HEADER
 # OpenRouter's caps: at most 8 analysis models, at most 16 tool steps.
 MAX_ANALYSIS_MODELS = 8
 MAX_TOOL_CALLS = 16

@@ -116,6 +116,7 @@ class RequestRecord:
     # Body fields beyond the messages that a caller may want to check (response_format, ...).
     options: dict[str, Any] = field(default_factory=dict)
     question: str = ""  # the last user message's text: what the caller asked
+    headers: dict[str, str] = field(default_factory=dict)  # as sent, names lower-cased
 
     @property
     def duration(self) -> float | None:
@@ -329,6 +330,7 @@ class FakeUpstream:
             arrival=arrival,
             prompt_tokens=max(1, len(text) // 4),
             options={k: body[k] for k in RECORDED_OPTIONS if k in body},
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             images=_image_parts(body),
             image_notes=text.count(IMAGE_OMITTED),
             question=_last_user_text(body),

@@ -536,6 +536,11 @@ def test_a_request_copied_from_openrouters_docs_runs_on_fusiongraph_serve(
             )
         assert events[-1].type == "response.completed"
         assert any(isinstance(e, components.FusionCallCompletedEvent) for e in events)
+    # Every call fusiongraph made carries OpenRouter's depth header (and its own): OpenRouter, or
+    # another fusiongraph, behind a panelist will not fuse again.
+    inner = upstream_server.app.records
+    assert inner and all(r.headers.get("x-openrouter-fusion-depth") == "1" for r in inner)
+    assert all(r.headers.get("x-fusion-depth") == "1" for r in inner)
 
 
 def test_fusiongraphs_own_record_rides_beside_openrouters_result() -> None:
