@@ -451,6 +451,7 @@ def playground(
     load_dotenv()
     import uvicorn
 
+    from fusiongraph.serve.log_format import log_config
     from fusiongraph.serve.playground import open_when_ready
     from fusiongraph.serve.server import create_app
 
@@ -472,7 +473,7 @@ def playground(
     err_console.print(f"playground: {url}", soft_wrap=True)
     if open_browser:
         open_when_ready(url)
-    uvicorn.run(server_app, host=host, port=port, log_level=log_level)
+    uvicorn.run(server_app, host=host, port=port, log_level=log_level, log_config=log_config())
 
 
 @app.command("mcp")

@@ -345,8 +345,10 @@ def serve(
         return
     import uvicorn
 
+    from fusiongraph.serve.log_format import log_config
+
     app = streamable_http_app(server, host=host, session_idle_s=session_idle_s)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config())
 
 
 if __name__ == "__main__":  # pragma: no cover

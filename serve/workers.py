@@ -134,11 +134,14 @@ def run_server(
     """Serve until SIGTERM/SIGINT, drain within the grace, return (exit status 0)."""
     import uvicorn
 
+    from fusiongraph.serve.log_format import log_config
+
     check_workers(workers, settings)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": log_level,
+        "log_config": log_config(),
         "timeout_graceful_shutdown": settings.grace_s + SHUTDOWN_MARGIN_S,
     }
     quiet_exit_after_signal()
