@@ -9,6 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# bubblewrap: verify's code sandbox (tools/sandbox.py). It needs user namespaces, which Docker's
+# default seccomp profile refuses to an unprivileged container: run with a profile that allows
+# them (e.g. `--security-opt seccomp=unconfined`), or verify falls back to select and its record
+# says `sandbox unavailable`.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 # Hosted models only: the `local` extra (llama.cpp, compiled from source) is left out; `durable`
 # brings the PostgreSQL checkpointer and the Redis client for the shared panel cache.
 COPY pyproject.toml README.md ./
