@@ -7,7 +7,8 @@ answer, `normalise_answer` folds it, `answers_agree` compares a panel's worth.
 `extract_code` takes the code out of a reply (its fenced blocks), for the code scorer and verify.
 
 `how` says where the answer is: "auto" (a \\boxed{..}, else a marked "Answer: ..." / "the final
-answer is ...", else a lone option letter the text picks, else the last number), "number",
+answer is ...", else a lone option letter the text picks, else the last number; code blocks are
+not looked into, so code answers have none and a vote on them goes to the judge), "number",
 "letter", "boxed", "marked" (a boxed or marked answer only: no guessing from the last number),
 "regex:<pattern>" (group 1, else the whole match, of the first match) and "json:<field>" (a field
 of the first JSON object in the text; a dotted path such as "result.items.0" is allowed).
@@ -77,10 +78,24 @@ def extract_answer(text: str, how: str = "auto") -> str | None:
         return _last_number(text)
     if how == "letter":
         return _letter(text)
-    marked = _boxed(text) or _marked(text)
+    prose = _without_code(text)
+    if not prose.strip():
+        return None
+    marked = _boxed(prose) or _marked(prose)
     if how == "marked" or marked is not None:
         return marked
-    return _letter(text) or _last_number(text)
+    return _letter(prose) or _last_number(prose)
+
+
+def _without_code(text: str) -> str:
+    """`text` without its code blocks (labelled, or of several lines): a number inside code (the
+    `% 26` of three different functions) is not an answer the text commits to."""
+
+    def code_or_not(match: re.Match[str]) -> str:
+        lang, body = match.group(1), match.group(2)
+        return " " if lang or len([x for x in body.splitlines() if x.strip()]) > 1 else body
+
+    return _FENCE_RE.sub(code_or_not, text)
 
 
 def normalise_answer(answer: str) -> str:

@@ -109,3 +109,20 @@ def test_bad_how_is_refused(how: str) -> None:
         check_how(how)
     with pytest.raises(ValueError):
         extract_answer("text", how)
+
+
+SHIFT = 'def encode_shift(s):\n    return "".join(chr((ord(c) + {k} - 97) % 26 + 97) for c in s)\n'
+
+
+def test_a_number_inside_code_is_not_an_answer() -> None:
+    """Three different functions that all contain `% 26` once "agreed on 26" and early exit
+    returned the first (broken) one: code answers now have no extracted answer, so a vote on
+    them is a tie for the judge, and nothing agrees but equal texts."""
+    answers = [f"```python\n{SHIFT.format(k=k)}```" for k in (5, 21, 5)]
+    assert [extract_answer(a) for a in answers] == [None, None, None]
+    assert answers_agree(answers[:2]) is None
+    assert answers_agree([answers[0], answers[2]]) is not None  # the same code does agree
+    # prose around code still commits to its answer; a one-line unlabelled fence is an answer
+    assert extract_answer(f"```python\n{SHIFT.format(k=5)}```\nThe answer is 42.") == "42"
+    assert extract_answer("It prints:\n```\n42\n```") == "42"
+    assert extract_answer("```py\nprint(7 * 12)\n```\nSo 84 eggs. Answer: 84") == "84"
