@@ -7,6 +7,7 @@ import html
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,12 @@ def held_out_markdown(meta: dict[str, Any], held_out: Sequence[TaskStats]) -> li
         "",
     ]
     decided = calibration.get("decisions") or {}
+    pooled: Counter[str] = Counter()
+    for counts in decided.values():
+        pooled.update(counts)
     for task in held_out:
-        chose = ", ".join(f"{what} ×{n}" for what, n in decided.get(task.task_type, {}).items())
+        counts = pooled if task.task_type == "all" else decided.get(task.task_type, {})
+        chose = ", ".join(f"{what} ×{n}" for what, n in counts.items())
         lines += [
             f"### {task.task_type} ({_count(task.items, 'item')}, held out)",
             "",

@@ -173,3 +173,16 @@ async def test_a_fit_split_too_small_measures_the_fallback_and_says_so(tmp_path:
     for sample in (s for s in report.samples if s["arm"] == "fusion:calibrated"):
         reason = sample["aggregation"]["calibrated"]["reason"]
         assert reason.startswith("profile not used: the profile has 3 math items, fewer than 8")
+
+
+def test_the_pooled_held_out_section_counts_every_types_choices() -> None:
+    from fusiongraph.evals.report import held_out_markdown
+    from fusiongraph.evals.stats import TaskStats
+
+    meta = {"calibration": {"decisions": {"code": {"panelist:p3": 8}, "math": {"panelist:p3": 5}}}}
+    meta["calibration"]["decisions"]["math"]["fusion:verify"] = 3
+    tasks = [TaskStats(t, 8, None) for t in ("code", "math")] + [TaskStats("all", 16, None)]
+    text = "\n".join(held_out_markdown(meta, tasks))
+    assert "Its choices: panelist:p3 ×8 (" in text
+    assert "Its choices: panelist:p3 ×5, fusion:verify ×3 (" in text
+    assert "Its choices: panelist:p3 ×13, fusion:verify ×3 (" in text
