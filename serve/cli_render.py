@@ -169,10 +169,13 @@ def aggregation_panel(record: dict[str, Any]) -> RenderableType:
         lines.append(plain(f"fallback: {record['fallback']}"))
     calls, saved = record["calls"], record["saved"]
     cost = saved.get("cost_usd")
+    profiled = ((record.get("calibrated") or {}).get("saved") or {}).get("tokens")
     lines.append(
         Text(
             f"calls: {calls['made']} of {calls['full_path']} on the full path; saved "
-            f"{saved['calls']} calls" + (f", about ${cost:.6f}" if cost is not None else "")
+            f"{saved['calls']} calls"
+            + (f", about ${cost:.6f}" if cost else "")
+            + (f", about {profiled:,.0f} tokens as the profile measured" if profiled else "")
         )
     )
     parts: list[RenderableType] = [_joined(lines, "\n")]

@@ -160,6 +160,22 @@ def test_model_text_with_console_markup_prints_as_written() -> None:
     assert "[bold]x[/bold] [/]" in out and "[/] it is best" in out and "[red]x" in out
 
 
+def test_calibrated_runs_say_what_they_saved_in_tokens_when_calls_are_free() -> None:
+    fusion = record()
+    fusion["aggregation"] = {
+        "applied": "member",
+        "requested": "auto",
+        "reason": "calibrated: p3",
+        "selected": {"panelist": "p3", "reason": "no fusion arm beat p3 significantly"},
+        "calibrated": {"saved": {"calls": 4, "tokens": 2900.4, "cost_usd": None}},
+        "calls": {"made": 1, "full_path": 5},
+        "saved": {"calls": 4, "cost_usd": 0.0},
+    }
+    out = " ".join(printed(fusion).split())
+    assert "saved 4 calls, about 2,900 tokens as the profile measured" in out
+    assert "$0.000000" not in out  # free models: no cost to speak of
+
+
 def test_terminal_control_sequences_never_reach_the_terminal() -> None:
     fusion = record(consensus=[f"agree{CONTROL}"])
     fusion["panel"][0]["content"] = f"hi{CONTROL}there"
