@@ -36,7 +36,12 @@ from fusiongraph.evals.grader import (
     parse_preference,
 )
 from fusiongraph.evals.items import EvalItem
-from fusiongraph.graph.answers import extract_answer, extract_code, normalise_answer
+from fusiongraph.graph.answers import (
+    extract_answer,
+    extract_code,
+    named_option,
+    normalise_answer,
+)
 from fusiongraph.graph.state import Usage, add_usage, empty_usage
 from fusiongraph.tools.check_cases import run_tests
 from fusiongraph.tools.sandbox import Limits
@@ -101,7 +106,7 @@ def score_exact(item: EvalItem, answer: str) -> Score:
 def score_choice(item: EvalItem, answer: str) -> Score:
     how = item.answer_how if item.answer_how != "auto" else "letter"
     extracted = extract_answer(answer, how)
-    letter = normalise_answer(extracted) if extracted else _named_option(item, answer)
+    letter = normalise_answer(extracted) if extracted else named_option(answer, item.choices or [])
     if letter is None:
         return Score(correct=False, value=0.0, explanation="the reply picks no option")
     correct = letter == item.target
@@ -268,16 +273,3 @@ def program(item: EvalItem, answer: str) -> str:
 def _is_short(answer: str) -> bool:
     text = answer.strip()
     return bool(text) and "\n" not in text and len(text) <= MAX_SHORT_REPLY_CHARS
-
-
-def _named_option(item: EvalItem, answer: str) -> str | None:
-    """The letter of the one option whose text the reply names (None: none or several)."""
-    if not item.choices:
-        return None
-    folded = answer.casefold()
-    named = [
-        chr(ord("A") + i)
-        for i, choice in enumerate(item.choices)
-        if re.search(rf"(?<!\w){re.escape(choice.casefold())}(?!\w)", folded)
-    ]
-    return named[0] if len(named) == 1 else None

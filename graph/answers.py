@@ -193,6 +193,37 @@ def _marked(text: str) -> str | None:
     return found
 
 
+_OPTION_LINE_RE = re.compile(rf"^[ \t]*\(?({_LETTER})[.)][ \t]+(\S.*?)[ \t]*$", re.MULTILINE)
+
+
+def options_in(question: str) -> list[str]:
+    """The options a question lists one per line ("A. Ag", "B) Au", "(C) Gd"), in letter order
+    from A; empty when it lists fewer than two or skips a letter."""
+    found = [(letter.upper(), text) for letter, text in _OPTION_LINE_RE.findall(question)]
+    letters = [letter for letter, _ in found]
+    if len(found) < 2 or letters != [chr(ord("A") + i) for i in range(len(found))]:
+        return []
+    return [text for _, text in found]
+
+
+def named_option(answer: str, options: list[str]) -> str | None:
+    """The letter of the one option whose text the answer names ("the symbol is Au" -> B of
+    Ag/Au/Gd/Go); None when it names none or several."""
+    folded = answer.casefold()
+    named = [
+        chr(ord("A") + i)
+        for i, option in enumerate(options)
+        if re.search(rf"(?<!\w){re.escape(option.casefold())}(?!\w)", folded)
+    ]
+    return named[0] if len(named) == 1 else None
+
+
+def option_picked(answer: str, options: list[str]) -> str | None:
+    """The option an answer to a multiple-choice question picks: the letter it gives, else the
+    one option it names by its text (models often answer "79", or "Au", not "B")."""
+    return _letter(_without_code(answer)) or named_option(answer, options)
+
+
 def _letter(text: str) -> str | None:
     """An option letter the text picks: all of it ("(B)"), or named ("the answer is C")."""
     stripped = text.strip()

@@ -37,7 +37,13 @@ from typing import Any
 
 from langgraph.types import Send
 
-from fusiongraph.graph.answers import answers_agree, extract_answer, normalise_answer
+from fusiongraph.graph.answers import (
+    answers_agree,
+    extract_answer,
+    normalise_answer,
+    option_picked,
+    options_in,
+)
 from fusiongraph.graph.calibration import MIN_WEIGHT
 from fusiongraph.graph.config import FusionConfig
 from fusiongraph.graph.pricing import cost_of, price_of
@@ -131,7 +137,10 @@ def agreement_how(config: FusionConfig, applied: str | None, task: str | None = 
 
 
 def tally(
-    answers: list[PanelResult], how: str, weights: dict[str, float] | None = None
+    answers: list[PanelResult],
+    how: str,
+    weights: dict[str, float] | None = None,
+    options: list[str] | None = None,
 ) -> dict[str, Any]:
     """The vote: each answer's normalised final answer, the counts, the winner or the tie.
 
@@ -139,10 +148,12 @@ def tally(
     answer; otherwise the leading answers are tied (no answer extracted: all of them are).
     With `weights` (a calibration profile's log odds per member) an answer's votes are the sum
     of its members' weights, and the heaviest answer wins alone: one strong member can outvote
-    two weak ones."""
+    two weak ones. With the `options` the question lists (and `how` "auto"), an answer's vote
+    is the option it picks, by letter or by naming one option's text."""
     per: dict[str, str | None] = {}
     for r in answers:
-        found = extract_answer(r["content"], how)
+        picked = option_picked(r["content"], options) if options and how == "auto" else None
+        found = picked or extract_answer(r["content"], how)
         per[r["panelist"]] = normalise_answer(found) if found is not None else None
     counts = Counter(a for a in per.values() if a is not None)
     ranked = counts.most_common()
@@ -212,7 +223,8 @@ def after_panel(state: FusionState, config: FusionConfig) -> dict[str, Any]:
         }
     if applied == "vote" and answers:
         weights = (record.get("calibrated") or {}).get("weights")
-        vote = tally(answers, config.vote_answer or "auto", weights)
+        options = options_in(last_user_text(state.get("messages", [])))
+        vote = tally(answers, config.vote_answer or "auto", weights, options)
         record["vote"] = vote
         if vote["winner"] is not None:
             return {

@@ -133,6 +133,22 @@ async def test_vote_with_nothing_to_count_lets_the_judge_select_among_all() -> N
     assert calls(f)["synth"] == 0
 
 
+async def test_vote_counts_an_option_named_by_its_text_as_its_letter() -> None:
+    """Models answer "Au" or "79" where the options say "B. Au": the vote counts the option an
+    answer names, so the strong member's "Au" and another's "B" outvote a lone "A"."""
+    question = "What is the chemical symbol for gold?\n\nA. Ag\nB. Au\nC. Gd\nD. Go"
+    answers = ["A", "Gold has atomic number 79; its symbol is Au.", "The answer is B."]
+    f = factory(answers)
+    content, fusion = await run(f, question, aggregation="vote")
+    vote = fusion["aggregation"]["vote"]
+    assert vote["answers"] == {"p1": "A", "p2": "B", "p3": "B"} and vote["winner"] == "B"
+    assert content == answers[1] and calls(f)["judge"] == 0
+    # without options in the question, "79" is its answer, as before
+    plain = factory(answers)
+    _, fusion = await run(plain, "What is the chemical symbol for gold?", aggregation="vote")
+    assert fusion["aggregation"]["vote"]["answers"]["p2"] == "79"
+
+
 async def test_vote_with_a_caller_regex() -> None:
     answers = ["verdict=YES because", "verdict=no", "after checking, verdict=yes"]
     f = factory(answers)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fusiongraph.graph.answers import answers_agree, check_how, extract_answer, normalise_answer
+from fusiongraph.graph.answers import (
+    answers_agree,
+    check_how,
+    extract_answer,
+    named_option,
+    normalise_answer,
+    option_picked,
+    options_in,
+)
 
 EXTRACTED = [
     # (text, how, extracted as written, normalised)
@@ -126,3 +134,14 @@ def test_a_number_inside_code_is_not_an_answer() -> None:
     assert extract_answer(f"```python\n{SHIFT.format(k=5)}```\nThe answer is 42.") == "42"
     assert extract_answer("It prints:\n```\n42\n```") == "42"
     assert extract_answer("```py\nprint(7 * 12)\n```\nSo 84 eggs. Answer: 84") == "84"
+
+
+def test_the_options_a_question_lists_and_the_one_an_answer_picks() -> None:
+    question = "Symbol for gold?\n\nA. Ag\nB) Au\n(C) Gd\nD. Go\n\nAnswer with the letter."
+    options = options_in(question)
+    assert options == ["Ag", "Au", "Gd", "Go"]
+    assert options_in("Steps:\n1. mix\n2. bake") == [] and options_in("B. only\nC. two") == []
+    assert option_picked("Its symbol is Au, atomic number 79.", options) == "B"
+    assert option_picked("The answer is (C).", options) == "C"
+    assert option_picked("Either Ag or Au.", options) is None  # names two: picks none
+    assert named_option("go for it", ["Go"]) == "A" and named_option("gone", ["Go"]) is None
